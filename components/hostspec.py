@@ -1,0 +1,466 @@
+"""The host JSON document: the one contract between the Python program and nixos/.
+
+Python renders one `HostSpec` per host; `nixos/configuration.nix` reads it with
+`builtins.fromJSON` and sets `nixosK3s.*` options from it. The document is pure data and holds
+no secret value: secrets are referred to by the absolute path of a 0600 file on the host.
+
+Run `python -m components.hostspec --write` after changing a model: it regenerates
+`nixos/host.schema.json`, and a test fails while that file is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import json
+import re
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic.alias_generators import to_camel
+
+SCHEMA_VERSION = 1
+NIXOS_DIR = Path(__file__).parent.parent / "nixos"
+SCHEMA_PATH = NIXOS_DIR / "host.schema.json"
+# Files that never influence a host's system closure (see content_hash).
+HASH_EXCLUDED_DIRS = frozenset({"hosts"})
+HASH_EXCLUDED_FILES = frozenset({"host.schema.json"})
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_TAINT = re.compile(
+    r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$"
+)
+_PUBLIC_KEY = re.compile(
+    r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+"
+)
+_FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*(=.*)?$")
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError(f"{value!r} is not a DNS-1123 label (lowercase a-z, 0-9, '-', <= 63)")
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an absolute path without '..' or whitespace")
+    return value
+
+
+def _ipv4(value: str) -> str:
+    ipaddress.IPv4Address(value)
+    return value
+
+
+def _ipv6(value: str) -> str:
+    ipaddress.IPv6Address(value)
+    return value
+
+
+def _ip(value: str) -> str:
+    ipaddress.ip_address(value)
+    return value
+
+
+def _cidr(value: str) -> str:
+    network = ipaddress.ip_network(value, strict=True)
+    if str(network) != value:
+        raise ValueError(f"{value!r} is not in canonical form {network}")
+    return value
+
+
+def _public_key(value: str) -> str:
+    if not _PUBLIC_KEY.match(value):
+        raise ValueError(f"{value[:20]!r}... is not an OpenSSH public key")
+    return value
+
+
+def _taint(value: str) -> str:
+    if not _TAINT.match(value):
+        raise ValueError(f"{value!r} is not a taint 'key[=value]:Effect'")
+    return value
+
+
+def _flag(value: str) -> str:
+    if not _FLAG.match(value):
+        raise ValueError(f"{value!r} is not a single '--flag[=value]' argument")
+    return value
+
+
+DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL.pattern), AfterValidator(_dns_label)]
+AbsolutePath = Annotated[str, Field(pattern=r"^/\S*$"), AfterValidator(_absolute_path)]
+Ipv4 = Annotated[str, AfterValidator(_ipv4)]
+Ipv6 = Annotated[str, AfterValidator(_ipv6)]
+IpAddress = Annotated[str, AfterValidator(_ip)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+PublicKey = Annotated[str, Field(pattern=_PUBLIC_KEY.pattern), AfterValidator(_public_key)]
+Taint = Annotated[str, Field(pattern=_TAINT.pattern), AfterValidator(_taint)]
+Flag = Annotated[str, Field(pattern=_FLAG.pattern), AfterValidator(_flag)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+LabelMap = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]+$")], str]
+DisableComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        json_schema_serialization_defaults_required=True,
+    )
+
+
+class Hardware(_Model):
+    profile: Literal["hetzner-cloud", "colima-vz"] = Field(
+        description="Machine layer: nixos/hardware/<profile>.nix is imported."
+    )
+    disk_device: AbsolutePath | None = Field(
+        default=None,
+        description="Whole disk that disko partitions and grub installs to (hetzner-cloud).",
+    )
+    rosetta: bool = Field(
+        default=False, description="Register Rosetta for x86_64 binaries (colima-vz only)."
+    )
+
+
+class Network(_Model):
+    public_ipv4: Ipv4 | None = Field(
+        default=None, description="Public IPv4 (informational; the public NIC uses DHCPv4)."
+    )
+    public_ipv6: Ipv6 | None = Field(
+        default=None,
+        description="Static public IPv6 address of the public NIC (gateway fe80::1); null = none.",
+    )
+    public_ipv6_prefix_length: int = Field(
+        default=64, ge=1, le=128, description="Prefix length of publicIpv6."
+    )
+    private_ipv4: Ipv4 = Field(description="Address of this host on the cluster network.")
+    private_cidr: Cidr = Field(
+        description="Range routed over the private interface: the whole Hetzner network "
+        "ip_range (contains every subnet), or the Colima VM network."
+    )
+    private_gateway: Ipv4 | None = Field(
+        default=None,
+        description="Hetzner private network gateway (first address of the network ip_range). "
+        "Set: privateIpv4/32 is configured statically with an on-link route to the gateway "
+        "and privateCidr via it. Null: the hardware profile configures the interface.",
+    )
+    private_interface: str = Field(
+        pattern=r"^[a-z][a-z0-9]{0,14}$",
+        description="Kernel name of the private NIC; firewall rules for inter-node ports "
+        "apply to it only.",
+    )
+    private_mac_address: str | None = Field(
+        default=None,
+        pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$",
+        description="MAC of the private NIC (Hetzner: hcloud server network mac_address). Set: "
+        "a systemd .link file names the NIC privateInterface, so names never depend on "
+        "PCI slot order.",
+    )
+    mtu: int = Field(default=1450, ge=1280, le=9000, description="MTU of the private NIC.")
+
+
+class AdminUser(_Model):
+    name: DnsLabel = Field(description="Login name of a wheel user (passwordless sudo).")
+    authorized_keys: list[PublicKey] = Field(
+        min_length=1, description="OpenSSH public keys allowed to log in as this user."
+    )
+
+
+class Ssh(_Model):
+    authorized_keys: list[PublicKey] = Field(
+        min_length=1, description="Public keys for root: the deploy key plus operators' keys."
+    )
+    admin_users: list[AdminUser] = Field(default=[], description="Additional admin users.")
+
+
+class GracefulNodeShutdown(_Model):
+    enable: bool = Field(default=True, description="Kubelet graceful node shutdown.")
+    shutdown_grace_period: str = Field(
+        default="30s", pattern=r"^([0-9]+(h|m|s))+$", description="Total shutdown delay."
+    )
+    shutdown_grace_period_critical_pods: str = Field(
+        default="10s",
+        pattern=r"^([0-9]+(h|m|s))+$",
+        description="Part of shutdownGracePeriod reserved for critical pods.",
+    )
+
+
+class EtcdSnapshots(_Model):
+    enable: bool = Field(default=True, description="Scheduled etcd snapshots (servers only).")
+    schedule_cron: str = Field(
+        default="0 */12 * * *",
+        pattern=r"^\S+( \S+){4}$",
+        description="Five-field cron schedule for etcd snapshots.",
+    )
+    retention: int = Field(default=5, ge=1, description="Number of snapshots kept.")
+
+
+class K3s(_Model):
+    enable: bool = Field(default=True, description="Run k3s on this host.")
+    role: Literal["server", "agent"] = Field(description="k3s role.")
+    cluster_init: bool = Field(
+        default=False, description="First server: initialise embedded etcd (--cluster-init)."
+    )
+    server_addr: str = Field(
+        default="",
+        pattern=r"^(https://[^\s/]+:[0-9]+)?$",
+        description="'' on the first server, else https://<first server private ip>:6443.",
+    )
+    token_file: AbsolutePath = Field(description="0600 file holding the cluster token.")
+    package: str = Field(
+        default="k3s",
+        pattern=r"^k3s(_[0-9]+_[0-9]+)?$",
+        description="nixpkgs attribute of the k3s package, e.g. k3s or k3s_1_33.",
+    )
+    disable: list[DisableComponent] = Field(
+        default=["local-storage", "metrics-server", "servicelb", "traefik"],
+        description="Packaged components turned off with --disable (servers only).",
+    )
+    cluster_cidr: Cidr = Field(default="10.42.0.0/16", description="Pod CIDR (servers).")
+    service_cidr: Cidr = Field(default="10.43.0.0/16", description="Service CIDR (servers).")
+    cluster_dns: IpAddress = Field(
+        default="10.43.0.10", description="CoreDNS service IP, inside serviceCidr."
+    )
+    tls_sans: list[str] = Field(
+        default=[], description="Extra names/addresses in the API server certificate."
+    )
+    node_ip: IpAddress = Field(description="Address the node advertises (the private IP).")
+    node_external_ip: IpAddress | None = Field(
+        default=None, description="External address advertised by the node, if any."
+    )
+    node_labels: LabelMap = Field(default={}, description="Labels registered with the node.")
+    node_taints: list[Taint] = Field(default=[], description="Taints 'key[=value]:Effect'.")
+    graceful_node_shutdown: GracefulNodeShutdown = Field(
+        default=GracefulNodeShutdown(), description="Kubelet graceful shutdown settings."
+    )
+    kubelet_config: dict[str, JsonValue] = Field(
+        default={},
+        description="Extra KubeletConfiguration fields (services.k3s.extraKubeletConfig).",
+    )
+    etcd_snapshots: EtcdSnapshots = Field(
+        default=EtcdSnapshots(), description="Etcd snapshot schedule (servers with etcd)."
+    )
+    extra_flags: list[Flag] = Field(
+        default=[], description="Further k3s flags, one '--flag[=value]' per item."
+    )
+    vpn_auth_file: AbsolutePath | None = Field(
+        default=None, description="0600 file for k3s --vpn-auth-file (tailscale), or null."
+    )
+
+    @model_validator(mode="after")
+    def _role_consistent(self) -> K3s:
+        if self.role == "agent" and (self.cluster_init or not self.server_addr):
+            raise ValueError("an agent needs serverAddr and cannot set clusterInit")
+        if self.cluster_init and self.server_addr:
+            raise ValueError("clusterInit (first server) and serverAddr exclude each other")
+        return self
+
+
+class PortRange(_Model):
+    start: Port = Field(description="First port of the range.")
+    end: Port = Field(description="Last port of the range (inclusive).")
+
+
+class Firewall(_Model):
+    public_tcp_ports: list[Port] = Field(
+        default=[22], description="TCP ports open on every interface."
+    )
+    public_udp_ports: list[Port] = Field(default=[], description="UDP ports open everywhere.")
+    private_tcp_ports: list[Port] = Field(
+        default=[6443, 10250, 4240, 4244],
+        description="TCP ports open only on the private interface.",
+    )
+    private_tcp_port_ranges: list[PortRange] = Field(
+        default=[PortRange(start=2379, end=2380)],
+        description="TCP port ranges open only on the private interface (etcd).",
+    )
+    private_udp_ports: list[Port] = Field(
+        default=[8472], description="UDP ports open only on the private interface (VXLAN)."
+    )
+    trusted_interfaces: list[str] = Field(
+        default=["cilium_host", "cilium_net", "cilium_vxlan", "lxc+"],
+        description="Interfaces whose traffic the firewall accepts (CNI devices).",
+    )
+    check_reverse_path: Literal["strict", "loose", "off"] = Field(
+        default="loose", description="Reverse-path filter mode; Cilium needs loose or off."
+    )
+
+
+class Cilium(_Model):
+    host_prerequisites: bool = Field(
+        default=True, description="Kernel modules and sysctls Cilium needs on the host."
+    )
+
+
+class Tailscale(_Model):
+    enable: bool = Field(default=False, description="Run tailscaled on the host.")
+    auth_key_file: AbsolutePath | None = Field(
+        default=None, description="0600 file holding the tailscale auth key, or null."
+    )
+    wrap_k3s: bool = Field(
+        default=False, description="Put tailscale on the k3s PATH (needed for --vpn-auth-file)."
+    )
+
+
+class Persistence(_Model):
+    paths: list[AbsolutePath] = Field(
+        default=["/etc/rancher", "/var/lib/kubelet", "/var/lib/rancher"],
+        description="State directories that must survive reboots (created 0700 if missing).",
+    )
+
+
+class ContainerK3s(_Model):
+    role: Literal["agent"] = Field(default="agent", description="k3s role inside the container.")
+    server_addr: str = Field(
+        pattern=r"^https://[^\s/]+:[0-9]+$", description="API server the agent joins."
+    )
+    node_labels: LabelMap = Field(default={}, description="Node labels.")
+    node_taints: list[Taint] = Field(default=[], description="Node taints.")
+    node_external_ip: IpAddress | None = Field(
+        default=None, description="External address advertised by the agent, if any."
+    )
+    kubelet_config: dict[str, JsonValue] = Field(
+        default={}, description="Extra KubeletConfiguration fields merged over the nspawn ones."
+    )
+    extra_flags: list[Flag] = Field(default=[], description="Further k3s agent flags.")
+
+
+class ContainerCredentials(_Model):
+    k3s_token: AbsolutePath = Field(
+        description="Host file passed as systemd credential 'k3s-token' (0600)."
+    )
+    tailscale_auth_key: AbsolutePath | None = Field(
+        default=None, description="Host file passed as credential 'tailscale-key', or null."
+    )
+
+
+class Container(_Model):
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9-]{0,10}$",
+        description="nixos-container name (<= 11 chars: the host veth is 've-<name>').",
+    )
+    host_address: Ipv4 = Field(description="Host end of the container veth.")
+    local_address: Ipv4 = Field(description="Container end of the veth.")
+    prefix_length: int = Field(default=30, ge=8, le=32, description="Prefix of the veth pair.")
+    ephemeral: bool = Field(
+        default=False, description="Fresh root on each start; k3s state lives in stateDir."
+    )
+    tailscale: bool = Field(default=False, description="Run tailscaled inside the container.")
+    k3s: ContainerK3s = Field(description="k3s agent settings inside the container.")
+    credentials: ContainerCredentials = Field(description="Secret files handed in by nspawn.")
+    state_dir: AbsolutePath = Field(
+        description="Host directory bind-mounted for k3s/kubelet state (used when ephemeral)."
+    )
+
+    @model_validator(mode="after")
+    def _tailscale_key(self) -> Container:
+        if self.tailscale and self.credentials.tailscale_auth_key is None:
+            raise ValueError(f"container {self.name}: tailscale needs credentials.tailscaleAuthKey")
+        return self
+
+
+class HostSpec(_Model):
+    schema_version: Literal[1] = Field(
+        default=SCHEMA_VERSION, description="Version of this document's shape."
+    )
+    name: DnsLabel = Field(description="Hostname and k3s node name.")
+    cluster_name: DnsLabel = Field(description="Name of the cluster this host belongs to.")
+    system: Literal["x86_64-linux", "aarch64-linux"] = Field(description="Nix system.")
+    state_version: str = Field(
+        default="25.11", pattern=r"^[0-9]{2}\.(05|11)$", description="system.stateVersion."
+    )
+    hardware: Hardware = Field(description="Machine layer.")
+    network: Network = Field(description="Addresses and interfaces.")
+    ssh: Ssh = Field(description="SSH access.")
+    k3s: K3s = Field(description="k3s node settings.")
+    firewall: Firewall = Field(default=Firewall(), description="Host firewall.")
+    cilium: Cilium = Field(default=Cilium(), description="Cilium host prerequisites.")
+    tailscale: Tailscale = Field(default=Tailscale(), description="Tailscale on the host.")
+    persistence: Persistence = Field(default=Persistence(), description="Kept state paths.")
+    containers: list[Container] = Field(
+        default=[], description="k3s agents in unprivileged nspawn containers on this host."
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> HostSpec:
+        if self.hardware.profile == "hetzner-cloud" and self.hardware.disk_device is None:
+            raise ValueError("hardware.diskDevice is required for hetzner-cloud")
+        if self.k3s.vpn_auth_file is not None and not self.tailscale.wrap_k3s:
+            raise ValueError("k3s.vpnAuthFile needs tailscale.wrapK3s (k3s calls tailscale)")
+        names = [c.name for c in self.containers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"container names are not unique: {names}")
+        return self
+
+
+def host_json(spec: HostSpec) -> str:
+    """The host document as written to hosts/<name>.json: byte-identical for equal specs."""
+    data = spec.model_dump(mode="json", by_alias=True)
+    return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def host_schema() -> dict[str, Any]:
+    """JSON schema of the host document (every key required, as host_json always writes all)."""
+    return HostSpec.model_json_schema(by_alias=True, mode="serialization")
+
+
+def schema_text() -> str:
+    return json.dumps(host_schema(), sort_keys=True, indent=2) + "\n"
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> None:
+    path.write_text(schema_text(), encoding="utf-8")
+
+
+def hashed_files(nixos_dir: Path) -> list[Path]:
+    """Files of nixos/ that can change a host's system, sorted by relative POSIX path.
+
+    Every file except hosts/ (other hosts' data; this host's data is hashed separately) and the
+    schema (documentation only). Files of other hardware profiles are included on purpose:
+    the whole directory is pushed and evaluated, so hashing all of it is never stale.
+    """
+    files = [
+        path
+        for path in nixos_dir.rglob("*")
+        if path.is_file()
+        and path.relative_to(nixos_dir).parts[0] not in HASH_EXCLUDED_DIRS
+        and path.name not in HASH_EXCLUDED_FILES
+        and "__pycache__" not in path.parts
+    ]
+    return sorted(files, key=lambda p: p.relative_to(nixos_dir).as_posix())
+
+
+def content_hash(host_json_text: str, nixos_dir: Path = NIXOS_DIR) -> str:
+    """sha256 (hex) over the host JSON and every hashed nixos/ file, with length framing."""
+    digest = hashlib.sha256()
+
+    def feed(label: str, data: bytes) -> None:
+        digest.update(f"{label}\0{len(data)}\0".encode())
+        digest.update(data)
+
+    feed("host.json", host_json_text.encode())
+    for path in hashed_files(nixos_dir):
+        feed(path.relative_to(nixos_dir).as_posix(), path.read_bytes())
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help=f"write {SCHEMA_PATH}")
+    args = parser.parse_args(argv)
+    if args.write:
+        write_schema()
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
