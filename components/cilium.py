@@ -1,0 +1,316 @@
+"""Helm values for the Cilium chart on k3s, and their check against the chart's JSON schema.
+
+Pure functions: the caller (the Cluster component) owns the helm.v3.Release. The schemas in
+components/data/cilium/ are the `values.schema.json` files of the chart versions we support.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonschema.validators import validator_for
+
+CHART_NAME = "cilium"
+CHART_REPO = "https://helm.cilium.io"
+NAMESPACE = "kube-system"
+SUPPORTED_VERSIONS: tuple[str, ...] = ("1.18.12", "1.19.6", "1.20.0")
+DEFAULT_VERSION = "1.19.6"
+
+SCHEMA_DIR = Path(__file__).parent / "data" / "cilium"
+
+# k3s hands each node a /24 of --cluster-cidr (its default --node-cidr-mask-size-ipv4); the
+# operator carves the pool the same way so per-node pod ranges look alike either way.
+POD_CIDR_MASK_SIZE = 24
+MTU_RANGE = (1280, 9216)
+CNI_BIN_DIR = "/opt/cni/bin"
+CNI_CONF_DIR = "/etc/cni/net.d"
+
+RoutingMode = Literal["tunnel", "native"]
+TunnelProtocol = Literal["vxlan", "geneve"]
+
+_HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+class CiliumValuesError(ValueError):
+    """Values the chart's schema rejects; `problems` holds one line per violation, sorted."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(f"cilium values: {problem}" for problem in self.problems))
+
+
+@dataclass(frozen=True)
+class CiliumSettings:
+    """Everything the rendered values depend on. Invalid combinations fail at construction."""
+
+    api_host: str
+    cluster_cidr: str
+    node_count: int
+    version: str = DEFAULT_VERSION
+    api_port: int = 6443
+    routing_mode: RoutingMode = "tunnel"
+    tunnel_protocol: TunnelProtocol = "vxlan"
+    native_routing_cidr: str | None = None
+    mtu: int | None = None
+    hubble: bool = False
+    hubble_ui: bool | None = None
+    operator_replicas: int | None = None
+    extra_values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_version(self.version)
+        _check_api_host(self.api_host)
+        _check_int("api_port", self.api_port, 1, 65535)
+        _check_int("node_count", self.node_count, 1, None)
+        _check_cluster_cidr(self.cluster_cidr)
+        self._check_routing()
+        if self.mtu is not None:
+            _check_int("mtu", self.mtu, *MTU_RANGE)
+        if self.hubble_ui and not self.hubble:
+            raise ValueError("hubble_ui needs hubble: the relay and UI read the agents' Hubble")
+        if self.operator_replicas is not None:
+            # The operator's pods repel each other (required anti-affinity): more replicas than
+            # nodes leave one Pending forever and the release never becomes ready.
+            _check_int("operator_replicas", self.operator_replicas, 1, self.node_count)
+        if not isinstance(self.extra_values, Mapping) or not all(
+            isinstance(key, str) for key in self.extra_values
+        ):
+            raise ValueError("extra_values must be a mapping with string keys")
+
+    def _check_routing(self) -> None:
+        if self.routing_mode not in ("tunnel", "native"):
+            raise ValueError(f"routing_mode {self.routing_mode!r}: use 'tunnel' or 'native'")
+        if self.tunnel_protocol not in ("vxlan", "geneve"):
+            raise ValueError(f"tunnel_protocol {self.tunnel_protocol!r}: use 'vxlan' or 'geneve'")
+        if self.routing_mode == "tunnel":
+            if self.native_routing_cidr is not None:
+                raise ValueError(
+                    "native_routing_cidr applies to routing_mode 'native' only; "
+                    f"got {self.native_routing_cidr!r} with 'tunnel'"
+                )
+            return
+        if self.native_routing_cidr is None:
+            raise ValueError("routing_mode 'native' needs native_routing_cidr")
+        native = _ipv4_network("native_routing_cidr", self.native_routing_cidr)
+        pods = ipaddress.IPv4Network(self.cluster_cidr)
+        if not pods.subnet_of(native):
+            # Pod-to-pod traffic outside this range would be masqueraded to the node address.
+            raise ValueError(
+                f"native_routing_cidr {self.native_routing_cidr} must contain cluster_cidr "
+                f"{self.cluster_cidr}"
+            )
+
+    @property
+    def effective_operator_replicas(self) -> int:
+        if self.operator_replicas is not None:
+            return self.operator_replicas
+        return default_operator_replicas(self.node_count)
+
+    @property
+    def effective_hubble_ui(self) -> bool:
+        return self.hubble if self.hubble_ui is None else self.hubble_ui
+
+
+def default_operator_replicas(node_count: int) -> int:
+    """Two operators for failover when there are two nodes to put them on, else one."""
+    return min(2, node_count)
+
+
+def check_version(version: str) -> str:
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(
+            f"Cilium version {version!r} is not supported; allowed: {', '.join(SUPPORTED_VERSIONS)}"
+        )
+    return version
+
+
+def schema_path(version: str) -> Path:
+    """The shipped values.schema.json of chart `version`."""
+    return SCHEMA_DIR / f"values.schema-{check_version(version)}.json"
+
+
+@functools.cache
+def _schema(version: str) -> dict[str, Any]:
+    return json.loads(schema_path(version).read_text(encoding="utf-8"))
+
+
+def render_values(settings: CiliumSettings) -> dict[str, Any]:
+    """Chart values for Cilium on k3s; `extra_values` merged last. Validated before returning."""
+    values = deep_merge(_base_values(settings), settings.extra_values)
+    validate_values(values, settings.version)
+    return values
+
+
+def _base_values(settings: CiliumSettings) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        # k3s runs with --disable-kube-proxy; the schema of every supported chart types this key
+        # [string, boolean] and the chart compares `toString` of it with "true".
+        "kubeProxyReplacement": True,
+        # Without kube-proxy nothing serves the kubernetes Service VIP before Cilium is up, so
+        # the agents must reach a real API server address.
+        "k8sServiceHost": settings.api_host,
+        "k8sServicePort": settings.api_port,
+        # cluster-pool is what Cilium's k3s guide uses (clusterPoolIPv4PodCIDRList = k3s's
+        # --cluster-cidr): the operator hands out per-node ranges itself, so pods do not depend
+        # on kube-controller-manager's node podCIDR allocation and stay inside the range the
+        # k3s flags, firewall and host data were built for.
+        "ipam": {
+            "mode": "cluster-pool",
+            "operator": {
+                "clusterPoolIPv4PodCIDRList": [settings.cluster_cidr],
+                "clusterPoolIPv4MaskSize": POD_CIDR_MASK_SIZE,
+            },
+        },
+        # With --flannel-backend=none k3s leaves containerd's CNI directories at containerd's
+        # defaults (it sets bin_dir/conf_dir only for its embedded flannel); pin the chart to
+        # the same paths so a chart default change cannot split them.
+        "cni": {"binPath": CNI_BIN_DIR, "confPath": CNI_CONF_DIR},
+        "routingMode": settings.routing_mode,
+        "operator": {
+            "replicas": settings.effective_operator_replicas,
+            "rollOutPods": True,
+        },
+        # Agents read cilium-config only at start: restart them when a deploy changes it.
+        "rollOutCiliumPods": True,
+        "hubble": _hubble_values(settings),
+    }
+    if settings.routing_mode == "tunnel":
+        values["tunnelProtocol"] = settings.tunnel_protocol
+    else:
+        values["ipv4NativeRoutingCIDR"] = settings.native_routing_cidr
+        values["autoDirectNodeRoutes"] = True
+    if settings.mtu is not None:
+        values["MTU"] = settings.mtu
+    return values
+
+
+def _hubble_values(settings: CiliumSettings) -> dict[str, Any]:
+    ui = settings.effective_hubble_ui
+    return {
+        "enabled": settings.hubble,
+        "relay": {"enabled": ui},
+        "ui": {"enabled": ui},
+    }
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Helm-style merge: mappings merge key by key, anything else (lists too) is replaced."""
+    merged: dict[str, Any] = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def validate_values(values: Mapping[str, Any], version: str) -> None:
+    """Raise CiliumValuesError naming the path of every value the chart's schema rejects."""
+    schema = _schema(check_version(version))
+    validator = validator_for(schema)(schema)
+    problems = sorted(
+        f"{_format_path(error.absolute_path)}: {error.message}"
+        for error in validator.iter_errors(_without_nulls(values))
+    )
+    if problems:
+        raise CiliumValuesError(problems)
+
+
+def unknown_value_paths(values: Mapping[str, Any], version: str) -> tuple[str, ...]:
+    """Keys the chart does not declare (likely typos): worth a warning, not an error.
+
+    The schemas allow additional properties everywhere, so Helm would silently ignore these.
+    Maps whose defaults carry example keys (e.g. nodeSelector) can show false positives.
+    """
+    found: list[str] = []
+    _collect_unknown(values, _schema(check_version(version)), (), found)
+    return tuple(sorted(found))
+
+
+def _collect_unknown(
+    value: Any, schema: Mapping[str, Any], path: tuple[str | int, ...], found: list[str]
+) -> None:
+    properties = schema.get("properties")
+    items = schema.get("items")
+    if isinstance(value, Mapping) and isinstance(properties, Mapping):
+        for key, child in value.items():
+            if key in properties:
+                _collect_unknown(child, properties[key], (*path, key), found)
+            else:
+                found.append(_format_path((*path, key)))
+    elif isinstance(value, list) and isinstance(items, Mapping):
+        for index, child in enumerate(value):
+            _collect_unknown(child, items, (*path, index), found)
+
+
+def _without_nulls(value: Any) -> Any:
+    # Helm deletes keys set to null while merging user values over the chart's defaults, before
+    # it validates; a null is how a user drops one of our rendered keys.
+    if isinstance(value, Mapping):
+        return {key: _without_nulls(child) for key, child in value.items() if child is not None}
+    if isinstance(value, list):
+        return [_without_nulls(child) for child in value]
+    return value
+
+
+def _format_path(path: Iterable[str | int]) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text or "(root)"
+
+
+def _check_int(name: str, value: object, low: int, high: int | None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} {value} is out of range ({bound})")
+
+
+def _check_api_host(host: str) -> None:
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"api_host must be a non-empty address, got {host!r}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host in ("localhost", "auto") or not _HOSTNAME.match(host):
+            raise ValueError(
+                f"api_host {host!r} must be an IP address or DNS name every node can reach"
+            ) from None
+        return
+    if address.is_loopback or address.is_unspecified:
+        raise ValueError(
+            f"api_host {host} is not reachable from other nodes; use the first server's "
+            "private address"
+        )
+
+
+def _ipv4_network(name: str, cidr: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(cidr)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name} {cidr!r} is not an IPv4 network: {error}") from None
+
+
+def _check_cluster_cidr(cidr: str) -> None:
+    network = _ipv4_network("cluster_cidr", cidr)
+    if network.prefixlen > POD_CIDR_MASK_SIZE:
+        raise ValueError(
+            f"cluster_cidr {cidr} is smaller than one node's /{POD_CIDR_MASK_SIZE} pod range"
+        )
