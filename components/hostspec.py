@@ -20,14 +20,12 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
-from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION = 1
 NIXOS_DIR = Path(__file__).parent.parent / "nixos"
 SCHEMA_PATH = NIXOS_DIR / "host.schema.json"
 # Files that never influence a host's system closure (see content_hash).
 HASH_EXCLUDED_DIRS = frozenset({"hosts"})
-HASH_EXCLUDED_FILES = frozenset({"host.schema.json"})
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _TAINT = re.compile(
@@ -36,7 +34,8 @@ _TAINT = re.compile(
 _PUBLIC_KEY = re.compile(
     r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+"
 )
-_FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*(=.*)?$")
+# No whitespace, quotes, '$', '%' or '\\': flags land unquoted in a systemd ExecStart= line.
+_FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*(=[^\s\"'$%\\]*)?$")
 
 
 def _dns_label(value: str) -> str:
@@ -106,11 +105,17 @@ LabelMap = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]+$")], str]
 DisableComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server"]
 
 
+def camel(name: str) -> str:
+    """snake_case -> camelCase; unlike pydantic's to_camel, 'k3s_token' gives 'k3sToken'."""
+    first, *rest = name.split("_")
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
-        alias_generator=to_camel,
+        alias_generator=camel,
         populate_by_name=True,
         json_schema_serialization_defaults_required=True,
     )
@@ -196,7 +201,7 @@ class EtcdSnapshots(_Model):
     enable: bool = Field(default=True, description="Scheduled etcd snapshots (servers only).")
     schedule_cron: str = Field(
         default="0 */12 * * *",
-        pattern=r"^\S+( \S+){4}$",
+        pattern=r"^[0-9*/,-]+( [0-9*/,-]+){4}$",
         description="Five-field cron schedule for etcd snapshots.",
     )
     retention: int = Field(default=5, ge=1, description="Number of snapshots kept.")
@@ -228,7 +233,7 @@ class K3s(_Model):
     cluster_dns: IpAddress = Field(
         default="10.43.0.10", description="CoreDNS service IP, inside serviceCidr."
     )
-    tls_sans: list[str] = Field(
+    tls_sans: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.:-]+$")]] = Field(
         default=[], description="Extra names/addresses in the API server certificate."
     )
     node_ip: IpAddress = Field(description="Address the node advertises (the private IP).")
@@ -251,7 +256,9 @@ class K3s(_Model):
         default=[], description="Further k3s flags, one '--flag[=value]' per item."
     )
     vpn_auth_file: AbsolutePath | None = Field(
-        default=None, description="0600 file for k3s --vpn-auth-file (tailscale), or null."
+        default=None,
+        description="0600 file for k3s --vpn-auth-file, content "
+        "'name=tailscale,joinKey=<key>' (k3s runs 'tailscale up' itself), or null.",
     )
 
     @model_validator(mode="after")
@@ -302,7 +309,9 @@ class Cilium(_Model):
 class Tailscale(_Model):
     enable: bool = Field(default=False, description="Run tailscaled on the host.")
     auth_key_file: AbsolutePath | None = Field(
-        default=None, description="0600 file holding the tailscale auth key, or null."
+        default=None,
+        description="0600 file holding the raw tailscale auth key for tailscaled's autoconnect, "
+        "or null (e.g. when k3s joins the tailnet through k3s.vpnAuthFile).",
     )
     wrap_k3s: bool = Field(
         default=False, description="Put tailscale on the k3s PATH (needed for --vpn-auth-file)."
@@ -337,7 +346,9 @@ class ContainerCredentials(_Model):
         description="Host file passed as systemd credential 'k3s-token' (0600)."
     )
     tailscale_auth_key: AbsolutePath | None = Field(
-        default=None, description="Host file passed as credential 'tailscale-key', or null."
+        default=None,
+        description="Host file passed as credential 'tailscale-key' and used as the agent's "
+        "--vpn-auth-file ('name=tailscale,joinKey=<key>'), or null.",
     )
 
 
@@ -346,9 +357,15 @@ class Container(_Model):
         pattern=r"^[a-z][a-z0-9-]{0,10}$",
         description="nixos-container name (<= 11 chars: the host veth is 've-<name>').",
     )
-    host_address: Ipv4 = Field(description="Host end of the container veth.")
-    local_address: Ipv4 = Field(description="Container end of the veth.")
-    prefix_length: int = Field(default=30, ge=8, le=32, description="Prefix of the veth pair.")
+    host_address: Ipv4 = Field(
+        description="Host end of the container veth (/32, routed; also the default gateway)."
+    )
+    local_address: Ipv4 = Field(description="Container end of the veth (/32, routed).")
+    nameservers: list[IpAddress] = Field(
+        min_length=1,
+        description="DNS servers for systemd-resolved inside the container (the host's "
+        "127.0.0.53 stub is not reachable from the container's network namespace).",
+    )
     ephemeral: bool = Field(
         default=False, description="Fresh root on each start; k3s state lives in stateDir."
     )
@@ -422,8 +439,9 @@ def write_schema(path: Path = SCHEMA_PATH) -> None:
 def hashed_files(nixos_dir: Path) -> list[Path]:
     """Files of nixos/ that can change a host's system, sorted by relative POSIX path.
 
-    Every file except hosts/ (other hosts' data; this host's data is hashed separately) and the
-    schema (documentation only). Files of other hardware profiles are included on purpose:
+    Every file except hosts/ (other hosts' data; this host's data is hashed separately). The
+    schema is included: nixos/lib/host-check.nix validates host data against it at evaluation.
+    Files of other hardware profiles are included on purpose:
     the whole directory is pushed and evaluated, so hashing all of it is never stale.
     """
     files = [
@@ -431,7 +449,6 @@ def hashed_files(nixos_dir: Path) -> list[Path]:
         for path in nixos_dir.rglob("*")
         if path.is_file()
         and path.relative_to(nixos_dir).parts[0] not in HASH_EXCLUDED_DIRS
-        and path.name not in HASH_EXCLUDED_FILES
         and "__pycache__" not in path.parts
     ]
     return sorted(files, key=lambda p: p.relative_to(nixos_dir).as_posix())
