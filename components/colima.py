@@ -220,8 +220,8 @@ class ColimaMachine(pulumi.ComponentResource):
         args: ColimaMachineArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(TYPE_TOKEN, name, None, opts)
         validate_machine_args(args)
+        super().__init__(TYPE_TOKEN, name, None, opts)
         vm = local.Command(
             f"{name}-vm",
             create=local_invocation("colima-create.sh"),
