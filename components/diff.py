@@ -240,6 +240,29 @@ def _load_hosts(value: Any, directory: Path, where: str) -> Mapping[str, Host]:
 # Comparing
 
 _ABSENT = object()
+UNKNOWN = "[unknown]"
+
+
+@dataclass(frozen=True)
+class HostTexts:
+    """Host files by content, so an input carrying a host's data points at that host's diff."""
+
+    old: Mapping[str, str]
+    new: Mapping[str, str]
+
+    @staticmethod
+    def of(old: Plan, new: Plan) -> HostTexts:
+        def index(plan: Plan) -> dict[str, str]:
+            return {host.text.rstrip("\n"): name for name, host in plan.hosts.items()}
+
+        return HostTexts(index(old), index(new))
+
+    def host_of(self, before: str, after: str) -> str | None:
+        name = self.old.get(before.rstrip("\n"))
+        return name if name is not None and self.new.get(after.rstrip("\n")) == name else None
+
+
+NO_HOST_TEXTS = HostTexts({}, {})
 
 
 def diff_plans(old: Plan, new: Plan) -> PlanDiff:
@@ -249,13 +272,14 @@ def diff_plans(old: Plan, new: Plan) -> PlanDiff:
         resource_count=len(new.resources),
         host_count=len(new.hosts),
         resources=_resource_changes(old, new),
-        outputs=tuple(_value_changes(old.outputs, new.outputs, {}, {})),
+        outputs=tuple(_value_changes(old.outputs, new.outputs, {}, {}, NO_HOST_TEXTS)),
         hosts=_host_changes(old.hosts, new.hosts),
     )
 
 
 def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:
     changes: list[ResourceChange] = []
+    host_texts = HostTexts.of(old, new)
     for urn in sorted(old.resources.keys() | new.resources.keys()):
         before, after = old.resources.get(urn), new.resources.get(urn)
         if before is None and after is not None:
@@ -263,9 +287,8 @@ def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:
         elif after is None and before is not None:
             changes.append(ResourceChange("remove", before.type, before.name, urn))
         elif before is not None and after is not None and after.custom:
-            change = _compare_resource(
-                before, after, old.fingerprints.get(urn, {}), new.fingerprints.get(urn, {})
-            )
+            fingerprints = (old.fingerprints.get(urn, {}), new.fingerprints.get(urn, {}))
+            change = _compare_resource(before, after, fingerprints, host_texts)
             if change is not None:
                 changes.append(change)
     changes.sort(key=lambda c: (KIND_ORDER[c.kind], c.type, _natural(c.name), c.urn))
@@ -281,10 +304,10 @@ def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
 def _compare_resource(
     before: Resource,
     after: Resource,
-    old_fingerprints: Mapping[str, str],
-    new_fingerprints: Mapping[str, str],
+    fingerprints: tuple[Mapping[str, str], Mapping[str, str]],
+    host_texts: HostTexts,
 ) -> ResourceChange | None:
-    changes = _value_changes(before.inputs, after.inputs, old_fingerprints, new_fingerprints)
+    changes = _value_changes(before.inputs, after.inputs, *fingerprints, host_texts)
     changes = [_mark_replacement(after.type, change) for change in changes]
     if before.provider != after.provider:
         summary = f"{_short_urn(before.provider)} -> {_short_urn(after.provider)}"
@@ -315,6 +338,7 @@ def _value_changes(
     new_values: Mapping[str, Any],
     old_fingerprints: Mapping[str, str],
     new_fingerprints: Mapping[str, str],
+    host_texts: HostTexts,
 ) -> list[ValueChange]:
     secret_paths = {_normal_path(p) for p in old_fingerprints.keys() | new_fingerprints.keys()}
     old_flat, new_flat = _flatten(old_values), _flatten(new_values)
@@ -324,7 +348,7 @@ def _value_changes(
             continue  # fingerprints decide below: the value itself is never shown
         before, after = old_flat.get(path, _ABSENT), new_flat.get(path, _ABSENT)
         if _canonical(before) != _canonical(after):
-            changes.append(_describe(path, before, after))
+            changes.append(_describe(path, before, after, host_texts))
     for path in old_fingerprints.keys() | new_fingerprints.keys():
         before, after = old_fingerprints.get(path), new_fingerprints.get(path)
         if before != after:
@@ -366,7 +390,11 @@ def _canonical(value: Any) -> str:
     return "\0absent" if value is _ABSENT else json.dumps(value, sort_keys=True)
 
 
-def _describe(path: str, before: Any, after: Any) -> ValueChange:
+def _describe(path: str, before: Any, after: Any, host_texts: HostTexts) -> ValueChange:
+    if isinstance(before, str) and isinstance(after, str):
+        host = host_texts.host_of(before, after)
+        if host is not None:
+            return ValueChange(path, f"data of host {host} (see its diff)")
     if isinstance(before, str) and isinstance(after, str) and ("\n" in before or "\n" in after):
         lines = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=1)
         detail = tuple(line for line in lines if not line.startswith(("---", "+++")))
@@ -382,8 +410,8 @@ def _line_count(text: str) -> int:
 def _preview(value: Any) -> str:
     if value is _ABSENT:
         return "(absent)"
-    if value == SECRET:
-        return SECRET
+    if value in (SECRET, UNKNOWN):
+        return str(value)
     shown = json.dumps(value, sort_keys=True, ensure_ascii=False)
     if len(shown) > VALUE_PREVIEW_CHARS:
         return f"{shown[:VALUE_PREVIEW_CHARS]}... ({len(shown)} chars)"

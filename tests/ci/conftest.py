@@ -129,7 +129,7 @@ def write_plan(directory: Path, spec: ClusterSpec) -> Path:
         f"{spec.stack}-subnet",
         {
             "ipRange": "10.0.1.0/24",
-            "networkId": 1001.0,
+            "networkId": 1001,
             "networkZone": "eu-central",
             "type": "cloud",
         },
@@ -147,7 +147,7 @@ def write_plan(directory: Path, spec: ClusterSpec) -> Path:
     token = b.child(
         "random:index/randomPassword:RandomPassword",
         f"{spec.stack}-k3s-token",
-        {"length": 48.0, "special": False},
+        {"length": 48, "special": False},
     )
     hosts: dict[str, dict[str, str]] = {}
     host_dir = directory / "hosts"
@@ -176,7 +176,7 @@ def write_plan(directory: Path, spec: ClusterSpec) -> Path:
             f"{host}-net",
             {
                 "ip": f"10.0.1.{index + 1}",
-                "serverId": 3000.0 + index,
+                "serverId": 3000 + index,
                 "subnetId": "1001-10.0.1.0/24",
             },
             [server, subnet],
@@ -185,7 +185,8 @@ def write_plan(directory: Path, spec: ClusterSpec) -> Path:
         secret_inputs = {"stdin": spec.k3s_token, "connection.privateKey": spec.deploy_key}
         push_inputs: dict[str, Any] = {
             "create": spec.push_script,
-            "environment": {"HOST": host},
+            # as the real push carries it: the host file's text (here without its last newline)
+            "environment": {"HOST_JSON": text.rstrip("\n"), "HOST_NAME": host},
             "stdin": "[secret]",
             "connection": {"host": f"203.0.113.{index + 1}", "privateKey": "[secret]"},
             "triggers": [content_hash],
@@ -214,7 +215,7 @@ def write_plan(directory: Path, spec: ClusterSpec) -> Path:
             "name": "cilium",
             "namespace": "kube-system",
             "repositoryOpts": {"repo": "https://helm.cilium.io/"},
-            "values": {"MTU": 1450.0, "k8sServiceHost": "10.0.1.1", "operator": {"replicas": 2.0}},
+            "values": {"MTU": 1450, "k8sServiceHost": "10.0.1.1", "operator": {"replicas": 2}},
             "version": spec.cilium_version,
         },
         provider=provider,

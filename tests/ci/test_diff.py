@@ -93,9 +93,15 @@ def test_label_change_shows_host_diff_and_redeploys_that_host(
     assert result.redeployed_hosts == ("prod-agent-1",)
     changes = by_name(result)
     # the push command's triggers hold the content hash: pulumi-command replaces on them
-    assert changes["prod-agent-1-push"].kind == "replace"
-    assert changes["prod-agent-1-push"].changes[0].path == "triggers[0]"
-    assert changes["prod-agent-1-push"].changes[0].forces_replacement
+    push = changes["prod-agent-1-push"]
+    assert push.kind == "replace"
+    assert [(c.path, c.forces_replacement) for c in push.changes] == [
+        ("environment.HOST_JSON", False),
+        ("triggers[0]", True),
+    ]
+    # the host data the push carries is not repeated: it points at the host's diff
+    assert push.changes[0].summary == "data of host prod-agent-1 (see its diff)"
+    assert out.count('"tier=gpu"') == 1
     # hcloud updates server labels in place
     assert changes["prod-agent-1"].kind == "change"
     assert changes["prod-agent-1"].changes == (
@@ -163,7 +169,7 @@ def test_replacing_a_random_or_tls_resource_on_any_input(
     document = json.loads((new / "plan.json").read_text())
     for resource in document["resources"]:
         if resource["type"].startswith(("random:", "tls:")):
-            resource["inputs"]["length" if "random" in resource["type"] else "algorithm"] = 64.0
+            resource["inputs"]["length" if "random" in resource["type"] else "algorithm"] = 64
     (new / "plan.json").write_text(json.dumps(document))
 
     result = diff_plans(load_plan(old), load_plan(new))
@@ -398,3 +404,19 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert code == 0
     assert "usage: python -m components diff" in out
+
+
+def test_unknown_values_are_shown_as_unknown(
+    make_plan: PlanFactory, base_spec: ClusterSpec
+) -> None:
+    old, new = make_plan(base_spec), make_plan(base_spec)
+    document = json.loads((new / "plan.json").read_text())
+    network = next(r for r in document["resources"] if r["name"] == "prod-agent-1-net")
+    network["inputs"]["serverId"] = "[unknown]"
+    (new / "plan.json").write_text(json.dumps(document))
+
+    result = diff_plans(load_plan(old), load_plan(new))
+
+    [change] = result.resources
+    assert (change.kind, change.name) == ("replace", "prod-agent-1-net")
+    assert change.changes == (diff.ValueChange("serverId", "3003 -> [unknown]", (), True),)
