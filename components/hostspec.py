@@ -411,6 +411,8 @@ class HostSpec(_Model):
             raise ValueError("hardware.diskDevice is required for hetzner-cloud")
         if self.k3s.vpn_auth_file is not None and not self.tailscale.wrap_k3s:
             raise ValueError("k3s.vpnAuthFile needs tailscale.wrapK3s (k3s calls tailscale)")
+        if self.tailscale.wrap_k3s and not self.tailscale.enable:
+            raise ValueError("tailscale.wrapK3s needs tailscale.enable")
         names = [c.name for c in self.containers]
         if len(set(names)) != len(names):
             raise ValueError(f"container names are not unique: {names}")

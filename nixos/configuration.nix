@@ -1,0 +1,163 @@
+# Entry module: validates the host JSON, imports the nixos-k3s modules and maps host data onto them.
+{
+  lib,
+  pkgs,
+  host,
+  inputs,
+  ...
+}:
+let
+  errors = import ./lib/host-check.nix {
+    schema = lib.importJSON ./host.schema.json;
+    inherit host;
+  };
+  # Every read of host data goes through `h`, so bad data stops here, naming the field,
+  # before any nixpkgs module sees it.
+  h =
+    if errors == [ ] then
+      host
+    else
+      throw "nixos-k3s: invalid host data for ${toString (host.name or "?")}:\n  ${lib.concatStringsSep "\n  " errors}";
+
+  profileModules = {
+    hetzner-cloud = [
+      inputs.disko.nixosModules.disko
+      ./hardware/hetzner-cloud.nix
+      ./disko/hetzner.nix
+    ];
+    colima-vz = [ ./hardware/colima-vz.nix ];
+  };
+
+  net = h.network;
+  portRange = range: {
+    from = range.start;
+    to = range.end;
+  };
+in
+{
+  imports = [
+    ./modules/base.nix
+    ./modules/private-network.nix
+    ./modules/firewall.nix
+    ./modules/cilium-host.nix
+    ./modules/k3s.nix
+    ./modules/tailscale.nix
+    ./modules/persistence.nix
+    ./modules/k3s-containers.nix
+  ]
+  ++ profileModules.${h.hardware.profile};
+
+  config = lib.mkMerge [
+    {
+      nixpkgs.hostPlatform = h.system;
+      system.stateVersion = h.stateVersion;
+
+      nixosK3s.base = {
+        enable = true;
+        hostName = h.name;
+        rootAuthorizedKeys = h.ssh.authorizedKeys;
+        adminUsers = h.ssh.adminUsers;
+      };
+
+      nixosK3s.privateNetwork = {
+        enable = net.privateGateway != null;
+        interface = net.privateInterface;
+        macAddress = net.privateMacAddress;
+        address = net.privateIpv4;
+        cidr = net.privateCidr;
+        gateway = if net.privateGateway != null then net.privateGateway else "";
+        inherit (net) mtu;
+      };
+
+      nixosK3s.firewall = {
+        enable = true;
+        inherit (h.firewall)
+          publicTcpPorts
+          publicUdpPorts
+          privateTcpPorts
+          privateUdpPorts
+          trustedInterfaces
+          checkReversePath
+          ;
+        privateInterface = net.privateInterface;
+        privateTcpPortRanges = map portRange h.firewall.privateTcpPortRanges;
+      };
+
+      nixosK3s.ciliumHost.enable = h.cilium.hostPrerequisites;
+
+      nixosK3s.k3s = {
+        inherit (h.k3s)
+          enable
+          role
+          clusterInit
+          serverAddr
+          tokenFile
+          disable
+          clusterCidr
+          serviceCidr
+          clusterDns
+          tlsSans
+          nodeLabels
+          nodeTaints
+          kubeletConfig
+          vpnAuthFile
+          extraFlags
+          ;
+        package = pkgs.${h.k3s.package};
+        nodeName = h.name;
+        nodeIp = h.k3s.nodeIp;
+        nodeExternalIp = h.k3s.nodeExternalIp;
+        gracefulNodeShutdown = h.k3s.gracefulNodeShutdown;
+        etcdSnapshots = h.k3s.etcdSnapshots;
+      };
+
+      nixosK3s.tailscale = {
+        inherit (h.tailscale) enable authKeyFile wrapK3s;
+      };
+
+      nixosK3s.persistence = {
+        enable = true;
+        inherit (h.persistence) paths;
+      };
+
+      nixosK3s.k3sContainers = {
+        enable = h.containers != [ ];
+        package = h.k3s.package;
+        containers = lib.listToAttrs (
+          map (c: {
+            inherit (c) name;
+            value = {
+              inherit (c)
+                hostAddress
+                localAddress
+                ephemeral
+                tailscale
+                nameservers
+                stateDir
+                credentials
+                ;
+              k3s = removeAttrs c.k3s [ "role" ];
+            };
+          }) h.containers
+        );
+      };
+
+      assertions = [
+        {
+          assertion = h.tailscale.wrapK3s -> h.tailscale.enable;
+          message = "host.tailscale.wrapK3s needs host.tailscale.enable.";
+        }
+      ];
+    }
+
+    # optionalAttrs, not mkIf: these options exist only when the profile's modules are imported.
+    (lib.optionalAttrs (h.hardware.profile == "hetzner-cloud") {
+      nixosK3s.hetznerCloud = {
+        enable = true;
+        publicIpv6 = net.publicIpv6;
+        publicIpv6PrefixLength = net.publicIpv6PrefixLength;
+      };
+      nixosK3s.disk.device = h.hardware.diskDevice;
+    })
+  ];
+}

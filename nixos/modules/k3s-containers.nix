@@ -1,0 +1,296 @@
+# k3s agents in unprivileged systemd-nspawn NixOS containers (idmapped, secrets passed as credentials).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.nixosK3s.k3sContainers;
+
+  # Inside a container, systemd hands the credentials nspawn loaded to the k3s unit
+  # (LoadCredential=ID without a path imports the system credential of that name).
+  credentialDir = "/run/credentials/k3s.service";
+
+  # Kubelet settings an unprivileged container needs: it cannot own /dev/kmsg or set
+  # oom_score_adj below its parent's; the systemd driver matches the container's PID 1.
+  nspawnKubeletConfig = {
+    featureGates.KubeletInUserNamespace = true;
+    cgroupDriver = "systemd";
+  };
+
+  # k3s state lives outside an ephemeral container's root, on the host, mapped to the container's root user.
+  stateBinds = c: [
+    "--bind=${c.stateDir}/rancher:/var/lib/rancher:idmap"
+    "--bind=${c.stateDir}/kubelet:/var/lib/kubelet:idmap"
+    "--bind=${c.stateDir}/etc-rancher:/etc/rancher:idmap"
+  ];
+
+  containerOptions =
+    { name, ... }:
+    {
+      options = {
+        hostAddress = lib.mkOption {
+          type = lib.types.str;
+          description = "Host end of the veth pair; the container's default gateway.";
+        };
+        localAddress = lib.mkOption {
+          type = lib.types.str;
+          description = "Container end of the veth pair.";
+        };
+        ephemeral = lib.mkOption {
+          type = lib.types.bool;
+          default = false;
+          description = "Start from an empty root each time; k3s state is bind-mounted from stateDir.";
+        };
+        tailscale = lib.mkOption {
+          type = lib.types.bool;
+          default = false;
+          description = "Run tailscaled inside and let k3s join the tailnet (--vpn-auth-file).";
+        };
+        nameservers = lib.mkOption {
+          type = lib.types.nonEmptyListOf lib.types.str;
+          description = "DNS servers for systemd-resolved inside the container.";
+        };
+        stateDir = lib.mkOption {
+          type = lib.types.str;
+          default = "/var/lib/nixos-k3s/containers/${name}";
+          description = "Host directory holding k3s state of an ephemeral container.";
+        };
+        credentials = {
+          k3sToken = lib.mkOption {
+            type = lib.types.str;
+            description = "Host path of the 0600 k3s token file, passed in as credential `k3s-token`.";
+          };
+          tailscaleAuthKey = lib.mkOption {
+            type = lib.types.nullOr lib.types.str;
+            default = null;
+            description = "Host path of the vpn-auth file, passed in as credential `tailscale-key`.";
+          };
+        };
+        k3s = {
+          serverAddr = lib.mkOption {
+            type = lib.types.str;
+            description = "API server the agent joins.";
+          };
+          nodeLabels = lib.mkOption {
+            type = lib.types.attrsOf lib.types.str;
+            default = { };
+            description = "Node labels.";
+          };
+          nodeTaints = lib.mkOption {
+            type = lib.types.listOf lib.types.str;
+            default = [ ];
+            description = "Node taints.";
+          };
+          nodeExternalIp = lib.mkOption {
+            type = lib.types.nullOr lib.types.str;
+            default = null;
+            description = "External address the agent advertises.";
+          };
+          kubeletConfig = lib.mkOption {
+            type = lib.types.attrsOf lib.types.anything;
+            default = { };
+            description = "KubeletConfiguration fields merged over the ones nspawn needs.";
+          };
+          extraFlags = lib.mkOption {
+            type = lib.types.listOf lib.types.str;
+            default = [ ];
+            description = "Further k3s agent flags.";
+          };
+        };
+      };
+    };
+
+  containerConfig =
+    name: c:
+    { pkgs, ... }:
+    {
+      imports = [
+        ./k3s.nix
+        ./tailscale.nix
+      ];
+
+      system.stateVersion = cfg.stateVersion;
+
+      networking = {
+        # The host's resolv.conf points at its own 127.0.0.53, unreachable from this netns.
+        useHostResolvConf = lib.mkForce false;
+        inherit (c) nameservers;
+        # tailscale would otherwise take over the default route.
+        defaultGateway = {
+          address = c.hostAddress;
+          interface = "eth0";
+        };
+        firewall = {
+          enable = true;
+          allowedTCPPorts = [
+            10250
+            4240
+          ];
+          allowedUDPPorts = [ 8472 ];
+        };
+      };
+      services.resolved.enable = true;
+
+      boot.kernel.sysctl."net.ipv4.ip_forward" = 1;
+
+      nixosK3s.k3s = {
+        enable = true;
+        package = pkgs.${cfg.package};
+        role = "agent";
+        inherit (c.k3s)
+          serverAddr
+          nodeLabels
+          nodeTaints
+          extraFlags
+          ;
+        tokenFile = "${credentialDir}/k3s-token";
+        nodeName = name;
+        nodeExternalIp = c.k3s.nodeExternalIp;
+        kubeletConfig = lib.recursiveUpdate nspawnKubeletConfig c.k3s.kubeletConfig;
+        vpnAuthFile = if c.tailscale then "${credentialDir}/tailscale-key" else null;
+      };
+      nixosK3s.tailscale = {
+        enable = c.tailscale;
+        wrapK3s = c.tailscale;
+      };
+      systemd.services.k3s.serviceConfig.LoadCredential = [
+        "k3s-token"
+      ]
+      ++ lib.optional c.tailscale "tailscale-key";
+    };
+
+  nspawnContainer = name: c: {
+    autoStart = true;
+    privateUsers = "pick";
+    privateNetwork = true;
+    inherit (c) hostAddress localAddress ephemeral;
+    enableTun = true;
+    # EXTRA_NSPAWN_FLAGS is split on whitespace: no flag may contain a space.
+    extraFlags = [
+      "--bind-ro=/sys/module"
+      "--bind=/dev/fuse"
+      "--system-call-filter=bpf"
+      "--system-call-filter=@keyring"
+      "--system-call-filter=@mount"
+      "--load-credential=k3s-token:${c.credentials.k3sToken}"
+    ]
+    ++ lib.optional c.tailscale "--load-credential=tailscale-key:${c.credentials.tailscaleAuthKey}"
+    ++ lib.optionals c.ephemeral (stateBinds c);
+    allowedDevices = [
+      {
+        node = "/dev/fuse";
+        modifier = "rwm";
+      }
+      {
+        node = "/dev/kmsg";
+        modifier = "rw";
+      }
+    ];
+    config = containerConfig name c;
+  };
+
+  hasSpace = s: builtins.match ".*[[:space:]].*" s != null;
+in
+{
+  options.nixosK3s.k3sContainers = {
+    enable = lib.mkEnableOption "k3s agents in unprivileged nixos-containers";
+
+    containers = lib.mkOption {
+      type = lib.types.attrsOf (lib.types.submodule containerOptions);
+      default = { };
+      description = "Agents by container name (at most 11 characters: the host veth is ve-<name>).";
+    };
+
+    package = lib.mkOption {
+      type = lib.types.str;
+      default = "k3s";
+      description = ''
+        nixpkgs attribute of the k3s package inside the containers. Must be >= 1.34: its
+        containerd (>= 2.1) finds the CNI binaries without a custom containerd template.
+      '';
+    };
+
+    stateVersion = lib.mkOption {
+      type = lib.types.str;
+      default = config.system.stateVersion;
+      defaultText = lib.literalExpression "config.system.stateVersion";
+      description = "system.stateVersion of the containers.";
+    };
+  };
+
+  config = lib.mkIf (cfg.enable && cfg.containers != { }) {
+    assertions = [
+      {
+        assertion = lib.versionAtLeast pkgs.${cfg.package}.version "1.34";
+        message = "nixosK3s.k3sContainers.package: ${cfg.package} is ${pkgs.${cfg.package}.version}; containers need k3s >= 1.34 (containerd >= 2.1).";
+      }
+    ]
+    ++ lib.concatLists (
+      lib.mapAttrsToList (name: c: [
+        {
+          assertion = builtins.stringLength name <= 11 && builtins.match "[a-z][a-z0-9-]*" name != null;
+          message = "nixosK3s.k3sContainers: container name ${name} must match [a-z][a-z0-9-]* and have at most 11 characters.";
+        }
+        {
+          assertion = c.tailscale -> c.credentials.tailscaleAuthKey != null;
+          message = "nixosK3s.k3sContainers.${name}: tailscale needs credentials.tailscaleAuthKey.";
+        }
+        {
+          assertion =
+            !(lib.any hasSpace (
+              [
+                c.credentials.k3sToken
+                c.stateDir
+              ]
+              ++ lib.optional (c.credentials.tailscaleAuthKey != null) c.credentials.tailscaleAuthKey
+            ));
+          message = "nixosK3s.k3sContainers.${name}: paths passed to systemd-nspawn cannot contain whitespace.";
+        }
+      ]) cfg.containers
+    );
+
+    containers = lib.mapAttrs nspawnContainer cfg.containers;
+
+    # Containers reach the internet and the cluster through the host.
+    networking.nat = {
+      enable = true;
+      internalInterfaces = [ "ve-+" ];
+    };
+    # Agents on this host may join a server on this host: its API and VXLAN must answer on the veths.
+    networking.firewall.interfaces."ve-+" = {
+      allowedTCPPorts = [ 6443 ];
+      allowedUDPPorts = [ 8472 ];
+    };
+
+    # Containers cannot load modules or change non-namespaced sysctls themselves.
+    boot.kernelModules = [
+      "overlay"
+      "br_netfilter"
+    ];
+    boot.kernel.sysctl."net.netfilter.nf_conntrack_max" = lib.mkDefault 131072;
+
+    systemd.tmpfiles.settings."10-nixos-k3s-containers" = lib.mkMerge (
+      lib.mapAttrsToList (
+        _: c:
+        lib.optionalAttrs c.ephemeral (
+          lib.genAttrs
+            [
+              c.stateDir
+              "${c.stateDir}/rancher"
+              "${c.stateDir}/kubelet"
+              "${c.stateDir}/etc-rancher"
+            ]
+            (_: {
+              d = {
+                mode = "0700";
+                user = "root";
+                group = "root";
+              };
+            })
+        )
+      ) cfg.containers
+    );
+  };
+}

@@ -1,0 +1,255 @@
+# k3s node for a Cilium cluster: nixpkgs services.k3s with flannel, kube-proxy and network policy off.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.nixosK3s.k3s;
+  isServer = cfg.role == "server";
+  # Servers with embedded etcd: the first one (clusterInit) and every server that joins it.
+  usesEtcd = isServer && (cfg.clusterInit || cfg.serverAddr != "");
+
+  # k3s runs `tailscale up` itself for --vpn-auth-file, so tools it calls must be on its PATH.
+  # symlinkJoin + wrapProgram reuses the cached k3s build instead of rebuilding it.
+  wrappedPackage =
+    if cfg.runtimePackages == [ ] then
+      cfg.package
+    else
+      pkgs.symlinkJoin {
+        name = "${cfg.package.name}-wrapped";
+        paths = [ cfg.package ];
+        nativeBuildInputs = [ pkgs.makeWrapper ];
+        postBuild = ''
+          wrapProgram $out/bin/k3s --prefix PATH : ${lib.makeBinPath cfg.runtimePackages}
+        '';
+        passthru = {
+          inherit (cfg.package) version;
+          unwrapped = cfg.package;
+        };
+        meta.mainProgram = "k3s";
+      };
+
+  # ExecStart= is one unquoted line: quote the argument that contains spaces.
+  etcdFlags =
+    if cfg.etcdSnapshots.enable then
+      [
+        ''"--etcd-snapshot-schedule-cron=${cfg.etcdSnapshots.scheduleCron}"''
+        "--etcd-snapshot-retention=${toString cfg.etcdSnapshots.retention}"
+      ]
+    else
+      [ "--etcd-disable-snapshots" ];
+
+  # Server-only flags. Agents inherit flannel backend, kube-proxy and network policy settings
+  # from the server's control config, and `k3s agent` rejects these flags.
+  serverFlags = [
+    "--flannel-backend=none"
+    "--disable-network-policy"
+    "--disable-kube-proxy"
+    "--disable-cloud-controller"
+    "--cluster-cidr=${cfg.clusterCidr}"
+    "--service-cidr=${cfg.serviceCidr}"
+    "--cluster-dns=${cfg.clusterDns}"
+    "--write-kubeconfig-mode=0600"
+  ]
+  ++ map (san: "--tls-san=${san}") cfg.tlsSans
+  ++ lib.optionals usesEtcd etcdFlags;
+in
+{
+  options.nixosK3s.k3s = {
+    enable = lib.mkEnableOption "a k3s node prepared for Cilium (no flannel, no kube-proxy)";
+
+    package = lib.mkPackageOption pkgs "k3s" { };
+
+    finalPackage = lib.mkOption {
+      type = lib.types.package;
+      readOnly = true;
+      default = wrappedPackage;
+      defaultText = lib.literalMD "`package`, wrapped with `runtimePackages` on its PATH";
+      description = "The k3s package the service runs.";
+    };
+
+    runtimePackages = lib.mkOption {
+      type = lib.types.listOf lib.types.package;
+      default = [ ];
+      description = "Packages put on the k3s PATH by wrapping the binary (e.g. tailscale).";
+    };
+
+    role = lib.mkOption {
+      type = lib.types.enum [
+        "server"
+        "agent"
+      ];
+      description = "k3s role.";
+    };
+
+    clusterInit = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = "First server: initialise embedded etcd. Other servers join via serverAddr.";
+    };
+
+    serverAddr = lib.mkOption {
+      type = lib.types.str;
+      default = "";
+      example = "https://10.0.1.2:6443";
+      description = "Server to join; empty only on the first server.";
+    };
+
+    tokenFile = lib.mkOption {
+      type = lib.types.str;
+      description = "Absolute path of the 0600 token file (never a store path).";
+    };
+
+    disable = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      description = "Packaged components passed to --disable (servers only).";
+    };
+
+    clusterCidr = lib.mkOption {
+      type = lib.types.str;
+      default = "10.42.0.0/16";
+      description = "Pod CIDR; must equal Cilium's IPAM pool.";
+    };
+
+    serviceCidr = lib.mkOption {
+      type = lib.types.str;
+      default = "10.43.0.0/16";
+      description = "Service CIDR.";
+    };
+
+    clusterDns = lib.mkOption {
+      type = lib.types.str;
+      default = "10.43.0.10";
+      description = "CoreDNS service address inside serviceCidr.";
+    };
+
+    tlsSans = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      description = "Extra names and addresses in the API server certificate.";
+    };
+
+    nodeName = lib.mkOption {
+      type = lib.types.str;
+      description = "Kubernetes node name.";
+    };
+
+    nodeIp = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Address the node advertises (the private network address).";
+    };
+
+    nodeExternalIp = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "External address the node advertises.";
+    };
+
+    nodeLabels = lib.mkOption {
+      type = lib.types.attrsOf lib.types.str;
+      default = { };
+      description = "Labels registered with the node (applied at registration only).";
+    };
+
+    nodeTaints = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      description = "Taints `key=value:Effect` registered with the node.";
+    };
+
+    gracefulNodeShutdown = {
+      enable = lib.mkEnableOption "kubelet graceful node shutdown";
+      shutdownGracePeriod = lib.mkOption {
+        type = lib.types.nonEmptyStr;
+        default = "30s";
+        description = "Total time pods get on shutdown.";
+      };
+      shutdownGracePeriodCriticalPods = lib.mkOption {
+        type = lib.types.nonEmptyStr;
+        default = "10s";
+        description = "Part of shutdownGracePeriod reserved for critical pods.";
+      };
+    };
+
+    kubeletConfig = lib.mkOption {
+      type = lib.types.attrsOf lib.types.anything;
+      default = { };
+      description = "Extra KubeletConfiguration fields.";
+    };
+
+    etcdSnapshots = {
+      enable = lib.mkEnableOption "scheduled etcd snapshots (servers with embedded etcd)";
+      scheduleCron = lib.mkOption {
+        type = lib.types.strMatching "[0-9*/,-]+( [0-9*/,-]+){4}";
+        default = "0 */12 * * *";
+        description = "Five-field cron schedule.";
+      };
+      retention = lib.mkOption {
+        type = lib.types.ints.positive;
+        default = 5;
+        description = "Snapshots kept.";
+      };
+    };
+
+    vpnAuthFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = ''
+        0600 file with `name=tailscale,joinKey=<key>` for k3s --vpn-auth-file; needs tailscale
+        in `runtimePackages`.
+      '';
+    };
+
+    extraFlags = lib.mkOption {
+      type = lib.types.listOf (lib.types.strMatching "--[a-z0-9][a-z0-9-]*(=[^[:space:]\"'$%\\\\]*)?");
+      default = [ ];
+      description = "Further k3s flags, one `--flag[=value]` per item.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.role == "agent" -> cfg.serverAddr != "" && !cfg.clusterInit;
+        message = "nixosK3s.k3s: an agent needs serverAddr and cannot set clusterInit.";
+      }
+      {
+        assertion = !(cfg.clusterInit && cfg.serverAddr != "");
+        message = "nixosK3s.k3s: clusterInit (first server) and serverAddr exclude each other.";
+      }
+      {
+        assertion = lib.hasPrefix "/" cfg.tokenFile && !(lib.hasPrefix builtins.storeDir cfg.tokenFile);
+        message = "nixosK3s.k3s.tokenFile must be an absolute path outside the Nix store.";
+      }
+      {
+        assertion = cfg.vpnAuthFile != null -> cfg.runtimePackages != [ ];
+        message = "nixosK3s.k3s.vpnAuthFile needs tailscale in runtimePackages (nixosK3s.tailscale.wrapK3s).";
+      }
+    ];
+
+    services.k3s = {
+      enable = true;
+      package = cfg.finalPackage;
+      inherit (cfg) role serverAddr tokenFile;
+      clusterInit = isServer && cfg.clusterInit;
+      disable = lib.optionals isServer cfg.disable;
+      inherit (cfg) nodeName;
+      nodeIP = cfg.nodeIp;
+      nodeExternalIP = cfg.nodeExternalIp;
+      nodeLabel = lib.mapAttrsToList (key: value: "${key}=${value}") cfg.nodeLabels;
+      nodeTaint = cfg.nodeTaints;
+      extraKubeletConfig = cfg.kubeletConfig;
+      gracefulNodeShutdown = {
+        inherit (cfg.gracefulNodeShutdown) enable shutdownGracePeriod shutdownGracePeriodCriticalPods;
+      };
+      extraFlags =
+        lib.optionals isServer serverFlags
+        ++ lib.optional (cfg.vpnAuthFile != null) "--vpn-auth-file=${cfg.vpnAuthFile}"
+        ++ cfg.extraFlags;
+    };
+  };
+}
