@@ -1,0 +1,251 @@
+"""The Cluster component: the only thing __main__.py builds.
+
+stack config -> machines (Hetzner or Colima) -> host data -> NixOS hosts (install, secrets,
+push) -> k3s gates -> kubeconfig -> Cilium -> nodes-Ready gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_random as random
+import pulumi_tls as tls
+
+from components import hostspec, inventory, k3s, render
+from components.colima import ColimaMachine, ColimaMachineArgs
+from components.config import ClusterConfig
+from components.hetzner import HetznerMachines, HetznerMachinesArgs
+from components.inventory import Host
+from components.nixos_host import NixosHost, NixosHostArgs, connection
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    config: ClusterConfig
+    tailscale_auth_key: pulumi.Input[str] | None = None
+
+
+@dataclass(frozen=True)
+class MachineView:
+    """What the NixOS layer needs of a machine, whatever made it."""
+
+    ssh_host: pulumi.Output[str]
+    ssh_user: str
+    install_user: str
+    machine_id: pulumi.Output[str]
+    facts: pulumi.Output[render.MachineFacts]
+
+
+def vpn_auth_content(auth_key: str) -> str:
+    """k3s --vpn-auth-file format: k3s runs `tailscale up` with the join key itself."""
+    return f"name=tailscale,joinKey={auth_key}"
+
+
+class Cluster(pulumi.ComponentResource):
+    kubeconfig: pulumi.Output[str]
+    api_endpoint: pulumi.Output[str]
+    host_addresses: pulumi.Output[dict[str, str]]
+    config_hashes: pulumi.Output[dict[str, str]]
+    bootstrap_host: str
+
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("nixos-k3s:index:Cluster", name, None, opts)
+        cfg = args.config
+        hosts = inventory.hosts(cfg)
+        child = pulumi.ResourceOptions(parent=self)
+
+        deploy_key = tls.PrivateKey(f"{name}-deploy-key", algorithm="ED25519", opts=child)
+        token = random.RandomPassword(f"{name}-k3s-token", length=48, special=False, opts=child)
+        host_keys = {
+            h.name: tls.PrivateKey(f"{h.name}-host-key", algorithm="ED25519", opts=child)
+            for h in hosts
+        }
+        deploy_public = deploy_key.public_key_openssh.apply(str.strip)
+        machines = self._machines(name, cfg, hosts, deploy_public)
+
+        bootstrap = next(h for h in hosts if h.is_bootstrap)
+        self.bootstrap_host = bootstrap.name
+        bootstrap_ip = machines[bootstrap.name].facts.apply(lambda f: f.private_ipv4)
+        secrets = self._secret_contents(cfg, token, args.tailscale_auth_key)
+
+        host_json: dict[str, pulumi.Output[str]] = {}
+        for host in hosts:
+            host_json[host.name] = pulumi.Output.all(
+                machines[host.name].facts, bootstrap_ip, deploy_public
+            ).apply(
+                lambda v, host=host: hostspec.host_json(
+                    render.host_spec(
+                        cfg,
+                        host,
+                        v[0],
+                        bootstrap_ip=v[1],
+                        authorized_keys=[v[2], *cfg.ssh_keys],
+                    )
+                )
+            )
+        hashes = {n: text.apply(hostspec.content_hash) for n, text in host_json.items()}
+
+        def nixos_host(host: Host, after: list[pulumi.Resource]) -> NixosHost:
+            machine = machines[host.name]
+            return NixosHost(
+                host.name,
+                NixosHostArgs(
+                    host_name=host.name,
+                    ssh_host=machine.ssh_host,
+                    ssh_user=machine.ssh_user,
+                    install_user=machine.install_user,
+                    host_key=host_keys[host.name],
+                    deploy_key=deploy_key,
+                    host_json=host_json[host.name],
+                    content_hash=hashes[host.name],
+                    secret_files={path: secrets[path] for path in render.secret_files(cfg, host)},
+                    machine_id=machine.machine_id,
+                    health_units=["k3s.service"],
+                    rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
+                    push_after=after,
+                ),
+                opts=child,
+            )
+
+        first = nixos_host(bootstrap, [])
+        admin = connection(
+            machines[bootstrap.name].ssh_host,
+            machines[bootstrap.name].ssh_user,
+            host_keys[bootstrap.name],
+            deploy_key,
+        )
+        api_ready = k3s.api_ready_gate(
+            name,
+            admin,
+            cfg.deploy.api_ready_timeout_seconds,
+            k3s.gate_options(self, [first.push]),
+        )
+        bootstrap_gate = k3s.node_gate(
+            bootstrap.name, admin, bootstrap=True, opts=k3s.gate_options(self, [api_ready])
+        )
+        gates: list[pulumi.Resource] = [bootstrap_gate]
+        previous: pulumi.Resource = api_ready
+        for server in (h for h in hosts if h.role == "server" and not h.is_bootstrap):
+            pushed = nixos_host(server, [previous])
+            previous = k3s.node_gate(
+                server.name,
+                admin,
+                bootstrap=False,
+                opts=k3s.gate_options(self, [pushed.push, bootstrap_gate]),
+            )
+            gates.append(previous)
+        for agent in (h for h in hosts if h.role == "agent"):
+            pushed = nixos_host(agent, [api_ready])
+            gates.append(
+                k3s.node_gate(
+                    agent.name,
+                    admin,
+                    bootstrap=False,
+                    opts=k3s.gate_options(self, [pushed.push, bootstrap_gate]),
+                )
+            )
+
+        endpoint = (
+            pulumi.Output.from_input(cfg.api_endpoint)
+            if cfg.api_endpoint
+            else machines[bootstrap.name].ssh_host
+        )
+        kubeconfig_cmd = k3s.kubeconfig_command(
+            name, admin, endpoint, cfg.name, k3s.gate_options(self, [api_ready])
+        )
+        self.kubeconfig = pulumi.Output.secret(kubeconfig_cmd.stdout)
+        node_count = len(hosts) + sum(len(h.containers) for h in hosts)
+        release = k3s.cilium_release(name, cfg, self.kubeconfig, bootstrap_ip, node_count, child)
+        k3s.nodes_ready_gate(
+            name,
+            admin,
+            node_count,
+            cfg.deploy.nodes_ready_timeout_seconds,
+            k3s.gate_options(self, [release.release, *gates]),
+        )
+
+        self.api_endpoint = endpoint.apply(lambda ep: f"https://{ep}:{render.API_PORT}")
+        self.host_addresses = pulumi.Output.all(
+            **{n: m.ssh_host for n, m in machines.items()}
+        ).apply(dict)
+        self.config_hashes = pulumi.Output.all(**hashes).apply(dict)
+        self.register_outputs(
+            {
+                "kubeconfig": self.kubeconfig,
+                "apiEndpoint": self.api_endpoint,
+                "hostAddresses": self.host_addresses,
+                "configHashes": self.config_hashes,
+            }
+        )
+
+    def _machines(
+        self, name: str, cfg: ClusterConfig, hosts: list[Host], deploy_public: pulumi.Output[str]
+    ) -> dict[str, MachineView]:
+        if cfg.provider == "hetzner":
+            hetzner = HetznerMachines(
+                f"{name}-hetzner",
+                HetznerMachinesArgs(config=cfg, hosts=hosts, deploy_public_key=deploy_public),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            views = {}
+            for host in hosts:
+                m = hetzner.machines[host.name]
+                private_ip = host.private_ip or ""
+                views[host.name] = MachineView(
+                    ssh_host=m.ssh_host,
+                    ssh_user="root",
+                    install_user="root",
+                    machine_id=m.server.id,
+                    facts=pulumi.Output.all(
+                        m.public_ipv4, m.public_ipv6, m.private_mac_address
+                    ).apply(
+                        lambda v, ip=private_ip: render.MachineFacts(
+                            private_ipv4=ip,
+                            private_cidr=cfg.network.ip_range,
+                            public_ipv4=v[0],
+                            public_ipv6=v[1],
+                            private_mac_address=v[2],
+                        )
+                    ),
+                )
+            return views
+        views = {}
+        for host in hosts:
+            vm = ColimaMachine(
+                host.name,
+                ColimaMachineArgs(
+                    profile=host.name,  # <cluster>-<pool>-<n>
+                    cpus=cfg.colima.cpus,
+                    memory_gib=cfg.colima.memory_gib,
+                    disk_gib=cfg.colima.disk_gib,
+                    deploy_public_key=deploy_public,
+                    arch=cfg.colima.arch,
+                    vm_type=cfg.colima.vm_type,
+                    rosetta=cfg.colima.rosetta,
+                ),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            views[host.name] = MachineView(
+                ssh_host=vm.address,
+                ssh_user="root",
+                install_user="root",
+                machine_id=vm.address,
+                facts=vm.address.apply(
+                    lambda address: render.MachineFacts(
+                        private_ipv4=address, private_cidr=render.COLIMA_NETWORK
+                    )
+                ),
+            )
+        return views
+
+    @staticmethod
+    def _secret_contents(
+        cfg: ClusterConfig, token: random.RandomPassword, tailscale_key: pulumi.Input[str] | None
+    ) -> dict[str, pulumi.Output[str]]:
+        contents = {render.TOKEN_FILE: pulumi.Output.secret(token.result)}
+        if tailscale_key is not None:
+            contents[render.VPN_AUTH_FILE] = pulumi.Output.secret(
+                pulumi.Output.from_input(tailscale_key).apply(vpn_auth_content)
+            )
+        return contents

@@ -1,0 +1,140 @@
+"""k3s bring-up gates, scale-down, kubeconfig and Cilium.
+
+Order (the dependency graph says exactly this):
+  bootstrap push -> api-ready gate -> server 2 push -> server 2 joined -> server 3 push -> ...
+  api-ready gate -> every agent push (in parallel) -> agent joined
+  api-ready gate -> kubeconfig -> Cilium release -> nodes-Ready gate (after every join)
+etcd admits one learner at a time, so servers join one by one; agents need only the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_command as command
+import pulumi_kubernetes as k8s
+
+from components import cilium
+from components.config import ClusterConfig, cilium_settings
+from components.scripts import remote_invocation
+
+NODE_JOIN_TIMEOUT_SECONDS = 600
+
+
+def gate_options(parent: pulumi.Resource, after: list[pulumi.Resource]) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(parent=parent, depends_on=after)
+
+
+def api_ready_gate(
+    name: str, conn: command.remote.ConnectionArgs, timeout: int, opts: pulumi.ResourceOptions
+) -> command.remote.Command:
+    return command.remote.Command(
+        f"{name}-api-ready",
+        connection=conn,
+        create=remote_invocation("api-ready.sh", str(timeout)),
+        add_previous_output_in_env=False,
+        opts=opts,
+    )
+
+
+def node_gate(
+    node: str,
+    conn: command.remote.ConnectionArgs,
+    *,
+    bootstrap: bool,
+    opts: pulumi.ResourceOptions,
+) -> command.remote.Command:
+    """Waits for `node` to register; on delete drains it and deletes the node object.
+
+    Deleting a server's node object makes k3s remove its etcd member. The bootstrap server's
+    gate refuses removal while other servers are still registered: another server must take
+    over bootstrap duty (k3s.bootstrapHost) in an earlier `pulumi up`.
+    """
+    env = {"NODE_GATE_BOOTSTRAP": "1" if bootstrap else "0"}
+    return command.remote.Command(
+        f"{node}-joined",
+        connection=conn,
+        create=remote_invocation("node-gate.sh", "wait", node, str(NODE_JOIN_TIMEOUT_SECONDS)),
+        delete=remote_invocation("node-gate.sh", "remove", node, env=env),
+        add_previous_output_in_env=False,
+        opts=opts,
+    )
+
+
+def kubeconfig_command(
+    name: str,
+    conn: command.remote.ConnectionArgs,
+    endpoint: pulumi.Input[str],
+    cluster_name: str,
+    opts: pulumi.ResourceOptions,
+) -> command.remote.Command:
+    """Reads k3s.yaml on the bootstrap server, rewritten for `endpoint`; output is secret."""
+    create = pulumi.Output.from_input(endpoint).apply(
+        lambda ep: remote_invocation("kubeconfig.sh", ep, cluster_name)
+    )
+    return command.remote.Command(
+        f"{name}-kubeconfig",
+        connection=conn,
+        create=create,
+        logging=command.remote.Logging.NONE,
+        add_previous_output_in_env=False,
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"])
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class CiliumRelease:
+    provider: k8s.Provider
+    release: k8s.helm.v3.Release
+
+
+def cilium_release(
+    name: str,
+    cfg: ClusterConfig,
+    kubeconfig: pulumi.Output[str],
+    api_host: pulumi.Input[str],
+    node_count: int,
+    opts: pulumi.ResourceOptions,
+) -> CiliumRelease:
+    provider = k8s.Provider(
+        f"{name}-k8s",
+        kubeconfig=kubeconfig,
+        # A new kubeconfig (e.g. rotated client cert) must not replace everything under it.
+        cluster_identifier=cfg.name,
+        opts=opts,
+    )
+    values = pulumi.Output.from_input(api_host).apply(
+        lambda host: cilium.render_values(cilium_settings(cfg, host, node_count))
+    )
+    release = k8s.helm.v3.Release(
+        f"{name}-cilium",
+        name="cilium",
+        chart=cilium.CHART_NAME,
+        version=cfg.cilium.version,
+        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=cilium.CHART_REPO),
+        namespace=cilium.NAMESPACE,
+        values=values,
+        # Nodes stay NotReady until Cilium runs: the release must not wait for them.
+        skip_await=True,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider)),
+    )
+    return CiliumRelease(provider=provider, release=release)
+
+
+def nodes_ready_gate(
+    name: str,
+    conn: command.remote.ConnectionArgs,
+    expected: int,
+    timeout: int,
+    opts: pulumi.ResourceOptions,
+) -> command.remote.Command:
+    return command.remote.Command(
+        f"{name}-nodes-ready",
+        connection=conn,
+        create=remote_invocation("nodes-ready.sh", str(expected), str(timeout)),
+        add_previous_output_in_env=False,
+        opts=opts,
+    )

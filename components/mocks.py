@@ -1,0 +1,220 @@
+"""Deterministic stand-ins for the providers, and a monitor that records every registration.
+
+The offline plan and the tests run the real program against these. Fake outputs come from
+documentation address ranges (RFC 5737, RFC 3849) and numeric string IDs like the real hcloud
+provider returns; every value is a function of the resource's type and name only, so two runs
+give the same plan whatever order the SDK registers resources in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from google.protobuf import json_format
+from pulumi.runtime.mocks import MockMonitor
+
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
+OUTPUT_SIG = "d0e6a833031e9bbcd3f4e8bde6ca49a4"
+SIG_KEY = "4dabf18193072939515e22adb298388d"
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+REDACTED = "[secret]"
+
+DOC_IPV4 = [
+    ipaddress.ip_network("192.0.2.0/24"),
+    ipaddress.ip_network("198.51.100.0/24"),
+    ipaddress.ip_network("203.0.113.0/24"),
+]
+
+
+def _digest(*parts: str) -> bytes:
+    return hashlib.sha256("\0".join(parts).encode()).digest()
+
+
+def fake_id(typ: str, name: str) -> str:
+    return str(int.from_bytes(_digest("id", typ, name)[:4], "big") % 90_000_000 + 10_000_000)
+
+
+def fake_ipv4(name: str) -> str:
+    n = int.from_bytes(_digest("ipv4", name)[:4], "big")
+    net = DOC_IPV4[n % 3]
+    return str(net.network_address + 2 + (n >> 2) % 250)
+
+
+def fake_ipv6_network(name: str) -> str:
+    d = _digest("ipv6", name)
+    return f"2001:db8:{int.from_bytes(d[:2], 'big'):x}:{int.from_bytes(d[2:4], 'big'):x}::/64"
+
+
+def fake_ssh_public_key(name: str) -> str:
+    # The wire form of an ed25519 key: string "ssh-ed25519" + 32 key bytes (from the name).
+    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + _digest("ed25519", name)
+    return "ssh-ed25519 " + base64.b64encode(blob).decode() + "\n"
+
+
+def fake_private_key(name: str) -> str:
+    body = base64.b64encode(b"mock-private-key:" + _digest("private", name)).decode()
+    return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def fake_kubeconfig(server: str, cluster: str) -> str:
+    return (
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n"
+        "    certificate-authority-data: TU9DSw==\n"
+        f"    server: {server}\n  name: {cluster}\ncontexts:\n- context:\n"
+        f"    cluster: {cluster}\n    user: {cluster}\n  name: {cluster}\n"
+        f"current-context: {cluster}\nusers:\n- name: {cluster}\n  user:\n"
+        "    client-certificate-data: TU9DSw==\n    client-key-data: TU9DSw==\n"
+    )
+
+
+def fake_colima_line(profile: str) -> str:
+    n = int.from_bytes(_digest("colima", profile)[:2], "big") % 250 + 2
+    return json.dumps(
+        {
+            "name": profile,
+            "status": "Running",
+            "arch": "aarch64",
+            "cpus": 4,
+            "memory": 8589934592,
+            "disk": 64424509440,
+            "runtime": "containerd",
+            "address": f"192.168.106.{n}",
+        }
+    )
+
+
+class FakeProviders(pulumi.runtime.Mocks):
+    """Provider outputs for every resource type the program creates."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        typ, name, inputs = args.typ, args.name, dict(args.inputs)
+        state = dict(inputs)
+        if typ == "hcloud:index/server:Server":
+            network = fake_ipv6_network(name)
+            state.update(
+                ipv4Address=fake_ipv4(name),
+                ipv6Network=network,
+                ipv6Address=network.replace("::/64", "::1"),
+                status="running",
+            )
+        elif typ == "hcloud:index/serverNetwork:ServerNetwork":
+            mac = _digest("mac", name)[:3].hex(":")
+            state.update(macAddress=f"86:00:00:{mac}")
+        elif typ == "tls:index/privateKey:PrivateKey":
+            state.update(
+                publicKeyOpenssh=fake_ssh_public_key(name),
+                privateKeyOpenssh=fake_private_key(name),
+                privateKeyPem=fake_private_key(name),
+            )
+        elif typ == "random:index/randomPassword:RandomPassword":
+            length = int(inputs.get("length", 32))
+            state.update(result=("mock" + _digest("random", name).hex())[:length])
+        elif typ.startswith("command:"):
+            state.update(stdout=self._command_stdout(name, inputs), stderr="")
+        return fake_id(typ, name), state
+
+    @staticmethod
+    def _command_stdout(name: str, inputs: dict[str, Any]) -> str:
+        env = inputs.get("environment") or {}
+        if name.endswith("-kubeconfig"):
+            return fake_kubeconfig(
+                "https://[api-endpoint]:6443", str(env.get("CLUSTER_NAME", "k3s"))
+            )
+        if name.endswith("-vm") and "PROFILE" in env:
+            return fake_colima_line(str(env["PROFILE"])) + "\n"
+        return ""
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        return {}, None
+
+
+@dataclass
+class Registration:
+    urn: str
+    type: str
+    name: str
+    custom: bool
+    parent: str | None
+    depends_on: list[str]
+    inputs: Any
+    secret_paths: dict[str, Any]
+    provider: str | None
+
+
+class RecordingMonitor(MockMonitor):
+    """MockMonitor that also keeps each request's parent, dependencies and raw inputs."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks):
+        super().__init__(mocks)
+        self.registrations: dict[str, Registration] = {}
+        self._lock = threading.Lock()
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        raw = json_format.MessageToDict(request.object, preserving_proto_field_name=True)
+        secrets: dict[str, Any] = {}
+        inputs = redact(raw, "", secrets)
+        depends = set(request.dependencies)
+        for deps in request.propertyDependencies.values():
+            depends.update(deps.urns)
+        # A provider reference is "<provider urn>::<provider id>".
+        provider = request.provider.rsplit("::", 1)[0] if request.provider else None
+        registration = Registration(
+            urn=response.urn,
+            type=request.type,
+            name=request.name,
+            custom=bool(request.custom),
+            parent=request.parent or None,
+            depends_on=sorted(depends - {request.parent}),
+            inputs=inputs,
+            secret_paths=secrets,
+            provider=provider,
+        )
+        with self._lock:
+            self.registrations[response.urn] = registration
+        return response
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def redact(value: Any, path: str, secrets: dict[str, Any]) -> Any:
+    """Plain data from a serialized property value, secrets replaced by REDACTED.
+
+    `secrets` receives each secret's dotted path and its (unredacted) value, for fingerprints
+    only: it never leaves the process.
+    """
+    if isinstance(value, dict):
+        sig = value.get(SIG_KEY)
+        if sig == SECRET_SIG:
+            secrets[path] = value.get("value")
+            return REDACTED
+        if sig == RESOURCE_SIG:
+            return {"urn": value.get("urn")}
+        if sig == OUTPUT_SIG:
+            if value.get("secret"):
+                secrets[path] = value.get("value")
+                return REDACTED
+            return redact(value.get("value", UNKNOWN), path, secrets)
+        return {
+            key: redact(item, f"{path}.{key}" if path else key, secrets)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item, f"{path}[{i}]", secrets) for i, item in enumerate(value)]
+    if isinstance(value, float):
+        return _number(value)
+    if value == UNKNOWN:
+        return "[unknown]"
+    return value

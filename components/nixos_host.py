@@ -1,0 +1,150 @@
+"""One NixOS host: install once, deliver secret files, push and activate its configuration.
+
+install  nixos-anywhere (kexec + disko) from the operator's machine; runs again only when the
+         machine is replaced. Carries the pre-generated SSH host key, so every later
+         connection pins it instead of trusting on first use.
+secrets  the host's 0600 secret files, written on the host from stdin.
+push     upload nixos/ + the host JSON and activate with an on-host rollback timer; replaced
+         (re-run) only when the host's content hash changes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_command as command
+import pulumi_tls as tls
+
+from components.scripts import local_invocation, remote_invocation
+
+# Dial retries that outlast a reboot or kexec (about 5 minutes in all).
+DIAL_ERROR_LIMIT = 30
+PER_DIAL_TIMEOUT = 10
+SECRET_MODE = "0600"
+
+
+def secret_bundle(files: Mapping[str, str], special: Mapping[str, str] | None = None) -> str:
+    """The stdin format of install.sh / install-secrets.sh: `path<TAB>mode<TAB>base64` lines."""
+    lines = [
+        f"{path}\t{SECRET_MODE}\t{base64.b64encode(content.encode()).decode()}"
+        for path, content in sorted({**(special or {}), **files}.items())
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class NixosHostArgs:
+    host_name: str
+    ssh_host: pulumi.Input[str]
+    ssh_user: str
+    install_user: str
+    host_key: tls.PrivateKey
+    deploy_key: tls.PrivateKey
+    host_json: pulumi.Input[str]
+    content_hash: pulumi.Input[str]
+    secret_files: Mapping[str, pulumi.Input[str]]
+    machine_id: pulumi.Input[str]
+    health_units: Sequence[str]
+    rollback_timeout_seconds: int
+    push_after: Sequence[pulumi.Resource] = field(default_factory=list)
+
+
+def connection(
+    ssh_host: pulumi.Input[str], user: str, host_key: tls.PrivateKey, deploy_key: tls.PrivateKey
+) -> command.remote.ConnectionArgs:
+    """SSH connection with the host key pinned and dial retries that survive a reboot."""
+    return command.remote.ConnectionArgs(
+        host=ssh_host,
+        user=user,
+        private_key=pulumi.Output.secret(deploy_key.private_key_openssh),
+        host_key=host_key.public_key_openssh.apply(str.strip),
+        dial_error_limit=DIAL_ERROR_LIMIT,
+        per_dial_timeout=PER_DIAL_TIMEOUT,
+    )
+
+
+class NixosHost(pulumi.ComponentResource):
+    install: command.local.Command
+    secrets: command.remote.Command
+    push: command.local.Command
+    connection: command.remote.ConnectionArgs
+
+    def __init__(self, name: str, args: NixosHostArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("nixos-k3s:index:NixosHost", name, None, opts)
+        host_public_key = args.host_key.public_key_openssh.apply(str.strip)
+        secret_contents = pulumi.Output.all(
+            **{path: pulumi.Output.secret(value) for path, value in args.secret_files.items()}
+        )
+        base_env = {
+            "TARGET_HOST": args.ssh_host,
+            "HOST_NAME": args.host_name,
+            "HOST_PUBLIC_KEY": host_public_key,
+            "NIXOS_SOURCE_DIR": "nixos",
+        }
+
+        install_stdin = pulumi.Output.all(
+            files=secret_contents,
+            deploy=args.deploy_key.private_key_openssh,
+            host=args.host_key.private_key_openssh,
+        ).apply(
+            lambda v: secret_bundle(
+                v["files"], {"@deploy-key": v["deploy"], "@host-key": v["host"]}
+            )
+        )
+        self.install = command.local.Command(
+            f"{name}-install",
+            create=local_invocation("install.sh"),
+            environment={
+                **base_env,
+                "TARGET_USER": args.install_user,
+                "HOST_JSON": args.host_json,
+            },
+            stdin=pulumi.Output.secret(install_stdin),
+            triggers=[args.machine_id],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # Installing is once per machine: later config changes go through the push.
+                ignore_changes=["environment", "stdin"],
+                additional_secret_outputs=["stdout", "stderr"],
+            ),
+        )
+
+        self.connection = connection(args.ssh_host, args.ssh_user, args.host_key, args.deploy_key)
+        self.secrets = command.remote.Command(
+            f"{name}-secrets",
+            connection=self.connection,
+            create=remote_invocation("install-secrets.sh"),
+            stdin=pulumi.Output.secret(secret_contents.apply(secret_bundle)),
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.install],
+                additional_secret_outputs=["stdout", "stderr"],
+            ),
+        )
+
+        self.push = command.local.Command(
+            f"{name}-push",
+            create=local_invocation("deploy.sh"),
+            environment={
+                **base_env,
+                "TARGET_USER": args.ssh_user,
+                "HOST_JSON": args.host_json,
+                "RELEASE_ID": args.content_hash,
+                "HEALTH_UNITS": " ".join(args.health_units),
+                "ROLLBACK_TIMEOUT": str(args.rollback_timeout_seconds),
+            },
+            stdin=pulumi.Output.secret(args.deploy_key.private_key_openssh),
+            triggers=[args.content_hash],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.secrets, *args.push_after],
+                additional_secret_outputs=["stderr"],
+            ),
+        )
+        self.register_outputs({"contentHash": args.content_hash})

@@ -1,0 +1,193 @@
+"""Host data: a pure function of the validated stack config and one host's machine facts.
+
+The result is a `HostSpec`, serialised by `hostspec.host_json` into the document the NixOS
+modules read. Secrets never enter it: only the paths of the 0600 files that hold them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from components import catalog
+from components.config import ClusterConfig
+from components.hostspec import (
+    AdminUser,
+    Container,
+    ContainerCredentials,
+    ContainerK3s,
+    EtcdSnapshots,
+    Firewall,
+    GracefulNodeShutdown,
+    Hardware,
+    HostSpec,
+    K3s,
+    Network,
+    Ssh,
+    Tailscale,
+)
+from components.inventory import Host
+
+SECRETS_DIR = "/var/lib/nixos-k3s/secrets"
+TOKEN_FILE = f"{SECRETS_DIR}/k3s-token"
+VPN_AUTH_FILE = f"{SECRETS_DIR}/k3s-vpn-auth"
+CONTAINER_STATE_ROOT = "/var/lib/nixos-k3s/containers"
+API_PORT = 6443
+HETZNER_NAMESERVERS = ("185.12.64.1", "185.12.64.2")
+PUBLIC_NAMESERVERS = ("1.1.1.1", "9.9.9.9")
+# Colima VMs: Lima's user-mode network (eth0, DHCP) stays the default route; the vmnet NIC
+# that --network-address adds carries node-to-node and Mac-to-VM traffic.
+COLIMA_PRIVATE_INTERFACE = "col0"
+# socket_vmnet's shared network, which Colima's --network-address uses by default.
+COLIMA_NETWORK = "192.168.106.0/24"
+HETZNER_PRIVATE_INTERFACE = "enp7s0"
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What only the machine layer knows once a host exists."""
+
+    private_ipv4: str
+    private_cidr: str
+    public_ipv4: str | None = None
+    public_ipv6: str | None = None
+    private_mac_address: str | None = None
+
+
+def api_server_url(private_ip: str) -> str:
+    return f"https://{private_ip}:{API_PORT}"
+
+
+def _kubelet(cfg: ClusterConfig, host: Host) -> dict:
+    return {**cfg.k3s.kubelet, **host.pool.kubelet}
+
+
+def _tls_sans(cfg: ClusterConfig, facts: MachineFacts) -> list[str]:
+    names = [*cfg.k3s.tls_sans]
+    if cfg.api_endpoint:
+        names.append(cfg.api_endpoint)
+    names += [a for a in (facts.public_ipv4, facts.public_ipv6, facts.private_ipv4) if a]
+    return sorted(set(names))
+
+
+def _k3s(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str) -> K3s:
+    is_server = host.role == "server"
+    snapshots = cfg.k3s.etcd_snapshots
+    shutdown = cfg.k3s.graceful_shutdown
+    return K3s(
+        role="server" if is_server else "agent",
+        cluster_init=host.is_bootstrap,
+        server_addr="" if host.is_bootstrap else api_server_url(bootstrap_ip),
+        token_file=TOKEN_FILE,
+        package=cfg.k3s.package,
+        disable=list(cfg.k3s.disable),
+        cluster_cidr=cfg.k3s.cluster_cidr,
+        service_cidr=cfg.k3s.service_cidr,
+        cluster_dns=cfg.k3s.cluster_dns,
+        tls_sans=_tls_sans(cfg, facts) if is_server else [],
+        node_ip=facts.private_ipv4,
+        node_external_ip=facts.public_ipv4,
+        node_labels=dict(sorted(host.pool.labels.items())),
+        node_taints=[t.render() for t in host.pool.taints],
+        graceful_node_shutdown=GracefulNodeShutdown(
+            enable=shutdown.enabled,
+            shutdown_grace_period=shutdown.grace_period,
+            shutdown_grace_period_critical_pods=shutdown.critical_pods_grace_period,
+        ),
+        kubelet_config=_kubelet(cfg, host),
+        etcd_snapshots=EtcdSnapshots(
+            enable=snapshots.enabled and is_server,
+            schedule_cron=snapshots.schedule_cron,
+            retention=snapshots.retention,
+        ),
+        extra_flags=list(cfg.k3s.extra_flags),
+        vpn_auth_file=VPN_AUTH_FILE if cfg.tailscale.enabled else None,
+    )
+
+
+def _containers(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str):
+    nameservers = list(HETZNER_NAMESERVERS if cfg.provider == "hetzner" else PUBLIC_NAMESERVERS)
+    return [
+        Container(
+            name=slot.config.name,
+            host_address=slot.host_address,
+            local_address=slot.local_address,
+            nameservers=nameservers,
+            ephemeral=slot.config.ephemeral,
+            tailscale=slot.config.tailscale,
+            k3s=ContainerK3s(
+                server_addr=api_server_url(bootstrap_ip),
+                node_labels=dict(sorted(slot.config.labels.items())),
+                node_taints=[t.render() for t in slot.config.taints],
+                node_external_ip=facts.public_ipv4,
+                kubelet_config=dict(slot.config.kubelet),
+            ),
+            credentials=ContainerCredentials(
+                k3s_token=TOKEN_FILE,
+                tailscale_auth_key=VPN_AUTH_FILE if slot.config.tailscale else None,
+            ),
+            state_dir=f"{CONTAINER_STATE_ROOT}/{slot.config.name}",
+        )
+        for slot in host.containers
+    ]
+
+
+def _firewall(cfg: ClusterConfig) -> Firewall:
+    public_tcp = [22, API_PORT] + ([80, 443] if cfg.firewall and cfg.firewall.ingress else [])
+    return Firewall(public_tcp_ports=public_tcp)
+
+
+def host_spec(
+    cfg: ClusterConfig,
+    host: Host,
+    facts: MachineFacts,
+    *,
+    bootstrap_ip: str,
+    authorized_keys: list[str],
+) -> HostSpec:
+    """The host document for one host. `authorized_keys` = deploy key + the users' keys."""
+    hetzner = cfg.provider == "hetzner"
+    network = Network(
+        public_ipv4=facts.public_ipv4,
+        public_ipv6=facts.public_ipv6,
+        private_ipv4=facts.private_ipv4,
+        private_cidr=facts.private_cidr,
+        private_gateway=str(ipaddress.ip_network(cfg.network.ip_range).network_address + 1)
+        if hetzner
+        else None,
+        private_interface=HETZNER_PRIVATE_INTERFACE if hetzner else COLIMA_PRIVATE_INTERFACE,
+        private_mac_address=facts.private_mac_address,
+        mtu=catalog.HETZNER_PRIVATE_MTU if hetzner else 1500,
+    )
+    tailscale_on = cfg.tailscale.enabled
+    return HostSpec(
+        name=host.name,
+        cluster_name=cfg.name,
+        system=host.system,  # type: ignore[arg-type]
+        hardware=Hardware(
+            profile="hetzner-cloud" if hetzner else "colima-vz",
+            disk_device="/dev/sda" if hetzner else "/dev/vda",
+            rosetta=(not hetzner) and cfg.colima.rosetta,
+        ),
+        network=network,
+        ssh=Ssh(
+            authorized_keys=authorized_keys,
+            admin_users=[
+                AdminUser(name=user, authorized_keys=list(cfg.ssh_keys)) for user in cfg.admin_users
+            ]
+            if cfg.ssh_keys
+            else [],
+        ),
+        k3s=_k3s(cfg, host, facts, bootstrap_ip),
+        firewall=_firewall(cfg),
+        tailscale=Tailscale(enable=tailscale_on, auth_key_file=None, wrap_k3s=tailscale_on),
+        containers=_containers(cfg, host, facts, bootstrap_ip),
+    )
+
+
+def secret_files(cfg: ClusterConfig, host: Host) -> list[str]:
+    """Paths of the secret files a host needs (their content comes from Pulumi secrets)."""
+    files = [TOKEN_FILE]
+    if cfg.tailscale.enabled or any(slot.config.tailscale for slot in host.containers):
+        files.append(VPN_AUTH_FILE)
+    return files
