@@ -31,6 +31,8 @@ from components.config import ConfigError, Problem
 PROJECT = "nixos-k3s"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 FINGERPRINT_KEY = b"nixos-k3s offline plan"
+# Secrets a real deploy reads from config; the offline plan stands in for unset ones.
+PLACEHOLDER_SECRETS = ("hcloud:token", "nixos-k3s:tailscaleAuthKey")
 
 
 class StackFileError(ConfigError):
@@ -80,6 +82,10 @@ def read_stack_file(path: Path, stack: str) -> StackFile:
             secrets.add(key)
         else:
             config[key] = value
+    for key in PLACEHOLDER_SECRETS:
+        if key not in config:
+            config[key] = placeholder_secret(key, None)
+            secrets.add(key)
     return StackFile(stack=stack, config=config, secret_keys=frozenset(secrets))
 
 
@@ -115,6 +121,7 @@ def _resolve_outputs(root: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def run_program(stack_file: StackFile, program: Path = PROJECT_DIR / "__main__.py") -> PlanResult:
     """Run the Pulumi program under mocks and return everything it registered."""
+    settings.ROOT.set(None)  # a fresh root stack for every run in this process
     providers = mocks.FakeProviders()
     monitor = mocks.RecordingMonitor(providers)
     pulumi.runtime.set_all_config(_runtime_config(stack_file), list(stack_file.secret_keys))

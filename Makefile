@@ -1,0 +1,70 @@
+# nixos-k3s developer entry points. `make plan` and `make test` work on a fresh Debian machine
+# with Python 3.11: they create .venv, install the pinned requirements and (as root) the
+# Debian packages the tests use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := nix-bin openssh-server shellcheck
+STACK ?= dev
+
+.PHONY: venv plan plan-prod test lint format bench system-deps schema dev-up dev-destroy clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## plan: render the dev stack offline (no credentials): build/dev/plan.json + hosts/*.json
+plan: $(STAMP)
+	$(PY) -m components plan --stack $(STACK)
+
+plan-prod: $(STAMP)
+	$(PY) -m components plan --stack prod
+
+## system-deps: Debian packages the tests need (nix-instantiate, sshd, shellcheck); root only
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "not root: missing$$missing; tests that need them are skipped"; fi
+
+## test: everything (unit, plan, nix parse, real sshd, fake colima, workflows)
+test: $(STAMP) system-deps
+	$(PY) -m pytest
+
+## lint: ruff (format + check), pyright, shellcheck
+lint: $(STAMP) system-deps
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyright
+	shellcheck components/scripts/*.sh .ci/run
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## bench: offline plan at 3/30/100/300 nodes against a bare-SDK baseline -> build/bench.json
+bench: $(STAMP)
+	$(PY) -m bench
+
+## schema: regenerate nixos/host.schema.json after changing components/hostspec.py
+schema: $(STAMP)
+	$(PY) -m components.hostspec --write
+
+## dev-up / dev-destroy: the Colima dev cluster on a Mac (needs the Pulumi CLI, colima, nix)
+dev-up:
+	pulumi up --stack dev
+
+dev-destroy:
+	pulumi destroy --stack dev
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
