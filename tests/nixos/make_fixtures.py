@@ -1,0 +1,166 @@
+"""Sample HostSpecs for the NixOS tests: `python tests/nixos/make_fixtures.py` writes fixtures/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from components.hostspec import (
+    AdminUser,
+    Container,
+    ContainerCredentials,
+    ContainerK3s,
+    EtcdSnapshots,
+    Firewall,
+    Hardware,
+    HostSpec,
+    K3s,
+    Network,
+    Ssh,
+    Tailscale,
+    host_json,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DEPLOY_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHd5Q0yJ1VgBq0yNbm0Zl1qS8d6s2aQ0oHn3pQmB8kP1 deploy"
+)
+ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC3ZQk2yW0sQ8q6jv2b2mYt8w1V3bX6hH7p0R9kLm2nT alice"
+SECRETS = "/var/lib/nixos-k3s/secrets"
+
+
+def hetzner_network(private_ip: str, mac: str, ipv4: str, ipv6: str) -> Network:
+    return Network(
+        public_ipv4=ipv4,
+        public_ipv6=ipv6,
+        private_ipv4=private_ip,
+        private_cidr="10.0.0.0/16",
+        private_gateway="10.0.0.1",
+        private_interface="priv0",
+        private_mac_address=mac,
+    )
+
+
+def first_server() -> HostSpec:
+    return HostSpec(
+        name="prod-server-1",
+        cluster_name="prod",
+        system="x86_64-linux",
+        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        network=hetzner_network("10.0.1.2", "86:00:00:aa:bb:01", "203.0.113.10", "2001:db8:10::1"),
+        ssh=Ssh(
+            authorized_keys=[DEPLOY_KEY],
+            admin_users=[AdminUser(name="alice", authorized_keys=[ADMIN_KEY])],
+        ),
+        k3s=K3s(
+            role="server",
+            cluster_init=True,
+            token_file=f"{SECRETS}/k3s-token",
+            node_ip="10.0.1.2",
+            node_external_ip="203.0.113.10",
+            tls_sans=["203.0.113.10", "api.prod.example.com"],
+            node_taints=["node-role.kubernetes.io/control-plane=true:NoSchedule"],
+            etcd_snapshots=EtcdSnapshots(schedule_cron="0 */6 * * *", retention=10),
+        ),
+        firewall=Firewall(public_tcp_ports=[22, 6443]),
+    )
+
+
+def agent() -> HostSpec:
+    return HostSpec(
+        name="prod-agent-1",
+        cluster_name="prod",
+        system="aarch64-linux",
+        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        network=hetzner_network("10.0.1.5", "86:00:00:aa:bb:05", "203.0.113.15", "2001:db8:15::1"),
+        ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
+        k3s=K3s(
+            role="agent",
+            server_addr="https://10.0.1.2:6443",
+            token_file=f"{SECRETS}/k3s-token",
+            node_ip="10.0.1.5",
+            node_labels={"node.kubernetes.io/pool": "workers"},
+            kubelet_config={"systemReserved": {"cpu": "100m", "memory": "200Mi"}},
+        ),
+    )
+
+
+def container(name: str, index: int, tailscale: bool) -> Container:
+    return Container(
+        name=name,
+        host_address=f"10.250.{index}.1",
+        local_address=f"10.250.{index}.2",
+        ephemeral=index % 2 == 0,
+        tailscale=tailscale,
+        nameservers=["185.12.64.1", "185.12.64.2"],
+        k3s=ContainerK3s(
+            server_addr="https://10.0.1.2:6443",
+            node_taints=["public-ingress=true:NoSchedule"] if tailscale else [],
+            extra_flags=["--node-label=nixos-k3s/container=true"],
+        ),
+        credentials=ContainerCredentials(
+            k3s_token=f"{SECRETS}/k3s-token",
+            tailscale_auth_key=f"{SECRETS}/{name}-vpn-auth" if tailscale else None,
+        ),
+        state_dir=f"/var/lib/nixos-k3s/containers/{name}",
+    )
+
+
+def container_host() -> HostSpec:
+    return HostSpec(
+        name="prod-host-1",
+        cluster_name="prod",
+        system="x86_64-linux",
+        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        network=hetzner_network("10.0.1.8", "86:00:00:aa:bb:08", "203.0.113.18", "2001:db8:18::1"),
+        ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
+        k3s=K3s(
+            role="agent",
+            server_addr="https://10.0.1.2:6443",
+            token_file=f"{SECRETS}/k3s-token",
+            node_ip="10.0.1.8",
+            vpn_auth_file=f"{SECRETS}/vpn-auth",
+        ),
+        tailscale=Tailscale(enable=True, wrap_k3s=True),
+        containers=[container("k3s-agent-1", 1, True), container("k3s-agent-2", 2, False)],
+    )
+
+
+def colima_server() -> HostSpec:
+    return HostSpec(
+        name="dev-server-1",
+        cluster_name="dev",
+        system="aarch64-linux",
+        hardware=Hardware(profile="colima-vz", rosetta=True),
+        network=Network(
+            private_ipv4="192.168.106.2",
+            private_cidr="192.168.106.0/24",
+            private_interface="col0",
+        ),
+        ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
+        k3s=K3s(
+            role="server",
+            cluster_init=True,
+            token_file=f"{SECRETS}/k3s-token",
+            node_ip="192.168.106.2",
+        ),
+    )
+
+
+SAMPLES = {
+    "hetzner-server": first_server,
+    "hetzner-agent": agent,
+    "hetzner-containers": container_host,
+    "colima-server": colima_server,
+}
+
+
+def main() -> None:
+    for name, build in SAMPLES.items():
+        (FIXTURES / f"{name}.json").write_text(host_json(build()), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
