@@ -64,6 +64,10 @@ def fake_private_key(name: str) -> str:
     return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n"
 
 
+def fake_random(name: str, length: int) -> str:
+    return ("mock" + _digest("random", name).hex())[:length]
+
+
 def fake_kubeconfig(server: str, cluster: str) -> str:
     return (
         "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n"
@@ -116,7 +120,7 @@ class FakeProviders(pulumi.runtime.Mocks):
             )
         elif typ == "random:index/randomPassword:RandomPassword":
             length = int(inputs.get("length", 32))
-            state.update(result=("mock" + _digest("random", name).hex())[:length])
+            state.update(result=fake_random(name, length))
         elif typ.startswith("command:"):
             state.update(stdout=self._command_stdout(name, inputs), stderr="")
         return fake_id(typ, name), state

@@ -1,0 +1,192 @@
+"""The resource graph of the Cluster component under mocks (issues: machines, deploy, k3s)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from components import hostspec
+from components.mocks import fake_random
+from components.render import TOKEN_FILE
+from tests.conftest import Plan, stack_data
+
+HOSTS = ["prod-control-1", "prod-control-2", "prod-control-3", "prod-workers-1", "prod-workers-2"]
+
+
+def test_hetzner_resource_counts(prod_plan: Plan) -> None:
+    assert len(prod_plan.of_type("hcloud:index/server:Server")) == 5
+    assert len(prod_plan.of_type("hcloud:index/network:Network")) == 1
+    assert len(prod_plan.of_type("hcloud:index/networkSubnet:NetworkSubnet")) == 1
+    assert len(prod_plan.of_type("hcloud:index/firewall:Firewall")) == 1
+    assert len(prod_plan.of_type("hcloud:index/placementGroup:PlacementGroup")) == 2
+    assert len(prod_plan.of_type("hcloud:index/serverNetwork:ServerNetwork")) == 5
+
+
+def test_servers_labelled_protected_and_spread(prod_plan: Plan) -> None:
+    server = prod_plan["prod-control-2"].inputs
+    assert server["labels"] == {
+        "cluster": "prod",
+        "managed-by": "nixos-k3s",
+        "pool": "control",
+        "role": "server",
+    }
+    assert server["serverType"] == "cx33" and server["location"] == "nbg1"
+    assert server["deleteProtection"] is True and server["rebuildProtection"] is True
+    assert isinstance(server["placementGroupId"], int)
+    assert all(isinstance(i, int) for i in server["firewallIds"])
+    assert "userData" not in server
+
+
+def test_private_ips_are_fixed_per_host(prod_plan: Plan) -> None:
+    ips = {n: prod_plan[f"{n}-private"].inputs["ip"] for n in HOSTS}
+    assert ips == {
+        "prod-control-1": "10.0.1.10",
+        "prod-control-2": "10.0.1.11",
+        "prod-control-3": "10.0.1.12",
+        "prod-workers-1": "10.0.1.42",
+        "prod-workers-2": "10.0.1.43",
+    }
+
+
+def test_firewall_rules(prod_plan: Plan) -> None:
+    rules = prod_plan["prod-hetzner-firewall"].inputs["rules"]
+    by_port = {(r["protocol"], r.get("port")): r["sourceIps"] for r in rules}
+    assert by_port[("tcp", "22")] == ["198.51.100.0/24", "2001:db8:1234::/48"]
+    assert by_port[("tcp", "6443")] == ["198.51.100.0/24", "2001:db8:1234::/48"]
+    assert ("icmp", None) in by_port
+    assert len(rules) == 3  # nothing else public without ingress
+
+
+def test_ingress_opens_80_and_443(plan_of) -> None:
+    data = stack_data("prod")
+    data["firewall"]["ingress"] = True
+    plan = plan_of(data, stack="prod")
+    ports = {r.get("port") for r in plan["prod-hetzner-firewall"].inputs["rules"]}
+    assert {"80", "443"} <= ports
+
+
+def test_every_remote_connection_pins_the_host_key(prod_plan: Plan) -> None:
+    host_keys = {r.name: r for r in prod_plan.of_type("tls:index/privateKey:PrivateKey")}
+    for reg in prod_plan.of_type("command:remote:Command"):
+        conn = reg.secret_paths["connection"]
+        assert conn["hostKey"].startswith("ssh-ed25519 "), reg.name
+        assert conn["user"] == "root" and conn["dialErrorLimit"] >= 10
+        assert "PRIVATE KEY" in conn["privateKey"]
+    assert "prod-control-1-host-key" in host_keys
+
+
+def test_push_triggered_by_content_hash_only(prod_plan: Plan) -> None:
+    for host in HOSTS:
+        push = prod_plan[f"{host}-push"].inputs
+        content = push["environment"]["HOST_JSON"]
+        assert push["triggers"] == [hostspec.content_hash(content)]
+        assert push["addPreviousOutputInEnv"] is False
+        assert push["stdin"] == "[secret]"
+
+
+def test_install_runs_once_per_server(prod_plan: Plan) -> None:
+    install = prod_plan["prod-control-1-install"]
+    server = prod_plan["prod-control-1"]
+    assert server.urn in install.depends_on
+    assert install.inputs["stdin"] == "[secret]"
+    assert len(install.inputs["triggers"]) == 1
+
+
+def test_servers_join_one_at_a_time(prod_plan: Plan) -> None:
+    deps = prod_plan.deps
+    assert "prod-control-1-push" in deps("prod-api-ready")
+    assert "prod-api-ready" in deps("prod-control-2-push")
+    assert "prod-control-2-joined" in deps("prod-control-3-push")
+    assert prod_plan.reaches("prod-control-3-push", "prod-control-2-push")
+
+
+def test_agents_wait_only_for_the_api(prod_plan: Plan) -> None:
+    for agent in ("prod-workers-1", "prod-workers-2"):
+        assert "prod-api-ready" in prod_plan.deps(f"{agent}-push")
+        assert not prod_plan.reaches(f"{agent}-push", "prod-control-2-push")
+        assert not prod_plan.reaches(
+            f"{agent}-push", "prod-workers-1-push" if agent.endswith("2") else "prod-workers-2-push"
+        )
+
+
+def test_secrets_delivered_before_push(prod_plan: Plan) -> None:
+    for host in HOSTS:
+        assert f"{host}-secrets" in prod_plan.deps(f"{host}-push")
+        assert f"{host}-install" in prod_plan.deps(f"{host}-secrets")
+
+
+def bundle(stdin: str) -> dict[str, str]:
+    records = [line.split("\t") for line in stdin.splitlines()]
+    return {path: base64.b64decode(data).decode() for path, mode, data in records}
+
+
+def test_token_delivered_as_0600_file_never_in_plain_inputs(prod_plan: Plan) -> None:
+    token = fake_random("prod-k3s-token", 48)
+    stdin = prod_plan["prod-control-1-secrets"].secret_paths["stdin"]
+    assert bundle(stdin) == {TOKEN_FILE: token}
+    assert all(line.split("\t")[1] == "0600" for line in stdin.splitlines())
+    plain = json.dumps([r.inputs for r in prod_plan.result.registrations])
+    assert token not in plain and token not in json.dumps(prod_plan.result.outputs)
+    host = json.loads(prod_plan["prod-control-1-push"].inputs["environment"]["HOST_JSON"])
+    assert host["k3s"]["tokenFile"] == TOKEN_FILE
+
+
+def test_kubeconfig_is_secret_and_not_logged(prod_plan: Plan) -> None:
+    read = prod_plan["prod-kubeconfig"]
+    assert read.inputs["logging"] == "none"
+    assert "prod-api-ready" in prod_plan.deps("prod-kubeconfig")
+    assert prod_plan.result.outputs["kubeconfig"] == "[secret]"
+    assert "apiVersion: v1" in prod_plan.result.output_secrets["kubeconfig"]
+
+
+def test_cilium_release_and_nodes_ready_gate(prod_plan: Plan) -> None:
+    release = prod_plan["prod-cilium"].inputs
+    assert release["chart"] == "cilium" and release["version"] == "1.19.6"
+    assert release["repositoryOpts"] == {"repo": "https://helm.cilium.io"}
+    assert release["skipAwait"] is True
+    values = release["values"]
+    assert values["MTU"] == 1450 and values["kubeProxyReplacement"] is True
+    assert values["k8sServiceHost"] == "10.0.1.10"
+    assert values["ipam"]["operator"]["clusterPoolIPv4PodCIDRList"] == ["10.42.0.0/16"]
+    assert values["operator"]["replicas"] == 2
+    provider = prod_plan["prod-k8s"]
+    assert provider.inputs["clusterIdentifier"] == "prod"
+    gate = prod_plan.deps("prod-nodes-ready")
+    assert "prod-cilium" in gate and {f"{h}-joined" for h in HOSTS} <= gate
+    assert "prod-nodes-ready" not in prod_plan.deps("prod-cilium")
+
+
+def test_scale_down_drains_before_the_machine_goes(prod_plan: Plan) -> None:
+    for host in HOSTS:
+        gate = prod_plan[f"{host}-joined"]
+        assert f"node-gate.sh remove {host}" in gate.inputs["delete"]
+        # Pulumi deletes dependents first: the gate (drain) before the push and the server.
+        assert prod_plan.reaches(f"{host}-joined", host)
+    assert "NODE_GATE_BOOTSTRAP=1" in prod_plan["prod-control-1-joined"].inputs["delete"]
+    assert "NODE_GATE_BOOTSTRAP=0" in prod_plan["prod-control-2-joined"].inputs["delete"]
+    for host in HOSTS[1:]:
+        assert "prod-control-1-joined" in prod_plan.deps(f"{host}-joined")
+
+
+def test_one_pool_change_touches_only_that_pool(prod_plan: Plan, plan_of) -> None:
+    data = stack_data("prod")
+    data["nodePools"][1]["labels"] = {"node.example.com/pool": "changed"}
+    changed = plan_of(data, stack="prod")
+    differ = {
+        host
+        for host in HOSTS
+        if changed[f"{host}-push"].inputs["triggers"]
+        != prod_plan[f"{host}-push"].inputs["triggers"]
+    }
+    assert differ == {"prod-workers-1", "prod-workers-2"}
+
+
+def test_dev_stack_graph(dev_plan: Plan) -> None:
+    vms = [r for r in dev_plan.of_type("command:local:Command") if r.name.endswith("-vm")]
+    assert sorted(r.name for r in vms) == ["dev-agent-1-vm", "dev-server-1-vm"]
+    assert not dev_plan.of_type("hcloud:index/server:Server")
+    host = json.loads(dev_plan["dev-agent-1-push"].inputs["environment"]["HOST_JSON"])
+    assert host["system"] == "aarch64-linux" and host["hardware"]["profile"] == "colima-vz"
+    assert host["hardware"]["rosetta"] is True
+    assert host["k3s"]["serverAddr"].startswith("https://192.168.106.")
+    assert "MTU" not in dev_plan["dev-cilium"].inputs["values"]

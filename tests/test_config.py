@@ -1,0 +1,254 @@
+"""Stack config: valid stacks parse, every kind of mistake names its field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.config import (
+    ConfigError,
+    cilium_settings,
+    parse_cluster,
+    pool_offsets,
+    semantic_warnings,
+)
+from tests.conftest import stack_data
+
+
+def problems(data: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_cluster(data)
+    return [str(p) for p in info.value.problems]
+
+
+def one_problem(data: Any) -> str:
+    found = problems(data)
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_shipped_stacks_are_valid(stack: str) -> None:
+    cfg = parse_cluster(stack_data(stack))
+    assert cfg.provider == ("colima" if stack == "dev" else "hetzner")
+
+
+def test_prod_is_a_real_ha_cluster() -> None:
+    cfg = parse_cluster(stack_data("prod"))
+    servers = [p for p in cfg.node_pools if p.role == "server"]
+    assert sum(p.count for p in servers) == 3
+    assert set(servers[0].locations) == {"fsn1", "nbg1", "hel1"}
+    assert cfg.firewall is not None and cfg.firewall.ssh_sources
+
+
+def test_models_are_frozen() -> None:
+    cfg = parse_cluster(stack_data("prod"))
+    with pytest.raises(Exception):  # noqa: B017 (pydantic's frozen error type is internal)
+        cfg.name = "other"  # type: ignore[misc]
+
+
+def test_unknown_key_names_path_and_suggests() -> None:
+    data = stack_data("prod")
+    data["nodePools"][1]["serverTyp"] = "cx33"
+    message = " ".join(problems(data))
+    assert "nodePools[1].serverTyp" in message
+    assert "did you mean 'serverType'" in message
+
+
+def test_enum_lists_allowed_values() -> None:
+    data = stack_data("prod")
+    data["provider"] = "aws"
+    message = one_problem(data)
+    assert message.startswith("provider:")
+    assert "'hetzner'" in message and "'colima'" in message and "'aws'" in message
+
+
+def test_deprecated_server_type_names_replacement() -> None:
+    data = stack_data("prod")
+    data["nodePools"][0]["serverType"] = "cx22"
+    message = one_problem(data)
+    assert message.startswith("nodePools[0].serverType:")
+    assert "cx23" in message
+
+
+def test_server_type_not_in_location() -> None:
+    data = stack_data("prod")
+    data["network"]["zone"] = "us-east"
+    data["nodePools"][0]["locations"] = ["ash"]
+    data["nodePools"][0]["serverType"] = "cax11"
+    data["nodePools"][1]["locations"] = ["ash"]
+    data["nodePools"][1]["serverType"] = "cpx32"
+    assert one_problem(data).startswith("nodePools[0].locations[0]: server type 'cax11'")
+
+
+def test_location_outside_network_zone() -> None:
+    data = stack_data("prod")
+    data["nodePools"][1]["locations"] = ["ash"]
+    data["nodePools"][1]["serverType"] = "cpx32"
+    assert "not in network zone 'eu-central'" in one_problem(data)
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_even_server_counts(count: int) -> None:
+    data = stack_data("prod")
+    data["nodePools"][0]["count"] = count
+    if count == 4:
+        assert "odd number" in one_problem(data)
+    else:
+        warnings = semantic_warnings(parse_cluster(data))
+        assert len(warnings) == 1 and "use 1 or 3" in str(warnings[0])
+
+
+def test_agents_without_servers_refused() -> None:
+    data = stack_data("prod")
+    data["nodePools"] = [data["nodePools"][1]]
+    assert "no server" in one_problem(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "clash"),
+    [
+        ("clusterCidr", "10.0.0.0/8", "network.ipRange"),
+        ("serviceCidr", "10.42.0.0/16", "k3s.clusterCidr"),
+    ],
+)
+def test_overlapping_cidrs(field: str, value: str, clash: str) -> None:
+    data = stack_data("prod")
+    data["k3s"][field] = value
+    found = " ".join(problems(data))
+    assert clash in found and "overlaps" in found
+
+
+def test_invalid_cidr_is_named() -> None:
+    data = stack_data("prod")
+    data["network"]["subnet"] = "10.0.1.1/24"
+    assert one_problem(data).startswith("network.subnet: '10.0.1.1/24' is not a CIDR")
+
+
+def test_cluster_dns_inside_service_cidr() -> None:
+    data = stack_data("prod")
+    data["k3s"]["clusterDns"] = "10.42.0.10"
+    assert "k3s.clusterDns" in " ".join(problems(data))
+
+
+def test_flannel_is_not_a_disable_component() -> None:
+    data = stack_data("prod")
+    data["k3s"]["disable"] = ["traefik", "flannel"]
+    assert "--flannel-backend=none" in one_problem(data)
+
+
+def test_managed_flags_refused() -> None:
+    data = stack_data("prod")
+    data["k3s"]["extraFlags"] = ["--disable-kube-proxy=false"]
+    assert "set by nixos-k3s" in one_problem(data)
+
+
+def test_flags_with_spaces_refused() -> None:
+    data = stack_data("prod")
+    data["k3s"]["extraFlags"] = ["--kubelet-arg max-pods=200"]
+    assert "without spaces" in one_problem(data)
+
+
+def test_colima_x86_on_vz_refused_with_reason() -> None:
+    data = stack_data("dev")
+    data["colima"]["arch"] = "x86_64"
+    message = one_problem(data)
+    assert message.startswith("colima.arch:") and "aarch64" in message
+
+
+def test_rosetta_needs_vz() -> None:
+    data = stack_data("dev")
+    data["colima"]["vmType"] = "qemu"
+    assert one_problem(data).startswith("colima.rosetta:")
+
+
+def test_colima_memory_floor() -> None:
+    data = stack_data("dev")
+    data["colima"]["memoryGib"] = 2
+    assert one_problem(data).startswith("colima.memoryGib:")
+
+
+def test_hetzner_needs_type_location_and_firewall() -> None:
+    data = stack_data("prod")
+    del data["nodePools"][0]["serverType"]
+    del data["firewall"]
+    found = problems(data)
+    assert any(p.startswith("nodePools[0].serverType: required") for p in found)
+    assert any(p.startswith("firewall: required") for p in found)
+
+
+def test_duplicate_pool_names() -> None:
+    data = stack_data("prod")
+    data["nodePools"][1]["name"] = "control"
+    assert any("already used" in p for p in problems(data))
+
+
+def test_dns_label_names() -> None:
+    data = stack_data("prod")
+    data["name"] = "Prod_Cluster"
+    assert one_problem(data).startswith("name: 'Prod_Cluster' is not a DNS-1123 label")
+
+
+def test_too_many_hosts_for_a_network() -> None:
+    data = stack_data("prod")
+    data["network"]["subnet"] = "10.0.0.0/16"
+    data["network"]["poolBlockSize"] = 128
+    data["nodePools"][1]["count"] = 100
+    data["nodePools"][1]["locations"] = ["fsn1"]
+    assert any("at most 100" in p for p in problems(data))
+
+
+def test_too_many_firewall_rules() -> None:
+    data = stack_data("prod")
+    rule = {"protocol": "tcp", "port": "30000", "sources": ["0.0.0.0/0"]}
+    data["firewall"]["extraRules"] = [rule] * 48
+    assert one_problem(data).startswith("firewall.extraRules: 51 rules")
+
+
+def test_native_routing_refused_on_hetzner() -> None:
+    data = stack_data("prod")
+    data["cilium"]["routingMode"] = "native"
+    data["cilium"]["nativeRoutingCidr"] = "10.42.0.0/16"
+    assert one_problem(data).startswith("cilium.routingMode:")
+
+
+def test_cilium_version_must_have_a_schema() -> None:
+    data = stack_data("prod")
+    data["cilium"]["version"] = "1.16.0"
+    message = one_problem(data)
+    assert message.startswith("cilium.version:") and "1.19.6" in message
+
+
+def test_cilium_values_checked_against_chart_schema() -> None:
+    data = stack_data("prod")
+    data["cilium"]["values"] = {"MTU": "1450"}
+    message = one_problem(data)
+    assert message.startswith("cilium.values:") and "MTU" in message
+
+
+def test_bootstrap_host_must_be_a_server() -> None:
+    data = stack_data("prod")
+    data["k3s"]["bootstrapHost"] = "prod-workers-1"
+    assert one_problem(data).startswith("k3s.bootstrapHost:")
+
+
+def test_not_a_mapping() -> None:
+    assert "expected a mapping" in one_problem(["not", "a", "mapping"])
+
+
+def test_pool_blocks_never_renumber_existing_hosts() -> None:
+    data = stack_data("prod")
+    before = pool_offsets(parse_cluster(data))
+    data["nodePools"][0]["count"] = 5
+    data["nodePools"].append(
+        {"name": "extra", "role": "agent", "count": 1, "serverType": "cx23", "locations": ["fsn1"]}
+    )
+    after = pool_offsets(parse_cluster(data))
+    assert after[: len(before)] == before
+
+
+def test_cilium_mtu_on_hetzner_only() -> None:
+    prod = cilium_settings(parse_cluster(stack_data("prod")), "10.0.1.10", 5)
+    dev = cilium_settings(parse_cluster(stack_data("dev")), "192.168.106.2", 2)
+    assert prod.mtu == 1450 and dev.mtu is None

@@ -1,0 +1,154 @@
+"""The offline plan command: files written, determinism, redaction, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_DIR
+
+PLANTED_TOKEN = "planted-hcloud-token-3f9c1e7a"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "components", *args],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def prod_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prod")
+    done = run_cli("plan", "--stack", "prod", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    (out / "stdout.txt").write_text(done.stdout)
+    return out
+
+
+def test_plan_writes_plan_json_and_hosts(prod_dir: Path) -> None:
+    plan = json.loads((prod_dir / "plan.json").read_text())
+    assert plan["project"] == "nixos-k3s" and plan["stack"] == "prod"
+    hosts = sorted(p.stem for p in (prod_dir / "hosts").glob("*.json"))
+    assert hosts == [
+        "prod-control-1",
+        "prod-control-2",
+        "prod-control-3",
+        "prod-workers-1",
+        "prod-workers-2",
+    ]
+    assert sorted(plan["hosts"]) == hosts
+    for resource in plan["resources"]:
+        assert set(resource) == {
+            "urn",
+            "type",
+            "name",
+            "custom",
+            "parent",
+            "dependsOn",
+            "inputs",
+            "provider",
+        }
+        assert resource["urn"].startswith("urn:pulumi:prod::nixos-k3s::")
+    assert plan["resources"] == sorted(plan["resources"], key=lambda r: r["urn"])
+
+
+def test_plan_prints_a_preview_tree(prod_dir: Path) -> None:
+    tree = (prod_dir / "stdout.txt").read_text()
+    assert "pulumi:pulumi:Stack" in tree and "nixos-k3s:index:Cluster" in tree
+    assert "hcloud:index/server:Server" in tree and "prod-control-1" in tree
+    assert "kubeconfig: [secret]" in tree
+
+
+def test_host_files_are_what_the_push_carries(prod_dir: Path) -> None:
+    plan = json.loads((prod_dir / "plan.json").read_text())
+    for resource in plan["resources"]:
+        if resource["name"].endswith("-push"):
+            env = resource["inputs"]["environment"]
+            text = (prod_dir / "hosts" / f"{env['HOST_NAME']}.json").read_text()
+            assert text == env["HOST_JSON"]
+            assert resource["inputs"]["triggers"] == [
+                plan["hosts"][env["HOST_NAME"]]["contentHash"]
+            ]
+
+
+def test_outputs_and_secret_inputs_are_redacted(prod_dir: Path) -> None:
+    plan = json.loads((prod_dir / "plan.json").read_text())
+    assert plan["outputs"]["kubeconfig"] == "[secret]"
+    assert plan["outputs"]["apiEndpoint"] == "https://k8s.example.com:6443"
+    by_name = {r["name"]: r for r in plan["resources"]}
+    assert by_name["prod-control-1-push"]["inputs"]["stdin"] == "[secret]"
+    assert by_name["prod-control-1-secrets"]["inputs"]["stdin"] == "[secret]"
+    text = (prod_dir / "plan.json").read_text()
+    assert "PRIVATE KEY" not in text
+    fingerprints = plan["secretFingerprints"]
+    assert all(len(fp) == 12 for fps in fingerprints.values() for fp in fps.values())
+
+
+def test_planted_secret_never_written(tmp_path: Path) -> None:
+    stack = (PROJECT_DIR / "Pulumi.prod.yaml").read_text()
+    stack += f"  hcloud:token: {PLANTED_TOKEN}\n"
+    path = tmp_path / "Pulumi.planted.yaml"
+    path.write_text(stack)
+    done = run_cli("plan", "--config-file", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert PLANTED_TOKEN not in done.stdout + done.stderr
+    for file in (tmp_path / "out").rglob("*"):
+        if file.is_file():
+            assert PLANTED_TOKEN not in file.read_text()
+
+
+def test_same_input_same_bytes(tmp_path: Path, prod_dir: Path) -> None:
+    done = run_cli(
+        "plan",
+        "--stack",
+        "prod",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        env={"PYTHONHASHSEED": "12345"},
+    )
+    assert done.returncode == 0, done.stderr
+    for file in sorted((prod_dir).rglob("*.json")):
+        other = tmp_path / file.relative_to(prod_dir)
+        assert other.read_bytes() == file.read_bytes(), file.name
+
+
+def test_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.bad.yaml"
+    path.write_text(
+        "config:\n  nixos-k3s:cluster:\n    name: bad\n    provider: aws\n"
+        "    nodePools: [{name: a, role: server, count: 1}]\n"
+    )
+    done = run_cli("plan", "--config-file", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "provider: Input should be 'hetzner' or 'colima'" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_yaml_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.bad.yaml"
+    path.write_text("config:\n  nixos-k3s:cluster: {name: [\n")
+    done = run_cli("plan", "--config-file", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "invalid YAML at line" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_stack_file_exits_2(tmp_path: Path) -> None:
+    done = run_cli("plan", "--config-file", str(tmp_path / "nope.yaml"))
+    assert done.returncode == 2 and "cannot read" in done.stderr
+
+
+def test_bad_arguments_exit_2() -> None:
+    done = run_cli("plan", "--stak", "dev")
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr
