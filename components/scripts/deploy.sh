@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# deploy.sh: push one host's NixOS configuration and activate it with magic rollback.
+#
+# Runs on the OPERATOR machine (pulumi_command.local.Command, cwd = project root):
+#   bash components/scripts/deploy.sh
+# Env:
+#   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root)
+#   HOST_NAME        nixosConfigurations name (required)
+#   HOST_PUBLIC_KEY  pinned host key "ssh-ed25519 AAAA..." (required; never trust-on-first-use)
+#   HOST_JSON        host data, JSON text (required); becomes hosts/$HOST_NAME.json
+#   NIXOS_SOURCE_DIR the static nixos/ tree (nixos)
+#   RELEASE_ID       content hash of the release (required)
+#   ROLLBACK_TIMEOUT seconds before the host rolls itself back unless confirmed (180)
+#   HEALTH_UNITS     space-separated systemd units that must be active ("" = none)
+#   HEALTH_TIMEOUT   seconds to wait for HEALTH_UNITS (90; capped by the rollback deadline)
+#   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (30), SSH_RETRY_DELAY (5): dial retries
+#     that outlast a reboot or kexec
+# Stdin: the deploy SSH private key (OpenSSH PEM). It only ever lives in a 0600 temp file.
+# Portable to the bash 3.2 and BSD tools of macOS.
+# Exit codes: 0 deployed and confirmed; 1 any failure (the message and the last lines of the
+#   on-host log say which); 2 bad environment.
+# Flow: receive (atomic upload) -> activate (build, arm rollback timer, nixos-rebuild test)
+#   -> confirm over a FRESH connection (health, disarm, nixos-rebuild switch).
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+readonly REMOTE_SCRIPT=host-activate.sh
+
+fail() {
+  printf 'deploy.sh: %s\n' "$*" >&2
+  exit 1
+}
+
+bad_env() {
+  printf 'deploy.sh: %s\n' "$*" >&2
+  exit 2
+}
+
+require_env() {
+  local name
+  for name in "$@"; do
+    [[ -n ${!name:-} ]] || bad_env "environment variable $name is required"
+  done
+}
+
+require_number() {
+  if ! [[ ${!1} =~ ^[0-9]+$ ]] || ((10#${!1} == 0)); then
+    bad_env "$1 must be a positive integer: ${!1}"
+  fi
+}
+
+# POSIX single quoting, the same shell words shlex.quote produces.
+shquote() {
+  local escaped=${1//\'/\'\\\'\'}
+  printf "'%s'" "$escaped"
+}
+
+# The remote command line: the script inline, as components/scripts.py remote_invocation does.
+remote_command() {
+  local text word line
+  text=$(<"$SCRIPT_DIR/$REMOTE_SCRIPT")
+  line="bash -c $(shquote "$text") $REMOTE_SCRIPT"
+  for word in "$@"; do
+    line+=" $(shquote "$word")"
+  done
+  printf '%s' "$line"
+}
+
+sha256_of() {
+  if command -v sha256sum >/dev/null; then
+    sha256sum "$1" | cut -d' ' -f1
+  else
+    shasum -a 256 "$1" | cut -d' ' -f1
+  fi
+}
+
+setup() {
+  require_env TARGET_HOST HOST_NAME HOST_PUBLIC_KEY HOST_JSON RELEASE_ID
+  TARGET_PORT=${TARGET_PORT:-22}
+  TARGET_USER=${TARGET_USER:-root}
+  NIXOS_SOURCE_DIR=${NIXOS_SOURCE_DIR:-nixos}
+  ROLLBACK_TIMEOUT=${ROLLBACK_TIMEOUT:-180}
+  HEALTH_UNITS=${HEALTH_UNITS:-}
+  HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-90}
+  SSH_CONNECT_TIMEOUT=${SSH_CONNECT_TIMEOUT:-10}
+  SSH_CONNECT_ATTEMPTS=${SSH_CONNECT_ATTEMPTS:-30}
+  SSH_RETRY_DELAY=${SSH_RETRY_DELAY:-5}
+  local name
+  for name in TARGET_PORT ROLLBACK_TIMEOUT HEALTH_TIMEOUT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
+    require_number "$name"
+  done
+  [[ $SSH_RETRY_DELAY =~ ^[0-9]+([.][0-9]+)?$ ]] || bad_env "SSH_RETRY_DELAY must be a number"
+  [[ $HOST_NAME =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_env "invalid HOST_NAME: $HOST_NAME"
+  [[ $RELEASE_ID =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_env "invalid RELEASE_ID: $RELEASE_ID"
+  [[ $HOST_PUBLIC_KEY =~ ^ssh-[a-z0-9-]+\ [A-Za-z0-9+/=]+ ]] ||
+    bad_env "HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
+  [[ -d $NIXOS_SOURCE_DIR ]] || bad_env "NIXOS_SOURCE_DIR $NIXOS_SOURCE_DIR is not a directory"
+
+  umask 077
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/nixos-k3s-deploy.XXXXXX")
+  trap 'rm -rf "$WORK"' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+
+  cat >"$WORK/deploy-key"
+  [[ -s $WORK/deploy-key ]] || bad_env "no deploy private key on stdin"
+  local key_type key_body
+  read -r key_type key_body _ <<<"$HOST_PUBLIC_KEY"
+  printf 'nixos-k3s-target %s %s\n' "$key_type" "$key_body" >"$WORK/known_hosts"
+
+  SSH_OPTS=(-F none -T -p "$TARGET_PORT" -i "$WORK/deploy-key"
+    -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes
+    -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$WORK/known_hosts"
+    -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=nixos-k3s-target -o UpdateHostKeys=no
+    -o ControlMaster=no -o ControlPath=none
+    -o ConnectTimeout="$SSH_CONNECT_TIMEOUT" -o ConnectionAttempts=1
+    -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR)
+  TARGET=$TARGET_USER@${TARGET_HOST:?}
+}
+
+on_host() {
+  # shellcheck disable=SC2029 # expanding here is the point: remote_command quotes every word.
+  ssh "${SSH_OPTS[@]}" "$TARGET" "$(remote_command "$@")"
+}
+
+# Dials until the host answers with the pinned key, or the attempts (or the deadline) run out.
+wait_for_ssh() {
+  local deadline=${1:-} attempt
+  for ((attempt = 1; attempt <= SSH_CONNECT_ATTEMPTS; attempt++)); do
+    if ssh "${SSH_OPTS[@]}" "$TARGET" true </dev/null; then
+      return 0
+    fi
+    if [[ -n $deadline ]] && (($(date +%s) >= deadline)); then
+      return 1
+    fi
+    printf 'deploy.sh: %s:%s not reachable yet (attempt %d/%d)\n' \
+      "$TARGET_HOST" "$TARGET_PORT" "$attempt" "$SSH_CONNECT_ATTEMPTS" >&2
+    sleep "$SSH_RETRY_DELAY"
+  done
+  return 1
+}
+
+assemble_release() {
+  local flake=$WORK/flake
+  mkdir -p "$flake"
+  cp -R "$NIXOS_SOURCE_DIR/." "$flake/"
+  mkdir -p "$flake/hosts"
+  printf '%s\n' "$HOST_JSON" >"$flake/hosts/$HOST_NAME.json"
+  # Readable modes inside the release, whatever the umask of this script.
+  chmod -R u+rwX,go+rX,go-w "$flake"
+  COPYFILE_DISABLE=1 tar -C "$flake" -cf "$WORK/release.tar" .
+}
+
+print_host_status() {
+  on_host status </dev/null >&2 || true
+}
+
+main() {
+  setup
+  assemble_release
+  local sha
+  sha=$(sha256_of "$WORK/release.tar")
+
+  printf 'deploy.sh: %s: pushing release %s\n' "$HOST_NAME" "$RELEASE_ID" >&2
+  wait_for_ssh || fail "cannot reach $TARGET:$TARGET_PORT with the pinned host key"
+  on_host receive "$RELEASE_ID" "$sha" <"$WORK/release.tar" ||
+    fail "upload of release $RELEASE_ID failed (the host keeps no partial release)"
+
+  local activated_at status=0
+  activated_at=$(date +%s)
+  on_host activate "$RELEASE_ID" "$HOST_NAME" "$ROLLBACK_TIMEOUT" </dev/null || status=$?
+  case $status in
+  0) ;;
+  255) printf 'deploy.sh: connection lost during activation; checking over a new connection\n' >&2 ;;
+  3) fail "build of release $RELEASE_ID failed on $HOST_NAME; nothing was activated" ;;
+  4) fail "activation of release $RELEASE_ID failed on $HOST_NAME; rolled back" ;;
+  *) fail "activate step failed on $HOST_NAME (exit $status)" ;;
+  esac
+
+  # A fresh connection proves the new configuration still lets us in.
+  local deadline=$((activated_at + 10#$ROLLBACK_TIMEOUT))
+  if ! wait_for_ssh "$deadline"; then
+    local wait_left=$((deadline - $(date +%s) + 5))
+    if ((wait_left > 0)); then
+      printf 'deploy.sh: waiting %ss for the on-host rollback timer\n' "$wait_left" >&2
+      sleep "$wait_left"
+    fi
+    print_host_status
+    fail "no new SSH connection to $HOST_NAME after activating release $RELEASE_ID;" \
+      "the host rolls itself back to the previous generation after ${ROLLBACK_TIMEOUT}s"
+  fi
+  local -a units
+  read -r -a units <<<"$HEALTH_UNITS"
+  status=0
+  on_host confirm "$RELEASE_ID" "$HOST_NAME" "$HEALTH_TIMEOUT" ${units[@]+"${units[@]}"} </dev/null || status=$?
+  case $status in
+  0) printf 'deploy.sh: %s: release %s confirmed\n' "$HOST_NAME" "$RELEASE_ID" >&2 ;;
+  5) fail "health check of release $RELEASE_ID failed on $HOST_NAME; rolled back" ;;
+  6) fail "release $RELEASE_ID was rolled back on $HOST_NAME before it could be confirmed" ;;
+  255)
+    print_host_status
+    fail "connection lost while confirming release $RELEASE_ID on $HOST_NAME;" \
+      "unless confirmed, the host rolls back after ${ROLLBACK_TIMEOUT}s"
+    ;;
+  *) fail "confirm step failed on $HOST_NAME (exit $status)" ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,410 @@
+#!/usr/bin/env bash
+# host-activate.sh: receive, activate, confirm or roll back one NixOS release on this host.
+#
+# Runs ON THE HOST as root, sent inline by deploy.sh (`bash -c '<this text>' host-activate.sh ...`).
+# Usage:
+#   host-activate.sh receive  RELEASE_ID SHA256        stdin: tar of the flake dir
+#   host-activate.sh activate RELEASE_ID HOST_NAME ROLLBACK_TIMEOUT
+#   host-activate.sh confirm  RELEASE_ID HOST_NAME HEALTH_TIMEOUT [UNIT...]
+#   host-activate.sh rollback [RELEASE_ID]             (what the on-host timer runs)
+#   host-activate.sh status
+# Env (tests only): NIXOS_K3S_STATE_DIR (default /var/lib/nixos-k3s), NIXOS_K3S_CURRENT_SYSTEM
+#   (default /run/current-system), NIXOS_K3S_SYSTEM_PROFILE (default /nix/var/nix/profiles/system).
+# Stdin: only `receive` reads it. No secret passes through this script.
+# Exit codes: 0 ok; 1 error; 2 usage; 3 build failed (nothing activated); 4 activation failed
+#   (rolled back); 5 health check failed (rolled back when pending); 6 nothing pending to confirm
+#   (the rollback timer already fired, or activate never ran).
+# Layout: $STATE/releases/<id>/{flake/,result}, $STATE/pending (armed, unconfirmed activation),
+#   $STATE/current-release, $STATE/deploy.log, $STATE/host-activate.sh (copy the timer runs).
+set -euo pipefail
+
+readonly STATE=${NIXOS_K3S_STATE_DIR:-/var/lib/nixos-k3s}
+readonly CURRENT_SYSTEM=${NIXOS_K3S_CURRENT_SYSTEM:-/run/current-system}
+readonly SYSTEM_PROFILE=${NIXOS_K3S_SYSTEM_PROFILE:-/nix/var/nix/profiles/system}
+readonly RELEASES=$STATE/releases
+readonly PENDING=$STATE/pending
+readonly LOG=$STATE/deploy.log
+readonly ROLLBACK_UNIT=nixos-k3s-rollback
+readonly KEEP_RELEASES=3
+readonly CONFIRM_MARGIN=5
+readonly LOG_MAX_BYTES=1048576
+readonly -a TEST_ENV_VARS=(NIXOS_K3S_STATE_DIR NIXOS_K3S_CURRENT_SYSTEM NIXOS_K3S_SYSTEM_PROFILE)
+
+SUBCOMMAND=${1:-}
+RELEASE=""
+
+case ":$PATH:" in
+*:/run/current-system/sw/bin:*) ;;
+*) PATH=$PATH:/run/current-system/sw/bin ;;
+esac
+
+# Output to the SSH client is best effort: when the connection drops the work goes on (a lost
+# session must not leave a half-done step), and everything also lands in the on-host log.
+trap '' HUP PIPE
+
+say() {
+  printf '%s [%s%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$SUBCOMMAND" "${RELEASE:+ $RELEASE}" \
+    "$*" >>"$LOG" 2>/dev/null || true
+  printf '%s\n' "$*" >&2 2>/dev/null || true
+}
+
+log_tail() {
+  printf -- '--- last 30 lines of %s on %s ---\n' "$LOG" "$(uname -n)" >&2 2>/dev/null || true
+  tail -n 30 "$LOG" >&2 2>/dev/null || true
+}
+
+die() {
+  local code=$1
+  shift
+  say "ERROR: $*"
+  log_tail
+  exit "$code"
+}
+
+usage() {
+  printf 'usage: host-activate.sh receive|activate|confirm|rollback|status ...\n' >&2
+  exit 2
+}
+
+# Runs a command with its output in the log and (best effort) on stderr.
+run_logged() {
+  say "+ $*"
+  local status=0
+  "$@" 2>&1 | tee -a --output-error=warn "$LOG" >&2 2>/dev/null || status=${PIPESTATUS[0]}
+  return "$status"
+}
+
+valid_release_id() {
+  [[ $1 =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]]
+}
+
+valid_host_name() {
+  [[ $1 =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]]
+}
+
+valid_seconds() {
+  [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 > 0))
+}
+
+prepare_state() {
+  mkdir -p "$RELEASES"
+  chmod 0700 "$STATE"
+  if [[ -f $LOG ]] && (($(wc -c <"$LOG") > LOG_MAX_BYTES)); then
+    mv -f "$LOG" "$LOG.1"
+  fi
+  touch "$LOG"
+  chmod 0600 "$LOG"
+}
+
+take_lock() {
+  exec 9>"$STATE/lock"
+  flock -w 900 9 || die 1 "another deployment holds $STATE/lock"
+}
+
+resolve() {
+  readlink -f "$1" 2>/dev/null || true
+}
+
+pending_get() {
+  local key=$1 line
+  [[ -f $PENDING ]] || return 0
+  while IFS= read -r line; do
+    if [[ $line == "$key="* ]]; then
+      printf '%s\n' "${line#*=}"
+      return 0
+    fi
+  done <"$PENDING"
+}
+
+write_atomically() {
+  local target=$1 content=$2 tmp
+  tmp=$(mktemp "$target.XXXXXX")
+  printf '%s\n' "$content" >"$tmp"
+  mv -f "$tmp" "$target"
+}
+
+flake_ref() {
+  printf 'path:%s#%s' "$RELEASES/$1/flake" "$2"
+}
+
+cmd_receive() {
+  (($# == 2)) || usage
+  local id=$1 sha=$2
+  valid_release_id "$id" || die 2 "invalid release id: $id"
+  [[ $sha =~ ^[0-9a-f]{64}$ ]] || die 2 "invalid sha256: $sha"
+  RELEASE=$id
+  prepare_state
+  take_lock
+  # Incoming dirs left by an interrupted upload are stale: we hold the lock.
+  find "$RELEASES" -mindepth 1 -maxdepth 1 -name '.incoming.*' -exec rm -rf {} +
+  if [[ -d $RELEASES/$id/flake ]]; then
+    cat >/dev/null
+    say "release $id already present; reusing it"
+    return 0
+  fi
+  incoming=$(mktemp -d "$RELEASES/.incoming.XXXXXX")
+  trap 'rm -rf "$incoming"' EXIT
+  cat >"$incoming/release.tar"
+  local got
+  got=$(sha256sum "$incoming/release.tar")
+  got=${got%% *}
+  if [[ $got != "$sha" ]]; then
+    die 1 "upload of release $id is incomplete or corrupt (sha256 $got, expected $sha)"
+  fi
+  mkdir "$incoming/flake"
+  tar -xf "$incoming/release.tar" -C "$incoming/flake" --no-same-owner ||
+    die 1 "cannot extract release $id"
+  rm -f "$incoming/release.tar"
+  mv -T "$incoming" "$RELEASES/$id"
+  trap - EXIT
+  say "received release $id"
+}
+
+save_self() {
+  local tmp
+  tmp=$(mktemp "$STATE/host-activate.sh.XXXXXX")
+  if [[ -n ${BASH_EXECUTION_STRING:-} ]]; then
+    printf '%s\n' "$BASH_EXECUTION_STRING" >"$tmp"
+  else
+    cat "$0" >"$tmp"
+  fi
+  chmod 0700 "$tmp"
+  mv -f "$tmp" "$STATE/host-activate.sh"
+}
+
+clear_rollback_units() {
+  systemctl stop "$ROLLBACK_UNIT.timer" "$ROLLBACK_UNIT.service" >/dev/null 2>&1 || true
+  systemctl reset-failed "$ROLLBACK_UNIT.timer" "$ROLLBACK_UNIT.service" >/dev/null 2>&1 || true
+}
+
+arm_rollback() {
+  local id=$1 timeout=$2 bash_bin var
+  bash_bin=$(resolve "$(command -v bash)")
+  save_self
+  clear_rollback_units
+  local -a setenv=(--setenv="PATH=$PATH")
+  for var in "${TEST_ENV_VARS[@]}"; do
+    if [[ -n ${!var:-} ]]; then
+      setenv+=(--setenv="$var=${!var}")
+    fi
+  done
+  run_logged systemd-run --unit="$ROLLBACK_UNIT" --collect --quiet \
+    --description="nixos-k3s: roll back release $id unless confirmed" \
+    --on-active="${timeout}s" --timer-property=AccuracySec=1s "${setenv[@]}" \
+    "$bash_bin" "$STATE/host-activate.sh" rollback "$id"
+}
+
+disarm_rollback() {
+  run_logged systemctl stop "$ROLLBACK_UNIT.timer" || say "warning: could not stop $ROLLBACK_UNIT.timer"
+}
+
+# Re-activates the generation recorded before the pending activation. Caller holds the lock.
+rollback_pending() {
+  local previous release
+  previous=$(pending_get previous)
+  release=$(pending_get release)
+  [[ -n $previous ]] || return 0
+  say "rolling back release $release to $previous"
+  local status=0
+  run_logged "$previous/bin/switch-to-configuration" test || status=$?
+  rm -f "$PENDING"
+  write_atomically "$STATE/last-rollback" "release=$release previous=$previous at=$(date -u +%s)"
+  disarm_rollback
+  if ((status != 0)); then
+    say "warning: switch-to-configuration of $previous exited $status (some units failed)"
+  fi
+  if [[ $(resolve "$CURRENT_SYSTEM") != "$(resolve "$previous")" ]]; then
+    say "ERROR: rollback did not make $previous current"
+    return 1
+  fi
+  say "rolled back to $previous"
+}
+
+already_current() {
+  local id=$1 built
+  built=$(resolve "$RELEASES/$id/result")
+  [[ ! -f $PENDING && -n $built && -f $STATE/current-release ]] &&
+    [[ $(<"$STATE/current-release") == "$id" ]] &&
+    [[ $(resolve "$CURRENT_SYSTEM") == "$built" && $(resolve "$SYSTEM_PROFILE") == "$built" ]]
+}
+
+cmd_activate() {
+  (($# == 3)) || usage
+  local id=$1 name=$2 timeout=$3
+  valid_release_id "$id" || die 2 "invalid release id: $id"
+  valid_host_name "$name" || die 2 "invalid host name: $name"
+  valid_seconds "$timeout" || die 2 "invalid rollback timeout: $timeout"
+  RELEASE=$id
+  prepare_state
+  take_lock
+  local dir=$RELEASES/$id
+  [[ -d $dir/flake ]] || die 1 "release $id was not received"
+  touch "$dir"
+  if already_current "$id"; then
+    say "release $id is already active and persisted; nothing to activate"
+    return 0
+  fi
+  local previous
+  previous=$(resolve "$SYSTEM_PROFILE")
+  [[ -x $previous/bin/switch-to-configuration ]] ||
+    die 1 "no previous generation at $SYSTEM_PROFILE to roll back to"
+
+  say "building $(flake_ref "$id" "$name")"
+  (cd "$dir" && run_logged nixos-rebuild build --no-reexec --flake "$(flake_ref "$id" "$name")") ||
+    die 3 "build of release $id failed; nothing was activated"
+  local built
+  built=$(resolve "$dir/result")
+  [[ -x $built/bin/switch-to-configuration ]] || die 3 "build of release $id produced no system"
+
+  write_atomically "$PENDING" "release=$id
+name=$name
+previous=$previous
+new=$built
+deadline=$(($(date +%s) + 10#$timeout))"
+  arm_rollback "$id" "$timeout" || {
+    rm -f "$PENDING"
+    die 1 "cannot arm the rollback timer; nothing was activated"
+  }
+  say "activating $built (rollback to $previous in ${timeout}s unless confirmed)"
+  if ! (cd "$dir" && run_logged nixos-rebuild test --no-reexec --flake "$(flake_ref "$id" "$name")"); then
+    rollback_pending || true
+    die 4 "activation of release $id failed; rolled back to $previous"
+  fi
+  if [[ $(resolve "$CURRENT_SYSTEM") != "$built" ]]; then
+    rollback_pending || true
+    die 4 "after activation $CURRENT_SYSTEM is not $built; rolled back to $previous"
+  fi
+  say "release $id activated; waiting for confirmation"
+}
+
+# Waits until every unit is active or the time is up; prints the units that are not active.
+wait_units_active() {
+  local seconds=$1
+  shift
+  local end=$((SECONDS + seconds)) unit
+  local -a inactive
+  while :; do
+    inactive=()
+    for unit in "$@"; do
+      systemctl is-active --quiet "$unit" || inactive+=("$unit=$(systemctl is-active "$unit" || true)")
+    done
+    if ((${#inactive[@]} == 0)); then
+      return 0
+    fi
+    if ((SECONDS >= end)); then
+      printf '%s\n' "${inactive[*]}"
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+cmd_confirm() {
+  (($# >= 3)) || usage
+  local id=$1 name=$2 health_timeout=$3
+  shift 3
+  valid_release_id "$id" || die 2 "invalid release id: $id"
+  valid_host_name "$name" || die 2 "invalid host name: $name"
+  valid_seconds "$health_timeout" || die 2 "invalid health timeout: $health_timeout"
+  RELEASE=$id
+  prepare_state
+  take_lock
+  local failing
+  if already_current "$id"; then
+    if ! failing=$(wait_units_active "$health_timeout" "$@"); then
+      die 5 "release $id is persisted but not healthy: $failing (no pending activation to roll back)"
+    fi
+    say "release $id is already confirmed and healthy"
+    return 0
+  fi
+  if [[ $(pending_get release) != "$id" ]]; then
+    die 6 "no pending activation of release $id: the rollback timer already fired or activate did not run"
+  fi
+  local built deadline remaining
+  built=$(pending_get new)
+  if [[ $(resolve "$CURRENT_SYSTEM") != "$built" ]]; then
+    rollback_pending || true
+    die 6 "$CURRENT_SYSTEM is not the activated $built; rolled back"
+  fi
+  deadline=$(pending_get deadline)
+  remaining=$((deadline - $(date +%s) - CONFIRM_MARGIN))
+  if ((remaining < health_timeout)); then
+    health_timeout=$((remaining > 1 ? remaining : 1))
+  fi
+  say "health check: ${*:-no units} (up to ${health_timeout}s)"
+  if ! failing=$(wait_units_active "$health_timeout" "$@"); then
+    rollback_pending || true
+    die 5 "health check of release $id failed: $failing; rolled back"
+  fi
+  disarm_rollback
+  if [[ $(pending_get release) != "$id" || $(resolve "$CURRENT_SYSTEM") != "$built" ]]; then
+    die 6 "the rollback timer fired before release $id was confirmed"
+  fi
+  (cd "$RELEASES/$id" && run_logged nixos-rebuild switch --no-reexec --flake "$(flake_ref "$id" "$name")") ||
+    die 1 "release $id is active and healthy but persisting it to the boot profile failed"
+  write_atomically "$STATE/current-release" "$id"
+  rm -f "$PENDING"
+  say "release $id confirmed and persisted"
+  prune_releases "$id"
+}
+
+prune_releases() {
+  local keep_id=$1 kept=0 entry id
+  local -a entries
+  mapfile -t entries < <(find "$RELEASES" -mindepth 1 -maxdepth 1 -type d ! -name '.*' \
+    -printf '%T@ %f\n' | sort -rn)
+  for entry in "${entries[@]}"; do
+    id=${entry#* }
+    [[ $id != "$keep_id" ]] || continue
+    if ((kept < KEEP_RELEASES - 1)); then
+      kept=$((kept + 1))
+      continue
+    fi
+    say "pruning old release $id"
+    rm -rf "${RELEASES:?}/$id"
+  done
+}
+
+cmd_rollback() {
+  (($# <= 1)) || usage
+  local id=${1:-}
+  RELEASE=$id
+  prepare_state
+  take_lock
+  if [[ ! -f $PENDING ]]; then
+    say "nothing pending; no rollback needed"
+    return 0
+  fi
+  if [[ -n $id && $(pending_get release) != "$id" ]]; then
+    say "pending activation is $(pending_get release), not $id; no rollback"
+    return 0
+  fi
+  rollback_pending || die 1 "rollback failed"
+}
+
+cmd_status() {
+  printf 'host: %s\n' "$(uname -n)"
+  printf 'current-system: %s\n' "$(resolve "$CURRENT_SYSTEM")"
+  printf 'boot-profile: %s\n' "$(resolve "$SYSTEM_PROFILE")"
+  printf 'current-release: %s\n' "$(cat "$STATE/current-release" 2>/dev/null || true)"
+  printf 'pending-release: %s\n' "$(pending_get release)"
+  printf 'last-rollback: %s\n' "$(cat "$STATE/last-rollback" 2>/dev/null || true)"
+  printf -- '--- last 30 lines of %s ---\n' "$LOG"
+  tail -n 30 "$LOG" 2>/dev/null || true
+}
+
+main() {
+  (($# >= 1)) || usage
+  shift
+  umask 077
+  case $SUBCOMMAND in
+  receive) cmd_receive "$@" ;;
+  activate) cmd_activate "$@" ;;
+  confirm) cmd_confirm "$@" ;;
+  rollback) cmd_rollback "$@" ;;
+  status) cmd_status "$@" ;;
+  *) usage ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,268 @@
+"""deploy.sh + host-activate.sh against a real sshd and a fake NixOS host."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+from components.scripts import remote_invocation
+from tests.remote.harness import (
+    HOST_NAME,
+    FakeHost,
+    deploy_env,
+    make_nixos_source,
+    release_tarball,
+    run_operator_script,
+)
+
+
+def deploy(host: FakeHost, source: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
+    env = deploy_env(host.server, source, **overrides)
+    key = host.server.client_key.read_bytes()
+    return run_operator_script("deploy.sh", env, key)
+
+
+def release_of(host: FakeHost, source: Path) -> str:
+    return deploy_env(host.server, source)["RELEASE_ID"]
+
+
+def built_system(host: FakeHost, release: str) -> Path:
+    return (host.state / "releases" / release / "result").resolve()
+
+
+def assert_deployed(host: FakeHost, source: Path) -> None:
+    release = release_of(host, source)
+    built = built_system(host, release)
+    assert built.name.endswith(f"-nixos-system-{HOST_NAME}")
+    assert host.current_system() == built
+    assert host.boot_profile() == built
+    assert (host.state / "current-release").read_text().strip() == release
+    assert not (host.state / "pending").exists()
+    assert not host.timer().exists(), "rollback timer left armed after confirmation"
+
+
+def assert_rolled_back(host: FakeHost) -> None:
+    assert host.current_system() == host.initial_system
+    assert host.boot_profile() == host.initial_system
+    assert not (host.state / "pending").exists()
+    assert not host.timer().exists()
+    assert not (host.state / "current-release").exists()
+
+
+def test_success_pushes_activates_confirms_and_persists(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    result = deploy(host, source)
+    assert result.returncode == 0, result.stderr
+    assert_deployed(host, source)
+    release = release_of(host, source)
+    flake = host.state / "releases" / release / "flake"
+    assert (flake / f"hosts/{HOST_NAME}.json").read_text().strip() == deploy_env(
+        host.server, source
+    )["HOST_JSON"]
+    assert (flake / "modules/base.nix").is_file()
+
+    flake_ref = f"path:{flake}#{HOST_NAME}"
+    assert host.calls("nixos-rebuild") == [
+        f"build --no-reexec --flake {flake_ref}",
+        f"test --no-reexec --flake {flake_ref}",
+        f"switch --no-reexec --flake {flake_ref}",
+    ]
+    (arm,) = host.calls("systemd-run")
+    assert "--unit=nixos-k3s-rollback" in arm
+    assert "--on-active=60s" in arm
+    assert arm.endswith(f"{host.state}/host-activate.sh rollback {release}")
+    assert "systemctl\tstop nixos-k3s-rollback.timer" in host.calls()
+    order = [line.split("\t")[0] + " " + line.split("\t")[1].split()[0] for line in host.calls()]
+    assert order.index("systemd-run --unit=nixos-k3s-rollback") < order.index("nixos-rebuild test")
+    disarm = len(order) - 1 - order[::-1].index("systemctl stop")
+    assert order.index("nixos-rebuild test") < order.index("systemctl is-active") < disarm
+    assert disarm < order.index("nixos-rebuild switch")
+
+    key_text = host.server.client_key.read_text()
+    for path in [host.root / "calls.log", host.state / "deploy.log"]:
+        assert key_text.splitlines()[1] not in path.read_text()
+
+
+def test_rerun_of_a_deployed_release_changes_nothing(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    assert deploy(host, source).returncode == 0
+    calls_before = len(host.calls())
+    result = deploy(host, source)
+    assert result.returncode == 0, result.stderr
+    assert_deployed(host, source)
+    new_calls = host.calls()[calls_before:]
+    assert not [c for c in new_calls if c.startswith(("nixos-rebuild", "systemd-run"))]
+    assert "already present" in result.stderr
+
+
+def test_build_failure_activates_nothing(host: FakeHost, tmp_path: Path) -> None:
+    broken = make_nixos_source(tmp_path / "broken", {"build-fails": ""})
+    result = deploy(host, broken)
+    assert result.returncode == 1
+    assert "build of release" in result.stderr
+    assert "builder for" in result.stderr, "the on-host log tail is printed"
+    assert host.current_system() == host.initial_system
+    assert host.calls("systemd-run") == []
+    assert [c.split()[0] for c in host.calls("nixos-rebuild")] == ["build"]
+    assert not (host.state / "pending").exists()
+
+    fixed = make_nixos_source(tmp_path / "fixed")
+    assert deploy(host, fixed).returncode == 0
+    assert_deployed(host, fixed)
+
+
+def test_activation_failure_rolls_back_immediately(host: FakeHost, tmp_path: Path) -> None:
+    broken = make_nixos_source(tmp_path / "broken", {"activation-exit": "4"})
+    result = deploy(host, broken)
+    assert result.returncode == 1
+    assert "activation of release" in result.stderr
+    assert "returned non-zero exit status 4" in result.stderr
+    assert_rolled_back(host)
+    assert f"switch-to-configuration\t{host.initial_system} test" in host.calls()
+    assert "nixos-rebuild" not in "".join(c for c in host.calls() if "switch --no-reexec" in c)
+
+    fixed = make_nixos_source(tmp_path / "fixed")
+    assert deploy(host, fixed).returncode == 0
+    assert_deployed(host, fixed)
+
+
+def test_health_failure_rolls_back(host: FakeHost, tmp_path: Path) -> None:
+    unhealthy = make_nixos_source(tmp_path / "unhealthy", {"units": "k3s.service failed\n"})
+    result = deploy(host, unhealthy)
+    assert result.returncode == 1
+    assert "health check" in result.stderr
+    assert "k3s.service=failed" in result.stderr
+    assert_rolled_back(host)
+    assert not [c for c in host.calls("nixos-rebuild") if c.startswith("switch")]
+    assert (host.root / "units/k3s.service").read_text().strip() == "active"
+
+    fixed = make_nixos_source(tmp_path / "fixed")
+    assert deploy(host, fixed).returncode == 0
+    assert_deployed(host, fixed)
+
+
+def test_lost_ssh_after_activation_leaves_rollback_to_the_timer(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    locked_out = make_nixos_source(tmp_path / "locked-out", {"breaks-ssh": ""})
+    result = deploy(host, locked_out, ROLLBACK_TIMEOUT="3")
+    assert result.returncode == 1
+    assert "rolls itself back" in result.stderr
+    new_system = built_system(host, release_of(host, locked_out))
+    assert host.current_system() == new_system, "deploy.sh cannot reach the host to roll back"
+    assert host.timer().exists(), "the on-host timer is still armed"
+
+    fired = host.fire_timer()
+    assert fired.returncode == 0, fired.stderr
+    assert_rolled_back(host)
+    assert host.server.ssh("true").returncode == 0, "rollback restored SSH access"
+    assert "rolled back to" in (host.state / "deploy.log").read_text()
+
+    fixed = make_nixos_source(tmp_path / "fixed")
+    assert deploy(host, fixed).returncode == 0
+    assert_deployed(host, fixed)
+
+
+def test_confirm_after_timer_fired_fails_without_switching(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    release = release_of(host, source)
+    push = deploy(host, source, HEALTH_UNITS="")
+    assert push.returncode == 0
+    # A second release activated but never confirmed: fire its timer, then try to confirm.
+    second = make_nixos_source(tmp_path / "second", {"marker": "second"})
+    second_release = release_of(host, second)
+    tarball = release_tarball(second)
+    sha = hashlib.sha256(tarball).hexdigest()
+    received = host.server.ssh(
+        remote_invocation("host-activate.sh", "receive", second_release, sha), tarball
+    )
+    assert received.returncode == 0, received.stderr
+    activated = host.server.ssh(
+        remote_invocation("host-activate.sh", "activate", second_release, HOST_NAME, "60")
+    )
+    assert activated.returncode == 0, activated.stderr
+    assert host.fire_timer().returncode == 0
+    confirmed = host.server.ssh(
+        remote_invocation("host-activate.sh", "confirm", second_release, HOST_NAME, "2")
+    )
+    assert confirmed.returncode == 6
+    assert "rollback timer already fired" in confirmed.stderr
+    assert host.current_system() == built_system(host, release)
+    assert (host.state / "current-release").read_text().strip() == release
+
+
+def test_interrupted_activation_is_rearmed_and_converges(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    release = release_of(host, source)
+    tarball = release_tarball(source)
+    sha = hashlib.sha256(tarball).hexdigest()
+    assert (
+        host.server.ssh(
+            remote_invocation("host-activate.sh", "receive", release, sha), tarball
+        ).returncode
+        == 0
+    )
+    # Activated, then the operator vanished: the timer stays armed, nothing is confirmed.
+    assert (
+        host.server.ssh(
+            remote_invocation("host-activate.sh", "activate", release, HOST_NAME, "60")
+        ).returncode
+        == 0
+    )
+    assert host.timer().exists()
+    result = deploy(host, source)
+    assert result.returncode == 0, result.stderr
+    assert_deployed(host, source)
+    assert len(host.calls("systemd-run")) == 2
+
+
+def test_cut_upload_leaves_no_release_and_rerun_converges(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    release = release_of(host, source)
+    tarball = release_tarball(source)
+    sha = hashlib.sha256(tarball).hexdigest()
+    receive = remote_invocation("host-activate.sh", "receive", release, sha)
+
+    cut = host.server.ssh(receive, tarball[: len(tarball) // 2])
+    assert cut.returncode == 1
+    assert "incomplete or corrupt" in cut.stderr
+    releases = host.state / "releases"
+    assert not (releases / release).exists()
+    assert list(releases.iterdir()) == []
+
+    # The client dies mid-stream: the host must notice the short stream and clean up.
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{host.server.port} {host.server.host_public_key()}\n")
+    client = subprocess.Popen(
+        [*host.server.ssh_argv(known_hosts), receive], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert client.stdin is not None
+    client.stdin.write(tarball[:10240])
+    client.stdin.flush()
+    time.sleep(0.5)
+    client.kill()
+    client.wait()
+    log = host.state / "deploy.log"
+    for _ in range(100):
+        if log.read_text().count("incomplete or corrupt") == 2 and not list(releases.iterdir()):
+            break
+        time.sleep(0.1)
+    assert log.read_text().count("incomplete or corrupt") == 2
+    assert list(releases.iterdir()) == []
+
+    result = deploy(host, source)
+    assert result.returncode == 0, result.stderr
+    assert_deployed(host, source)
+
+
+def test_old_releases_are_pruned(host: FakeHost, tmp_path: Path) -> None:
+    releases = []
+    for index in range(4):
+        source = make_nixos_source(tmp_path / str(index), {"marker": str(index)})
+        assert deploy(host, source).returncode == 0
+        releases.append(release_of(host, source))
+    kept = sorted(p.name for p in (host.state / "releases").iterdir())
+    assert kept == sorted(releases[-3:])
