@@ -741,6 +741,21 @@ def _address_problems(cfg: ClusterConfig) -> Iterable[Problem]:
             taken[offset] = pool.name
 
 
+# containerd >= 2.1 (k3s >= 1.34) runs under nspawn without the seed's containerd template.
+MIN_CONTAINER_K3S_MINOR = 34
+
+
+def _container_problems(cfg: ClusterConfig) -> Iterable[Problem]:
+    pinned = re.fullmatch(r"k3s_1_([0-9]+)", cfg.k3s.package)
+    has_containers = any(pool.containers for pool in cfg.node_pools)
+    if has_containers and pinned and int(pinned.group(1)) < MIN_CONTAINER_K3S_MINOR:
+        yield Problem(
+            "k3s.package",
+            f"{cfg.k3s.package} is older than k3s 1.{MIN_CONTAINER_K3S_MINOR}: nspawn containers "
+            "need containerd >= 2.1 (use 'k3s' or k3s_1_34 and newer)",
+        )
+
+
 def _seconds(duration: str) -> int:
     units = {"h": 3600, "m": 60, "s": 1}
     return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(h|m|s)", duration))
@@ -805,6 +820,7 @@ def semantic_problems(cfg: ClusterConfig) -> list[Problem]:
         *_k3s_problems(cfg),
         *_address_problems(cfg),
         *_cilium_problems(cfg),
+        *_container_problems(cfg),
     ]
 
 
