@@ -36,6 +36,9 @@ let
       return 1
     }
 
+    # Let udev finish its own (predictable) naming first, or it could rename behind our back.
+    udevadm settle --timeout="$wait_seconds" || true
+
     pairs=$(awk '
       /macaddress:/ { mac = tolower($2); gsub(/["\047]/, "", mac) }
       /set-name:/ && mac != "" { print mac, $2; mac = "" }
@@ -182,6 +185,7 @@ in
           pkgs.coreutils
           pkgs.gawk
           pkgs.iproute2
+          config.systemd.package
         ] renameScript;
       };
     };

@@ -173,6 +173,7 @@ def test_nics_are_renamed_by_mac_from_network_config(cidata: Path, tmp_path: Pat
     (tmp_path / "bin").mkdir()
     log = tmp_path / "calls.log"
     recorder(tmp_path / "bin", "ip", log)
+    recorder(tmp_path / "bin", "udevadm", log)
     net = fake_sysfs(
         tmp_path,
         {"lo": "00:00:00:00:00:00", "enp0s1": "52:55:55:aa:bb:01", "enp0s2": "52:55:55:aa:bb:02"},
@@ -184,6 +185,7 @@ def test_nics_are_renamed_by_mac_from_network_config(cidata: Path, tmp_path: Pat
     )
     assert result.returncode == 0, result.stderr
     assert log.read_text().splitlines() == [
+        "udevadm settle --timeout=0",
         "ip link set dev enp0s1 down",
         "ip link set dev enp0s1 name eth0",
         "ip link set dev enp0s2 down",
@@ -195,6 +197,7 @@ def test_nics_already_named_are_left_alone(cidata: Path, tmp_path: Path) -> None
     (tmp_path / "bin").mkdir()
     log = tmp_path / "calls.log"
     recorder(tmp_path / "bin", "ip", log)
+    recorder(tmp_path / "bin", "udevadm", log)
     net = fake_sysfs(tmp_path, {"eth0": "52:55:55:aa:bb:01", "enp0s2": "52:55:55:aa:bb:02"})
     result = run_script(
         "renameScript",
@@ -203,6 +206,7 @@ def test_nics_already_named_are_left_alone(cidata: Path, tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     assert log.read_text().splitlines() == [
+        "udevadm settle --timeout=0",
         "ip link set dev enp0s2 down",
         "ip link set dev enp0s2 name col0",
     ]
@@ -212,6 +216,7 @@ def test_missing_nic_is_reported_and_the_others_renamed(cidata: Path, tmp_path: 
     (tmp_path / "bin").mkdir()
     log = tmp_path / "calls.log"
     recorder(tmp_path / "bin", "ip", log)
+    recorder(tmp_path / "bin", "udevadm", log)
     net = fake_sysfs(tmp_path, {"enp0s1": "52:55:55:aa:bb:01"})
     result = run_script(
         "renameScript",
