@@ -90,7 +90,7 @@ def fake_colima_line(profile: str) -> str:
             "memory": 8589934592,
             "disk": 64424509440,
             "runtime": "containerd",
-            "address": f"192.168.106.{n}",
+            "address": f"192.168.64.{n}",
         }
     )
 

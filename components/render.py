@@ -38,8 +38,8 @@ PUBLIC_NAMESERVERS = ("1.1.1.1", "9.9.9.9")
 # Colima VMs: Lima's user-mode network (eth0, DHCP) stays the default route; the vmnet NIC
 # that --network-address adds carries node-to-node and Mac-to-VM traffic.
 COLIMA_PRIVATE_INTERFACE = "col0"
-# socket_vmnet's shared network, which Colima's --network-address uses by default.
-COLIMA_NETWORK = "192.168.106.0/24"
+# macOS vzNAT shared network that Colima's --network-address NIC (col0) gets its address on.
+COLIMA_NETWORK = "192.168.64.0/24"
 HETZNER_PRIVATE_INTERFACE = "enp7s0"
 
 

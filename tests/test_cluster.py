@@ -188,5 +188,5 @@ def test_dev_stack_graph(dev_plan: Plan) -> None:
     host = json.loads(dev_plan["dev-agent-1-push"].inputs["environment"]["HOST_JSON"])
     assert host["system"] == "aarch64-linux" and host["hardware"]["profile"] == "colima-vz"
     assert host["hardware"]["rosetta"] is True
-    assert host["k3s"]["serverAddr"].startswith("https://192.168.106.")
+    assert host["k3s"]["serverAddr"].startswith("https://192.168.64.")
     assert "MTU" not in dev_plan["dev-cilium"].inputs["values"]
