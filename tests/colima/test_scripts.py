@@ -152,6 +152,7 @@ def test_create_passes_real_colima_flags_and_prints_the_profile_line(colima: Fak
         "--ssh-config=false",
         "--vz-rosetta",
     ]
+    assert len(result.stdout.splitlines()) == 1, "colima's chatter must go to stderr"
     vm = parse_colima_list(result.stdout, "dev-a")
     assert vm.address == colima.state()["profiles"]["dev-a"]["address"]
     assert (vm.cpus, vm.memory, vm.disk) == (4, 6 * GIB, 40 * GIB)
