@@ -1,0 +1,1 @@
+"""Benchmark of the offline plan: `python -m bench` (see bench/__main__.py)."""

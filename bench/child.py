@@ -1,0 +1,106 @@
+"""One measurement, in a fresh process: `python -m bench.child plan|baseline ... RESULT_JSON`.
+
+plan CONFIG_FILE OUT_DIR RESULT   the offline plan as `python -m components plan` runs it
+                                  (read the stack file, run the program under mocks, write files)
+baseline COUNT RESULT             COUNT bare custom resources under the same mocks
+                                  (components.mocks.FakeProviders, no RecordingMonitor)
+profile CONFIG_FILE RESULT        the plan's program under cProfile; RESULT gets the hotspots
+
+RESULT receives {"phases": {name: seconds}, "resources": n, "maxrssKib": n}. Phases are timed
+inside the process; the parent adds the process's own wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BARE_TYPE = "nixos-k3s:bench:Bare"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = now - self._last
+        self._last = now
+
+
+def measure_plan(config_file: Path, out: Path, clock: Clock) -> int:
+    from components import plan
+
+    clock.lap("import")
+    result = plan.run_program(plan.read_stack_file(config_file, "bench"))
+    clock.lap("program")
+    plan.write_plan(result, out)
+    clock.lap("write")
+    return len(result.registrations)
+
+
+def measure_baseline(count: int, clock: Clock) -> int:
+    import pulumi
+    from pulumi.runtime import settings
+    from pulumi.runtime.stack import wait_for_rpcs
+    from pulumi.runtime.sync_await import _sync_await
+
+    from components import mocks
+
+    clock.lap("import")
+    settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(
+        mocks.FakeProviders(), project="nixos-k3s", stack="bench", preview=False
+    )
+    for i in range(count):
+        pulumi.CustomResource(BARE_TYPE, f"bare-{i}", {})
+    _sync_await(wait_for_rpcs())
+    clock.lap("program")
+    clock.phases["write"] = 0.0
+    return count
+
+
+def profile_plan(config_file: Path, clock: Clock) -> tuple[int, str]:
+    import cProfile
+
+    from bench import hotspots
+    from components import plan
+
+    stack_file = plan.read_stack_file(config_file, "bench")
+    clock.lap("import")
+    profiler = cProfile.Profile()
+    result = profiler.runcall(plan.run_program, stack_file)
+    clock.lap("program")
+    return len(result.registrations), hotspots.report(profiler)
+
+
+def main(argv: list[str]) -> int:
+    clock = Clock()
+    mode, *rest = argv
+    if mode == "profile":
+        count, text = profile_plan(Path(rest[0]), clock)
+        Path(rest[-1]).with_suffix(".txt").write_text(text, encoding="utf-8")
+    else:
+        runners: dict[str, Callable[[], int]] = {
+            "plan": lambda: measure_plan(Path(rest[0]), Path(rest[1]), clock),
+            "baseline": lambda: measure_baseline(int(rest[0]), clock),
+        }
+        count = runners[mode]()
+    report: dict[str, Any] = {
+        "phases": clock.phases,
+        "resources": count,
+        # Linux reports ru_maxrss in KiB.
+        "maxrssKib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+    Path(rest[-1]).write_text(json.dumps(report, sort_keys=True), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
