@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# node-gate.sh: wait for a node to register, or drain and delete it.
+#
+# Runs ON A SERVER as root (remote.Command: `bash -c '<this text>' node-gate.sh ...`):
+#   node-gate.sh wait NODE TIMEOUT   until node NODE is registered in the API
+#   node-gate.sh remove NODE         drain (daemonsets ignored, emptyDir data deleted, bounded)
+#                                    and delete the Node object. For a server node, k3s's etcd
+#                                    member controller (pkg/etcd/member_controller.go, OnRemove of
+#                                    nodes labelled etcd) then removes its etcd member. Run it on
+#                                    ANOTHER server than the one being removed.
+# Env: POLL_INTERVAL (2), DRAIN_TIMEOUT (120), DELETE_TIMEOUT (60) seconds; API_ATTEMPTS (3):
+#   tries before `remove` decides the API is gone.
+# `remove` succeeds when the node is not registered or the whole API is gone (a destroyed cluster
+#   must not block `pulumi destroy`); it says which. A drain that fails is reported and the node
+#   is deleted anyway: the machine is going away.
+# Exit codes: 0 ok; 1 timeout or a failed delete; 2 usage.
+set -euo pipefail
+
+readonly POLL_INTERVAL=${POLL_INTERVAL:-2}
+readonly DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-120}
+readonly DELETE_TIMEOUT=${DELETE_TIMEOUT:-60}
+readonly API_ATTEMPTS=${API_ATTEMPTS:-3}
+
+say() {
+  printf 'node-gate.sh: %s\n' "$*" >&2
+}
+
+usage() {
+  printf 'usage: node-gate.sh wait NODE TIMEOUT | node-gate.sh remove NODE\n' >&2
+  exit 2
+}
+
+kubectl() {
+  k3s kubectl --request-timeout=10s "$@"
+}
+
+one_line() {
+  local text=$1
+  text=${text//$'\n'/ }
+  printf '%s' "${text:0:400}"
+}
+
+cmd_wait() {
+  local node=$1 timeout=$2 end answer
+  end=$((SECONDS + 10#$timeout))
+  while :; do
+    if answer=$(kubectl get node "$node" -o name 2>&1); then
+      say "node $node is registered"
+      return 0
+    fi
+    if ((SECONDS >= end)); then
+      say "node $node not registered on $(uname -n) after ${timeout}s; last answer: $(one_line "$answer")"
+      return 1
+    fi
+    sleep "$POLL_INTERVAL"
+  done
+}
+
+api_answers() {
+  local attempt answer
+  for ((attempt = 1; attempt <= API_ATTEMPTS; attempt++)); do
+    if answer=$(kubectl get --raw=/readyz 2>&1); then
+      return 0
+    fi
+    LAST_ANSWER=$answer
+    ((attempt == API_ATTEMPTS)) || sleep "$POLL_INTERVAL"
+  done
+  return 1
+}
+
+cmd_remove() {
+  local node=$1 answer
+  LAST_ANSWER=""
+  if ! api_answers; then
+    say "Kubernetes API on $(uname -n) is gone ($(one_line "$LAST_ANSWER")); nothing to remove for $node"
+    return 0
+  fi
+  if ! answer=$(kubectl get node "$node" -o name 2>&1); then
+    if [[ $answer == *NotFound* ]]; then
+      say "node $node is not registered; nothing to remove"
+      return 0
+    fi
+    say "cannot look up node $node: $(one_line "$answer")"
+    return 1
+  fi
+  say "draining $node (up to ${DRAIN_TIMEOUT}s)"
+  kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data --force \
+    --timeout="${DRAIN_TIMEOUT}s" >&2 || say "warning: drain of $node did not finish; deleting it anyway"
+  if ! kubectl delete node "$node" --ignore-not-found --wait=true --timeout="${DELETE_TIMEOUT}s" >&2; then
+    say "deleting node $node failed"
+    return 1
+  fi
+  say "node $node deleted"
+}
+
+valid_node() {
+  [[ $1 =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$ ]]
+}
+
+main() {
+  local verb=${1:-}
+  case $verb in
+  wait)
+    if (($# != 3)) || ! valid_node "$2" || ! [[ $3 =~ ^[0-9]+$ ]]; then
+      usage
+    fi
+    cmd_wait "$2" "$3"
+    ;;
+  remove)
+    if (($# != 2)) || ! valid_node "$2"; then
+      usage
+    fi
+    cmd_remove "$2"
+    ;;
+  *) usage ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,185 @@
+"""kubeconfig.sh, api-ready.sh, node-gate.sh and nodes-ready.sh on the fake host over real SSH."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from components.scripts import remote_invocation
+from tests.remote.harness import FakeHost
+
+# What k3s writes to /etc/rancher/k3s/k3s.yaml (base64 payloads shortened).
+K3S_YAML = """\
+apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJkekNDQVIy
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {}
+users:
+- name: default
+  user:
+    client-certificate-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJrVENDQVRl
+    client-key-data: LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0tCk1IY0NBUUVFSUd5
+"""
+
+FAST = {"POLL_INTERVAL": "0.1"}
+
+
+def set_nodes(host: FakeHost, nodes: dict[str, str]) -> None:
+    directory = host.root / "k3s/nodes"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, ready in nodes.items():
+        (directory / name).write_text(ready)
+
+
+def write_k3s_yaml(host: FakeHost) -> None:
+    path = host.root / "etc/rancher/k3s/k3s.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(K3S_YAML)
+    path.chmod(0o600)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "server"),
+    [
+        ("10.0.0.5", "https://10.0.0.5:6443"),
+        ("api.example.com:443", "https://api.example.com:443"),
+        ("https://lb.example.com:6443", "https://lb.example.com:6443"),
+        ("[2001:db8::1]", "https://[2001:db8::1]:6443"),
+    ],
+)
+def test_kubeconfig_points_at_endpoint_and_renames(
+    host: FakeHost, endpoint: str, server: str
+) -> None:
+    write_k3s_yaml(host)
+    result = host.server.ssh(remote_invocation("kubeconfig.sh", endpoint, "prod"))
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    original = yaml.safe_load(K3S_YAML)
+    assert config["clusters"] == [
+        {
+            "name": "prod",
+            "cluster": {
+                "server": server,
+                "certificate-authority-data": original["clusters"][0]["cluster"][
+                    "certificate-authority-data"
+                ],
+            },
+        }
+    ]
+    assert config["contexts"] == [{"name": "prod", "context": {"cluster": "prod", "user": "prod"}}]
+    assert config["current-context"] == "prod"
+    assert config["users"] == [{"name": "prod", "user": original["users"][0]["user"]}]
+    assert "default" not in result.stdout
+
+
+def test_kubeconfig_fails_clearly_without_k3s_yaml(host: FakeHost) -> None:
+    result = host.server.ssh(remote_invocation("kubeconfig.sh", "10.0.0.5", "prod"))
+    assert result.returncode == 1
+    assert "k3s.yaml not found" in result.stderr
+    assert result.stdout == ""
+
+
+def test_kubeconfig_rejects_a_bad_endpoint(host: FakeHost) -> None:
+    write_k3s_yaml(host)
+    result = host.server.ssh(remote_invocation("kubeconfig.sh", "10.0.0.5|evil", "prod"))
+    assert result.returncode == 2
+    assert "invalid API endpoint" in result.stderr
+
+
+def test_api_ready_succeeds_when_readyz_is_ok(host: FakeHost) -> None:
+    result = host.server.ssh(remote_invocation("api-ready.sh", "5", env=FAST))
+    assert result.returncode == 0, result.stderr
+    assert host.calls("k3s") == ["kubectl --request-timeout=5s get --raw=/readyz"]
+
+
+def test_api_ready_timeout_names_host_and_last_answer(host: FakeHost) -> None:
+    (host.root / "k3s").mkdir()
+    (host.root / "k3s/readyz").write_text("[-]etcd failed: reason withheld")
+    result = host.server.ssh(remote_invocation("api-ready.sh", "1", env=FAST))
+    assert result.returncode == 1
+    assert f"API on {os.uname().nodename} not ready after 1s" in result.stderr
+    assert "[-]etcd failed: reason withheld" in result.stderr
+    assert len(host.calls("k3s")) >= 2, "it polled"
+
+
+def test_node_gate_wait_until_registered(host: FakeHost) -> None:
+    set_nodes(host, {"server-1": "True"})
+    ok = host.server.ssh(remote_invocation("node-gate.sh", "wait", "server-1", "5", env=FAST))
+    assert ok.returncode == 0, ok.stderr
+    missing = host.server.ssh(remote_invocation("node-gate.sh", "wait", "agent-9", "1", env=FAST))
+    assert missing.returncode == 1
+    assert "node agent-9 not registered" in missing.stderr
+    assert 'nodes "agent-9" not found' in missing.stderr
+
+
+def test_node_gate_remove_drains_and_deletes(host: FakeHost) -> None:
+    set_nodes(host, {"server-1": "True", "server-2": "True"})
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "server-2", env=FAST))
+    assert result.returncode == 0, result.stderr
+    assert not (host.root / "k3s/nodes/server-2").exists()
+    assert (host.root / "k3s/nodes/server-1").exists()
+    calls = host.calls("k3s")
+    assert (
+        "kubectl --request-timeout=10s drain server-2 --ignore-daemonsets --delete-emptydir-data"
+        " --force --timeout=120s" in calls
+    )
+    assert (
+        "kubectl --request-timeout=10s delete node server-2 --ignore-not-found --wait=true"
+        " --timeout=60s" in calls
+    )
+    assert "node server-2 deleted" in result.stderr
+
+
+def test_node_gate_remove_deletes_even_when_drain_times_out(host: FakeHost) -> None:
+    set_nodes(host, {"agent-1": "True"})
+    (host.root / "k3s/drain-fails").touch()
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "agent-1", env=FAST))
+    assert result.returncode == 0, result.stderr
+    assert "drain of agent-1 did not finish" in result.stderr
+    assert not (host.root / "k3s/nodes/agent-1").exists()
+
+
+def test_node_gate_remove_of_a_gone_node_succeeds(host: FakeHost) -> None:
+    set_nodes(host, {"server-1": "True"})
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "agent-7", env=FAST))
+    assert result.returncode == 0, result.stderr
+    assert "node agent-7 is not registered; nothing to remove" in result.stderr
+    assert not [c for c in host.calls("k3s") if " drain " in c or " delete " in c]
+
+
+def test_node_gate_remove_with_the_api_gone_succeeds(host: FakeHost) -> None:
+    (host.root / "k3s").mkdir()
+    (host.root / "k3s/api-down").touch()
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "agent-1", env=FAST))
+    assert result.returncode == 0, result.stderr
+    assert "is gone" in result.stderr
+    assert "connection to the server 127.0.0.1:6443 was refused" in result.stderr
+    assert len(host.calls("k3s")) == 3, "it retried before giving up on the API"
+
+
+def test_node_gate_rejects_option_like_node_names(host: FakeHost) -> None:
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "--all"))
+    assert result.returncode == 2
+    assert host.calls("k3s") == []
+
+
+def test_nodes_ready_counts_ready_nodes(host: FakeHost) -> None:
+    set_nodes(host, {"server-1": "True", "server-2": "True", "agent-1": "False"})
+    ok = host.server.ssh(remote_invocation("nodes-ready.sh", "2", "5", env=FAST))
+    assert ok.returncode == 0, ok.stderr
+    short = host.server.ssh(remote_invocation("nodes-ready.sh", "3", "1", env=FAST))
+    assert short.returncode == 1
+    assert "only 2 of 3 nodes Ready" in short.stderr
+    assert "agent-1=False" in short.stderr
