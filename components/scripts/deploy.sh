@@ -197,6 +197,7 @@ main() {
   on_host confirm "$RELEASE_ID" "$HOST_NAME" "$HEALTH_TIMEOUT" ${units[@]+"${units[@]}"} </dev/null || status=$?
   case $status in
   0) printf 'deploy.sh: %s: release %s confirmed\n' "$HOST_NAME" "$RELEASE_ID" >&2 ;;
+  4) fail "activation of release $RELEASE_ID did not complete on $HOST_NAME; rolled back" ;;
   5) fail "health check of release $RELEASE_ID failed on $HOST_NAME; rolled back" ;;
   6) fail "release $RELEASE_ID was rolled back on $HOST_NAME before it could be confirmed" ;;
   255)

@@ -15,6 +15,7 @@
 #   (rolled back); 5 health check failed (rolled back when pending); 6 nothing pending to confirm
 #   (the rollback timer already fired, or activate never ran).
 # Layout: $STATE/releases/<id>/{flake/,result}, $STATE/pending (armed, unconfirmed activation),
+#   $STATE/activated (id of the pending release once `nixos-rebuild test` succeeded),
 #   $STATE/current-release, $STATE/deploy.log, $STATE/host-activate.sh (copy the timer runs).
 set -euo pipefail
 
@@ -23,6 +24,7 @@ readonly CURRENT_SYSTEM=${NIXOS_K3S_CURRENT_SYSTEM:-/run/current-system}
 readonly SYSTEM_PROFILE=${NIXOS_K3S_SYSTEM_PROFILE:-/nix/var/nix/profiles/system}
 readonly RELEASES=$STATE/releases
 readonly PENDING=$STATE/pending
+readonly ACTIVATED=$STATE/activated
 readonly LOG=$STATE/deploy.log
 readonly ROLLBACK_UNIT=nixos-k3s-rollback
 readonly KEEP_RELEASES=3
@@ -207,7 +209,7 @@ rollback_pending() {
   say "rolling back release $release to $previous"
   local status=0
   run_logged "$previous/bin/switch-to-configuration" test || status=$?
-  rm -f "$PENDING"
+  rm -f "$PENDING" "$ACTIVATED"
   write_atomically "$STATE/last-rollback" "release=$release previous=$previous at=$(date -u +%s)"
   disarm_rollback
   if ((status != 0)); then
@@ -256,6 +258,7 @@ cmd_activate() {
   built=$(resolve "$dir/result")
   [[ -x $built/bin/switch-to-configuration ]] || die 3 "build of release $id produced no system"
 
+  rm -f "$ACTIVATED"
   write_atomically "$PENDING" "release=$id
 name=$name
 previous=$previous
@@ -274,6 +277,7 @@ deadline=$(($(date +%s) + 10#$timeout))"
     rollback_pending || true
     die 4 "after activation $CURRENT_SYSTEM is not $built; rolled back to $previous"
   fi
+  write_atomically "$ACTIVATED" "$id"
   say "release $id activated; waiting for confirmation"
 }
 
@@ -322,6 +326,10 @@ cmd_confirm() {
   fi
   local built deadline remaining
   built=$(pending_get new)
+  if [[ ! -f $ACTIVATED || $(<"$ACTIVATED") != "$id" ]]; then
+    rollback_pending || true
+    die 4 "activation of release $id did not complete; rolled back"
+  fi
   if [[ $(resolve "$CURRENT_SYSTEM") != "$built" ]]; then
     rollback_pending || true
     die 6 "$CURRENT_SYSTEM is not the activated $built; rolled back"
@@ -343,7 +351,7 @@ cmd_confirm() {
   (cd "$RELEASES/$id" && run_logged nixos-rebuild switch --no-reexec --flake "$(flake_ref "$id" "$name")") ||
     die 1 "release $id is active and healthy but persisting it to the boot profile failed"
   write_atomically "$STATE/current-release" "$id"
-  rm -f "$PENDING"
+  rm -f "$PENDING" "$ACTIVATED"
   say "release $id confirmed and persisted"
   prune_releases "$id"
 }

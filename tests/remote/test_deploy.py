@@ -266,3 +266,40 @@ def test_old_releases_are_pruned(host: FakeHost, tmp_path: Path) -> None:
         releases.append(release_of(host, source))
     kept = sorted(p.name for p in (host.state / "releases").iterdir())
     assert kept == sorted(releases[-3:])
+
+
+def test_connection_lost_during_activation_is_confirmed_over_a_new_one(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    source = make_nixos_source(tmp_path, {"drops-session": ""})
+    result = deploy(host, source)
+    assert result.returncode == 0, result.stderr
+    assert "connection lost during activation" in result.stderr
+    log = (host.state / "deploy.log").read_text()
+    assert "activation output after the session is gone" in log
+    assert "activated; waiting for confirmation" in log, "activate finished without its client"
+    assert_deployed(host, source)
+
+
+def test_status_reports_releases_and_log(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    assert deploy(host, source).returncode == 0
+    status = host.server.ssh(remote_invocation("host-activate.sh", "status"))
+    assert status.returncode == 0
+    lines = status.stdout.splitlines()
+    release = release_of(host, source)
+    assert f"current-release: {release}" in lines
+    assert f"current-system: {built_system(host, release)}" in lines
+    assert "pending-release: " in lines
+    assert any(line.endswith(f"release {release} confirmed and persisted") for line in lines)
+
+
+def test_failed_activation_without_its_client_is_not_confirmed(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    source = make_nixos_source(tmp_path, {"drops-session": "", "activation-exit": "4"})
+    result = deploy(host, source)
+    assert result.returncode == 1
+    assert "connection lost during activation" in result.stderr
+    assert_rolled_back(host)
+    assert not [c for c in host.calls("nixos-rebuild") if c.startswith("switch")]
