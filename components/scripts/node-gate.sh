@@ -9,7 +9,9 @@
 #                                    nodes labelled etcd) then removes its etcd member. Run it on
 #                                    ANOTHER server than the one being removed.
 # Env: POLL_INTERVAL (2), DRAIN_TIMEOUT (120), DELETE_TIMEOUT (60) seconds; API_ATTEMPTS (3):
-#   tries before `remove` decides the API is gone.
+#   tries before `remove` decides the API is gone. NODE_GATE_BOOTSTRAP=1 marks NODE as the
+#   server that initialised etcd: `remove` refuses it while any other server is registered
+#   (another server must take over k3s.bootstrapHost first); as the last server it goes.
 # `remove` succeeds when the node is not registered or the whole API is gone (a destroyed cluster
 #   must not block `pulumi destroy`); it says which. A drain that fails is reported and the node
 #   is deleted anyway: the machine is going away.
@@ -83,6 +85,9 @@ cmd_remove() {
     say "cannot look up node $node: $(one_line "$answer")"
     return 1
   fi
+  if [[ ${NODE_GATE_BOOTSTRAP:-0} == 1 ]]; then
+    refuse_if_other_servers "$node" || return 1
+  fi
   say "draining $node (up to ${DRAIN_TIMEOUT}s)"
   kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data --force \
     --timeout="${DRAIN_TIMEOUT}s" >&2 || say "warning: drain of $node did not finish; deleting it anyway"
@@ -91,6 +96,24 @@ cmd_remove() {
     return 1
   fi
   say "node $node deleted"
+}
+
+refuse_if_other_servers() {
+  local node=$1 servers others=()
+  if ! servers=$(kubectl get nodes -l node-role.kubernetes.io/control-plane -o name 2>&1); then
+    say "cannot list the servers: $(one_line "$servers")"
+    return 1
+  fi
+  local name
+  for name in $servers; do
+    [[ ${name#node/} == "$node" ]] || others+=("${name#node/}")
+  done
+  if ((${#others[@]} > 0)); then
+    say "refusing to remove $node: it is the bootstrap server (it initialised etcd) and" \
+      "servers ${others[*]} remain. Set k3s.bootstrapHost to one of them, run pulumi up," \
+      "then remove $node."
+    return 1
+  fi
 }
 
 valid_node() {

@@ -169,6 +169,33 @@ def test_node_gate_remove_with_the_api_gone_succeeds(host: FakeHost) -> None:
     assert len(host.calls("k3s")) == 3, "it retried before giving up on the API"
 
 
+def mark_servers(host: FakeHost, *names: str) -> None:
+    (host.root / "k3s/control-plane").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (host.root / "k3s/control-plane" / name).touch()
+
+
+def test_node_gate_refuses_bootstrap_server_while_other_servers_remain(host: FakeHost) -> None:
+    set_nodes(host, {"server-1": "True", "server-2": "True", "agent-1": "True"})
+    mark_servers(host, "server-1", "server-2")
+    boot = {**FAST, "NODE_GATE_BOOTSTRAP": "1"}
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "server-1", env=boot))
+    assert result.returncode == 1
+    assert "refusing to remove server-1" in result.stderr and "server-2" in result.stderr
+    assert "k3s.bootstrapHost" in result.stderr
+    assert (host.root / "k3s/nodes/server-1").exists()
+    assert not [c for c in host.calls("k3s") if " drain " in c or " delete " in c]
+
+
+def test_node_gate_removes_bootstrap_server_last(host: FakeHost) -> None:
+    set_nodes(host, {"server-1": "True", "agent-1": "True"})
+    mark_servers(host, "server-1")
+    boot = {**FAST, "NODE_GATE_BOOTSTRAP": "1"}
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "server-1", env=boot))
+    assert result.returncode == 0, result.stderr
+    assert not (host.root / "k3s/nodes/server-1").exists()
+
+
 def test_node_gate_rejects_option_like_node_names(host: FakeHost) -> None:
     result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "--all"))
     assert result.returncode == 2
