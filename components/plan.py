@@ -8,7 +8,6 @@ DIR/hosts/<host>.json (each host's data exactly as pushed) and a tree on stdout.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -122,10 +121,7 @@ def _resolve_outputs(root: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def run_program(stack_file: StackFile, program: Path = PROJECT_DIR / "__main__.py") -> PlanResult:
     """Run the Pulumi program under mocks and return everything it registered."""
-    # A fresh event loop and root stack per run: tasks a previous in-process program (a test's)
-    # left behind can never resolve into, or fail, this one.
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    settings.ROOT.set(None)
+    settings.ROOT.set(None)  # a fresh root stack for every run in this process
     providers = mocks.FakeProviders()
     monitor = mocks.RecordingMonitor(providers)
     pulumi.runtime.set_all_config(_runtime_config(stack_file), list(stack_file.secret_keys))

@@ -8,6 +8,8 @@ look at plain `Registration` records.
 from __future__ import annotations
 
 import copy
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,19 +29,30 @@ def stack_data(stack: str) -> dict[str, Any]:
     return copy.deepcopy(data["config"]["nixos-k3s:cluster"])
 
 
+def _run_in_this_process(stack_file: plan.StackFile) -> plan.PlanResult:
+    return plan.run_program(stack_file)
+
+
 def run_plan(
     cluster: dict[str, Any],
     stack: str = "test",
     extra: dict[str, Any] | None = None,
     secret_keys: frozenset[str] = frozenset(),
 ) -> plan.PlanResult:
+    """Run the program on `cluster` under the mocks, in a fresh interpreter.
+
+    Pulumi's runtime is process-global: a test that ran another program under mocks (and let
+    it fail on purpose) can leave apply chains behind that would surface in this run.
+    """
     config: dict[str, Any] = {"nixos-k3s:cluster": cluster, **(extra or {})}
     keys = set(secret_keys)
     for key in plan.PLACEHOLDER_SECRETS:
         if key not in config:
             config[key] = plan.placeholder_secret(key, None)
             keys.add(key)
-    return plan.run_program(plan.StackFile(stack=stack, config=config, secret_keys=frozenset(keys)))
+    stack_file = plan.StackFile(stack=stack, config=config, secret_keys=frozenset(keys))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_run_in_this_process, stack_file).result()
 
 
 class Plan:
