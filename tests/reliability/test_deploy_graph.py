@@ -1,0 +1,104 @@
+"""Deploy-graph properties the benchmark reports, checked on small stacks in-process.
+
+Only hosts whose rendered inputs changed are redeployed; servers join one at a time, agents in
+parallel, so adding agents never lengthens the critical path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import graph
+from components import hostspec, plan
+from tests.conftest import run_plan, stack_data
+from tests.reliability import isolated
+from tests.reliability.isolated import plan_with_nixos_dir
+
+
+def document(cluster: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(plan.plan_document(run_plan(cluster, stack="graph"))))
+
+
+def with_agents(count: int) -> dict[str, Any]:
+    cluster = stack_data("prod")
+    cluster["nodePools"][1]["count"] = count
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def prod() -> dict[str, Any]:
+    return document(stack_data("prod"))
+
+
+def test_kubeconfig_waits_only_for_the_bootstrap_server(prod: dict[str, Any]) -> None:
+    paths = graph.critical_paths(prod)
+    assert paths.kubeconfig.names == (
+        "prod-control-1-install",
+        "prod-control-1-secrets",
+        "prod-control-1-push",
+        "prod-api-ready",
+        "prod-kubeconfig",
+    )
+
+
+def test_servers_join_one_at_a_time(prod: dict[str, Any]) -> None:
+    chain = graph.critical_paths(prod).nodes_ready.names
+    joins = [name for name in chain if name.endswith("-joined")]
+    assert joins[-1] == "prod-control-3-joined"
+    assert chain.index("prod-control-3-push") > chain.index("prod-control-1-joined")
+    assert chain[-1] == "prod-nodes-ready"
+
+
+def test_agents_do_not_lengthen_the_critical_path(prod: dict[str, Any]) -> None:
+    many = document(with_agents(9))
+    small, large = graph.critical_paths(prod), graph.critical_paths(many)
+    assert large.nodes_ready.length == small.nodes_ready.length
+    assert small.agent_join is not None and large.agent_join is not None
+    assert large.agent_join.length == small.agent_join.length
+    assert large.kubeconfig == small.kubeconfig
+
+
+def test_component_dependency_means_all_its_children() -> None:
+    plan_doc = {
+        "resources": [
+            {"urn": "c", "type": "x:index:Comp", "name": "c", "custom": False, "dependsOn": []},
+            {"urn": "a", "type": "command:local:Command", "name": "a", "parent": "c"},
+            {"urn": "b", "type": "command:local:Command", "name": "b", "dependsOn": ["c"]},
+        ]
+    }
+    assert graph.DeployGraph(plan_doc).chain_to("b").names == ("a", "b")
+
+
+def test_same_stack_same_code_changes_nothing(prod: dict[str, Any]) -> None:
+    again = document(stack_data("prod"))
+    assert graph.changed_resources(prod, again) == []
+
+
+def test_label_change_redeploys_only_that_pool(prod: dict[str, Any]) -> None:
+    cluster = stack_data("prod")
+    cluster["nodePools"][1]["labels"] = {"node.example.com/pool": "renamed"}
+    assert graph.changed_pushes(prod, document(cluster)) == ["prod-workers-1", "prod-workers-2"]
+
+
+def test_shared_module_change_redeploys_every_host(prod: dict[str, Any], tmp_path: Path) -> None:
+    nixos = tmp_path / "nixos"
+    shutil.copytree(hostspec.NIXOS_DIR, nixos, ignore=shutil.ignore_patterns("__pycache__"))
+    module = nixos / "modules" / "base.nix"
+    module.write_text(module.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
+    stack_file = isolated.stack_file(stack_data("prod"), "graph")
+    edited = json.loads(
+        json.dumps(isolated.in_fresh_process(plan_with_nixos_dir, stack_file, nixos))
+    )
+    hosts = sorted(graph.push_triggers(prod))
+    assert len(hosts) == 5
+    assert graph.changed_pushes(prod, edited) == hosts
+    # Nothing but the pushes: the host data itself did not change.
+    changed = {r["urn"]: r["name"] for r in edited["resources"]}
+    assert sorted(changed[u] for u in graph.changed_resources(prod, edited)) == [
+        f"{host}-push" for host in hosts
+    ]
