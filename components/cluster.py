@@ -17,7 +17,8 @@ from components.colima import ColimaMachine, ColimaMachineArgs
 from components.config import ClusterConfig
 from components.hetzner import HetznerMachines, HetznerMachinesArgs
 from components.inventory import Host
-from components.nixos_host import NixosHost, NixosHostArgs, connection
+from components.nixos_host import NixosHost, NixosHostArgs, WakeCommand, connection
+from components.scripts import local_invocation
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class MachineView:
     install_user: str
     machine_id: pulumi.Output[str]
     facts: pulumi.Output[render.MachineFacts]
+    wake: WakeCommand | None = None
 
 
 def vpn_auth_content(auth_key: str) -> str:
@@ -104,6 +106,7 @@ class Cluster(pulumi.ComponentResource):
                     health_units=["k3s.service"],
                     rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
                     push_after=after,
+                    wake=machine.wake,
                 ),
                 opts=child,
             )
@@ -125,26 +128,33 @@ class Cluster(pulumi.ComponentResource):
             bootstrap.name, admin, bootstrap=True, opts=k3s.gate_options(self, [api_ready])
         )
         gates: list[pulumi.Resource] = [bootstrap_gate]
-        previous: pulumi.Resource = api_ready
-        for server in (h for h in hosts if h.role == "server" and not h.is_bootstrap):
-            pushed = nixos_host(server, [previous])
-            previous = k3s.node_gate(
-                server.name,
-                admin,
-                bootstrap=False,
-                opts=k3s.gate_options(self, [pushed.push, bootstrap_gate]),
+
+        def join_gates(host: Host, pushed: NixosHost) -> pulumi.Resource:
+            """The host's node gate, plus one per nspawn agent it carries."""
+            after = [pushed.push, bootstrap_gate]
+            gate = k3s.node_gate(
+                host.name, admin, bootstrap=False, opts=k3s.gate_options(self, after)
             )
-            gates.append(previous)
-        for agent in (h for h in hosts if h.role == "agent"):
-            pushed = nixos_host(agent, [api_ready])
+            gates.append(gate)
+            for slot in host.containers:
+                node = render.container_node_name(host.name, slot.config.name)
+                gates.append(
+                    k3s.node_gate(node, admin, bootstrap=False, opts=k3s.gate_options(self, after))
+                )
+            return gate
+
+        for slot in bootstrap.containers:
+            node = render.container_node_name(bootstrap.name, slot.config.name)
             gates.append(
                 k3s.node_gate(
-                    agent.name,
-                    admin,
-                    bootstrap=False,
-                    opts=k3s.gate_options(self, [pushed.push, bootstrap_gate]),
+                    node, admin, bootstrap=False, opts=k3s.gate_options(self, [bootstrap_gate])
                 )
             )
+        previous: pulumi.Resource = api_ready
+        for server in (h for h in hosts if h.role == "server" and not h.is_bootstrap):
+            previous = join_gates(server, nixos_host(server, [previous]))
+        for agent in (h for h in hosts if h.role == "agent"):
+            join_gates(agent, nixos_host(agent, [api_ready]))
 
         endpoint = (
             pulumi.Output.from_input(cfg.api_endpoint)
@@ -230,7 +240,8 @@ class Cluster(pulumi.ComponentResource):
                 ssh_host=vm.address,
                 ssh_user="root",
                 install_user="root",
-                machine_id=vm.address,
+                machine_id=vm.machine_id,
+                wake=WakeCommand(local_invocation("colima-create.sh"), vm.environment),
                 facts=vm.address.apply(
                     lambda address: render.MachineFacts(
                         private_ipv4=address, private_cidr=render.COLIMA_NETWORK

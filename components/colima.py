@@ -213,6 +213,8 @@ class ColimaMachine(pulumi.ComponentResource):
     address: pulumi.Output[str]
     ssh_user: pulumi.Output[str]
     profile: pulumi.Output[str]
+    machine_id: pulumi.Output[str]
+    environment: dict[str, pulumi.Input[str]]
 
     def __init__(
         self,
@@ -233,6 +235,8 @@ class ColimaMachine(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         profile = args.profile
+        self.machine_id = vm.id
+        self.environment = create_environment(args)
         self.address = vm.stdout.apply(
             lambda out: parse_colima_list(last_line(out), profile).address or ""
         )

@@ -327,6 +327,9 @@ class Persistence(_Model):
 
 class ContainerK3s(_Model):
     role: Literal["agent"] = Field(default="agent", description="k3s role inside the container.")
+    node_name: DnsLabel = Field(
+        description="Kubernetes node name: <host>-<container>, unique in the cluster."
+    )
     server_addr: str = Field(
         pattern=r"^https://[^\s/]+:[0-9]+$", description="API server the agent joins."
     )

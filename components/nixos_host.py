@@ -50,6 +50,19 @@ class NixosHostArgs:
     health_units: Sequence[str]
     rollback_timeout_seconds: int
     push_after: Sequence[pulumi.Resource] = field(default_factory=list)
+    wake: WakeCommand | None = None
+
+
+@dataclass(frozen=True)
+class WakeCommand:
+    """Run on the operator's machine after the install, to bring a machine back up.
+
+    A Colima (Virtualization.framework) VM may stop instead of rebooting at the end of the
+    install; re-running the idempotent create script starts it and waits for its address.
+    """
+
+    create: str
+    environment: Mapping[str, pulumi.Input[str]]
 
 
 def connection(
@@ -113,6 +126,19 @@ class NixosHost(pulumi.ComponentResource):
             ),
         )
 
+        installed: pulumi.Resource = self.install
+        if args.wake is not None:
+            installed = command.local.Command(
+                f"{name}-wake",
+                create=args.wake.create,
+                environment=dict(args.wake.environment),
+                triggers=[args.machine_id],
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[self.install], ignore_changes=["environment"]
+                ),
+            )
+
         self.connection = connection(args.ssh_host, args.ssh_user, args.host_key, args.deploy_key)
         self.secrets = command.remote.Command(
             f"{name}-secrets",
@@ -122,7 +148,7 @@ class NixosHost(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.install],
+                depends_on=[installed],
                 additional_secret_outputs=["stdout", "stderr"],
             ),
         )

@@ -54,6 +54,10 @@ class MachineFacts:
     private_mac_address: str | None = None
 
 
+def container_node_name(host_name: str, container_name: str) -> str:
+    return f"{host_name}-{container_name}"
+
+
 def api_server_url(private_ip: str) -> str:
     return f"https://{private_ip}:{API_PORT}"
 
@@ -116,6 +120,7 @@ def _containers(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_i
             ephemeral=slot.config.ephemeral,
             tailscale=slot.config.tailscale,
             k3s=ContainerK3s(
+                node_name=container_node_name(host.name, slot.config.name),
                 server_addr=api_server_url(bootstrap_ip),
                 node_labels=dict(sorted(slot.config.labels.items())),
                 node_taints=[t.render() for t in slot.config.taints],

@@ -69,6 +69,13 @@ let
           };
         };
         k3s = {
+          nodeName = lib.mkOption {
+            type = lib.types.str;
+            description = ''
+              Kubernetes node name of the agent; unique in the cluster (containers of the same
+              name on several hosts must not register as one node).
+            '';
+          };
           serverAddr = lib.mkOption {
             type = lib.types.str;
             description = "API server the agent joins.";
@@ -146,7 +153,7 @@ let
           extraFlags
           ;
         tokenFile = "${credentialDir}/k3s-token";
-        nodeName = name;
+        nodeName = c.k3s.nodeName;
         nodeExternalIp = c.k3s.nodeExternalIp;
         kubeletConfig = lib.recursiveUpdate nspawnKubeletConfig c.k3s.kubeletConfig;
         vpnAuthFile = if c.tailscale then "${credentialDir}/tailscale-key" else null;

@@ -96,6 +96,7 @@ def container(name: str, index: int, tailscale: bool) -> Container:
         tailscale=tailscale,
         nameservers=["185.12.64.1", "185.12.64.2"],
         k3s=ContainerK3s(
+            node_name=f"prod-agent-1-{name}",
             server_addr="https://10.0.1.2:6443",
             node_taints=["public-ingress=true:NoSchedule"] if tailscale else [],
             extra_flags=["--node-label=nixos-k3s/container=true"],
