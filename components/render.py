@@ -33,8 +33,8 @@ TOKEN_FILE = f"{SECRETS_DIR}/k3s-token"
 VPN_AUTH_FILE = f"{SECRETS_DIR}/k3s-vpn-auth"
 CONTAINER_STATE_ROOT = "/var/lib/nixos-k3s/containers"
 API_PORT = 6443
-HETZNER_NAMESERVERS = ("185.12.64.1", "185.12.64.2")
-PUBLIC_NAMESERVERS = ("1.1.1.1", "9.9.9.9")
+HETZNER_NAMESERVERS: tuple[str, ...] = ("185.12.64.1", "185.12.64.2")
+PUBLIC_NAMESERVERS: tuple[str, ...] = ("1.1.1.1", "9.9.9.9")
 # Colima VMs: Lima's user-mode network (eth0, DHCP) stays the default route; the vmnet NIC
 # that --network-address adds carries node-to-node and Mac-to-VM traffic.
 COLIMA_PRIVATE_INTERFACE = "col0"
@@ -109,7 +109,9 @@ def _k3s(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str)
     )
 
 
-def _containers(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str):
+def _containers(
+    cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str
+) -> list[Container]:
     nameservers = list(HETZNER_NAMESERVERS if cfg.provider == "hetzner" else PUBLIC_NAMESERVERS)
     return [
         Container(

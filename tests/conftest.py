@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
