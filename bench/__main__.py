@@ -1,10 +1,12 @@
 """`python -m bench`: the offline plan at 3/30/100/300 nodes against a bare-SDK baseline.
 
 For each size N (see bench/shapes.py for the stack shapes) every measurement runs in a fresh
-process: the plan as `python -m components plan` does it, and a baseline registering as many
-bare resources under the same mocks. Medians over --runs. Also from the plans: the critical path
-of the deploy graph, the blast radius of a label change and of a shared-module change, and
-byte-for-byte determinism of two runs. Writes a table to stdout and build/bench.json.
+process: the plan as `python -m components plan` does it, a baseline registering as many
+bare resources under the same mocks, and a replay registering the plan's resources with the
+same inputs as plain values (what the SDK alone costs for that data). Medians over --runs.
+Also from the plans: the critical path of the deploy graph, the blast radius of a label change
+and of a shared-module change, and byte-for-byte determinism of two runs. Writes a table to
+stdout and build/bench.json.
 
 Exit status: 0 when every structural check passes (critical path, blast radius, determinism),
 1 otherwise. Timing targets are reported as PASS/FAIL only: they depend on the machine.

@@ -4,6 +4,8 @@ plan CONFIG_FILE OUT_DIR RESULT   the offline plan as `python -m components plan
                                   (read the stack file, run the program under mocks, write files)
 baseline COUNT RESULT             COUNT bare custom resources under the same mocks
                                   (components.mocks.FakeProviders, no RecordingMonitor)
+replay PLAN_JSON RESULT           the plan's resources again, flat, with their recorded inputs as
+                                  plain values: the SDK's cost for the same inputs, no Outputs
 profile CONFIG_FILE RESULT        the plan's program under cProfile; RESULT gets the hotspots
 
 RESULT receives {"phases": {name: seconds}, "resources": n, "maxrssKib": n}. Phases are timed
@@ -66,6 +68,33 @@ def measure_baseline(count: int, clock: Clock) -> int:
     return count
 
 
+def measure_replay(plan_json: Path, clock: Clock) -> int:
+    import json
+
+    import pulumi
+    from pulumi.runtime import settings
+    from pulumi.runtime.stack import wait_for_rpcs
+    from pulumi.runtime.sync_await import _sync_await
+
+    from components import mocks
+
+    resources = json.loads(plan_json.read_text(encoding="utf-8"))["resources"]
+    clock.lap("import")
+    settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(
+        mocks.FakeProviders(), project="nixos-k3s", stack="bench", preview=False
+    )
+    for res in resources:
+        if res["custom"]:
+            pulumi.CustomResource(res["type"], res["name"], dict(res["inputs"]))
+        else:
+            pulumi.ComponentResource(res["type"], res["name"], dict(res["inputs"]))
+    _sync_await(wait_for_rpcs())
+    clock.lap("program")
+    clock.phases["write"] = 0.0
+    return len(resources)
+
+
 def profile_plan(config_file: Path, clock: Clock) -> tuple[int, str]:
     import cProfile
 
@@ -90,6 +119,7 @@ def main(argv: list[str]) -> int:
         runners: dict[str, Callable[[], int]] = {
             "plan": lambda: measure_plan(Path(rest[0]), Path(rest[1]), clock),
             "baseline": lambda: measure_baseline(int(rest[0]), clock),
+            "replay": lambda: measure_replay(Path(rest[0]), clock),
         }
         count = runners[mode]()
     report: dict[str, Any] = {

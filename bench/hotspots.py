@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cProfile
 import pstats
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,27 +15,40 @@ ROWS = 25
 
 def project_file(filename: str) -> str | None:
     """`filename` relative to the project, or None for everything outside it."""
+    path = Path(filename)
+    if not path.is_absolute() or "site-packages" in path.parts:
+        return None
     try:
-        return Path(filename).resolve().relative_to(PROJECT_DIR).as_posix()
+        return path.resolve().relative_to(PROJECT_DIR).as_posix()
     except ValueError:
         return None
 
 
-def owner(filename: str) -> str:
-    """What a profiled file belongs to: a project file, a site-package, or the stdlib."""
+def where(filename: str) -> str:
+    """A file as a reader finds it: under the project, site-packages or the stdlib."""
     path = Path(filename)
-    if "site-packages" in path.parts:
-        return path.parts[path.parts.index("site-packages") + 1]
     relative = project_file(filename)
     if relative is not None:
         return relative
-    if path.suffix == ".py":
-        return f"stdlib:{path.parent.name if path.parent.name != 'lib' else path.stem}"
-    return filename  # builtins ("~") and frozen modules
+    for marker in ("site-packages", f"python{sys.version_info.major}.{sys.version_info.minor}"):
+        if marker in path.parts:
+            return Path(*path.parts[path.parts.index(marker) + 1 :]).as_posix()
+    return filename  # builtins ("~") and frozen modules ("<frozen runpy>")
+
+
+def owner(filename: str) -> str:
+    """What a profiled file belongs to: a project file, a site-package, or the stdlib module."""
+    path = Path(filename)
+    located = where(filename)
+    if "site-packages" in path.parts:
+        return located.split("/")[0]
+    if project_file(filename) is not None or located == filename:
+        return located
+    return "stdlib:" + located.split("/")[0].removesuffix(".py")
 
 
 def _location(filename: str, function: str) -> str:
-    return f"{owner(filename)}:{function}"
+    return f"{where(filename)}:{function}"
 
 
 def report(profiler: cProfile.Profile) -> str:

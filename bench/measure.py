@@ -75,16 +75,19 @@ def size(
     config = runner.write_stack(cluster, work / "stack.yaml")
     plans: list[runner.Sample] = []
     baselines: list[runner.Sample] = []
+    replays: list[runner.Sample] = []
     for run in range(max(runs, 2)):
         sample = runner.plan_once(config, work / f"plan-{run}")
         if run < runs:
             plans.append(sample)
             baselines.append(runner.baseline_once(sample.resources, work, str(run)))
+            replays.append(runner.replay_once(work / f"plan-{run}", work, str(run)))
     resources = {s.resources for s in plans}
     if len(resources) != 1:
         raise runner.ChildFailed(f"{nodes} nodes: runs registered {sorted(resources)} resources")
     plan = runner.load_plan(work / "plan-0")
     plan_summary, base_summary = runner.summary(plans), runner.summary(baselines)
+    replay_summary = runner.summary(replays)
     result: dict[str, Any] = {
         "nodes": nodes,
         "shape": {**asdict(layout), "hosts": layout.hosts, "description": layout.describe()},
@@ -94,6 +97,10 @@ def size(
         "overheadRatio": round(plan_summary["wallSeconds"] / base_summary["wallSeconds"], 2),
         "programRatio": round(
             plan_summary["phaseSeconds"]["program"] / base_summary["phaseSeconds"]["program"], 2
+        ),
+        "replay": replay_summary,
+        "replayRatio": round(
+            plan_summary["phaseSeconds"]["program"] / replay_summary["phaseSeconds"]["program"], 2
         ),
         "criticalPath": critical_path(plan),
         "deterministic": runner.compare_trees(work / "plan-0", work / "plan-1"),

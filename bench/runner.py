@@ -70,6 +70,10 @@ def baseline_once(count: int, work: Path, tag: str) -> Sample:
     return run_child(["baseline", str(count)], work / f"baseline-{tag}.result.json")
 
 
+def replay_once(plan_dir: Path, work: Path, tag: str) -> Sample:
+    return run_child(["replay", str(plan_dir / "plan.json")], work / f"replay-{tag}.result.json")
+
+
 def load_plan(out: Path) -> dict[str, Any]:
     return json.loads((out / "plan.json").read_text(encoding="utf-8"))
 
