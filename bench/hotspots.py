@@ -67,7 +67,11 @@ def report(profiler: cProfile.Profile) -> str:
         ),
         reverse=True,
     )[:ROWS]
-    lines = [f"profiled program time: {total:.3f} s (cProfile inflates it)", ""]
+    lines = [
+        f"profiled program time: {total:.3f} s (cProfile inflates it)",
+        "main thread only: the mock monitor's RegisterResource runs in the SDK's executor threads",
+        "",
+    ]
     lines.append("own time by package or project file:")
     lines += [f"  {t / total:6.1%}  {t:7.3f} s  {name}" for name, t in by_owner.most_common(ROWS)]
     lines += ["", "functions by own time:"]
