@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -949,6 +950,18 @@ def load_config() -> StackConfig:
             [Problem("nixos-k3s:cluster", "missing: the stack file must define the cluster")]
         )
     cluster = parse_cluster(raw)
+    if cluster.provider == "hetzner" and not (
+        pulumi.Config("hcloud").get("token") or os.environ.get("HCLOUD_TOKEN")
+    ):
+        raise ConfigError(
+            [
+                Problem(
+                    "hcloud:token",
+                    "the Hetzner Cloud API token is not set: "
+                    f"{REQUIRED_SECRET_HINT} hcloud:token <token> (or export HCLOUD_TOKEN)",
+                )
+            ]
+        )
     key = config.get_secret("tailscaleAuthKey")
     if needs_tailscale_key(cluster) and key is None:
         raise ConfigError(

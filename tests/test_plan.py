@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from components import plan as plan_module
 from tests.conftest import PROJECT_DIR
 
 PLANTED_TOKEN = "planted-hcloud-token-3f9c1e7a"
@@ -152,3 +154,28 @@ def test_missing_stack_file_exits_2(tmp_path: Path) -> None:
 def test_bad_arguments_exit_2() -> None:
     done = run_cli("plan", "--stak", "dev")
     assert done.returncode == 2 and "unrecognized arguments" in done.stderr
+
+
+def test_hetzner_stack_without_token_is_refused_by_the_program() -> None:
+    stack_file = plan_module.read_stack_file(PROJECT_DIR / "Pulumi.prod.yaml", "prod")
+    config = {k: v for k, v in stack_file.config.items() if k != "hcloud:token"}
+    without = plan_module.StackFile("prod", config, stack_file.secret_keys - {"hcloud:token"})
+    env = {k: v for k, v in os.environ.items() if k != "HCLOUD_TOKEN"}
+    script = (
+        "import pickle, sys\n"
+        "from components import plan\n"
+        "from components.config import ConfigError\n"
+        "try:\n"
+        "    plan.run_program(pickle.loads(sys.stdin.buffer.read()))\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input=pickle.dumps(without),
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    assert b"hcloud:token: the Hetzner Cloud API token is not set" in done.stdout, done.stderr
