@@ -25,9 +25,9 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from components import catalog, cilium
+from components.hostspec import camel
 from components.cilium import DEFAULT_VERSION as CILIUM_DEFAULT_VERSION
 from components.cilium import SUPPORTED_VERSIONS as CILIUM_VERSIONS
 
@@ -132,7 +132,7 @@ class Model(BaseModel):
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
-        alias_generator=to_camel,
+        alias_generator=camel,
         populate_by_name=True,
         validate_default=True,
     )
@@ -813,16 +813,20 @@ def _cilium_problems(cfg: ClusterConfig) -> Iterable[Problem]:
 
 def semantic_problems(cfg: ClusterConfig) -> list[Problem]:
     """Problems only the whole stack can show. Pure: tests call it directly."""
-    return [
+    problems = [
         *_overlap_problems(cfg),
         *_pool_problems(cfg),
         *(_colima_problems(cfg) if cfg.provider == "colima" else ()),
         *_firewall_problems(cfg),
         *_k3s_problems(cfg),
         *_address_problems(cfg),
-        *_cilium_problems(cfg),
         *_container_problems(cfg),
     ]
+    # The chart values are checked only once the cilium fields themselves are sound, so one
+    # mistake is not reported twice (once here, once by the values check).
+    if not any(p.path.startswith("cilium") for p in problems):
+        problems += _cilium_problems(cfg)
+    return problems
 
 
 def semantic_warnings(cfg: ClusterConfig) -> list[Warning_]:

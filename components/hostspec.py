@@ -11,6 +11,7 @@ Run `python -m components.hostspec --write` after changing a model: it regenerat
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import ipaddress
 import json
@@ -468,9 +469,30 @@ def content_hash(host_json_text: str, nixos_dir: Path = NIXOS_DIR) -> str:
         digest.update(data)
 
     feed("host.json", host_json_text.encode())
-    for path in hashed_files(nixos_dir):
-        feed(path.relative_to(nixos_dir).as_posix(), path.read_bytes())
+    for label, data in _nixos_files(nixos_dir, _signature(nixos_dir)):
+        feed(label, data)
     return digest.hexdigest()
+
+
+def _signature(nixos_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and mtimes of the hashed files: a changed file misses the cache."""
+    return tuple(
+        (path.as_posix(), stat.st_size, stat.st_mtime_ns)
+        for path in hashed_files(nixos_dir)
+        for stat in (path.stat(),)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _nixos_files(
+    nixos_dir: Path, signature: tuple[tuple[str, int, int], ...]
+) -> tuple[tuple[str, bytes], ...]:
+    """Contents of the hashed files, read once per program run instead of once per host."""
+    del signature  # part of the cache key only
+    return tuple(
+        (path.relative_to(nixos_dir).as_posix(), path.read_bytes())
+        for path in hashed_files(nixos_dir)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

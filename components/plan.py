@@ -31,8 +31,10 @@ from components.config import ConfigError, Problem
 PROJECT = "nixos-k3s"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 FINGERPRINT_KEY = b"nixos-k3s offline plan"
-# Secrets a real deploy reads from config; the offline plan stands in for unset ones.
-PLACEHOLDER_SECRETS = ("hcloud:token", "nixos-k3s:tailscaleAuthKey")
+# Secrets the offline plan stands in for when the stack file does not have them: the hcloud
+# token may come from HCLOUD_TOKEN at deploy time. The tailscale key has no such fallback, so a
+# stack that needs it and does not set it fails the plan as it would fail `pulumi up`.
+PLACEHOLDER_SECRETS = ("hcloud:token",)
 
 
 class StackFileError(ConfigError):

@@ -7,6 +7,7 @@ inside the remote command itself, because the host has no copy of this repositor
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ def script_path(name: str) -> Path:
     return path
 
 
+@functools.cache
 def script_text(name: str) -> str:
     return script_path(name).read_text(encoding="utf-8")
 

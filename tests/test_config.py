@@ -252,3 +252,23 @@ def test_cilium_mtu_on_hetzner_only() -> None:
     prod = cilium_settings(parse_cluster(stack_data("prod")), "10.0.1.10", 5)
     dev = cilium_settings(parse_cluster(stack_data("dev")), "192.168.106.2", 2)
     assert prod.mtu == 1450 and dev.mtu is None
+
+
+def test_allowed_keys_are_spelled_as_in_the_stack_file() -> None:
+    data = stack_data("prod")
+    data["k3ss"] = {}
+    message = one_problem(data)
+    assert "did you mean 'k3s'" in message and "k3S" not in message
+
+
+@pytest.mark.parametrize(
+    ("cilium", "path"),
+    [
+        ({"hubble": {"ui": True}}, "cilium.hubble.ui"),
+        ({"operatorReplicas": 10}, "cilium.operatorReplicas"),
+    ],
+)
+def test_cilium_mistakes_reported_once(cilium: dict[str, Any], path: str) -> None:
+    data = stack_data("prod")
+    data["cilium"].update(cilium)
+    assert one_problem(data).startswith(f"{path}:")

@@ -179,3 +179,14 @@ def test_hetzner_stack_without_token_is_refused_by_the_program() -> None:
         check=False,
     )
     assert b"hcloud:token: the Hetzner Cloud API token is not set" in done.stdout, done.stderr
+
+
+def test_tailscale_without_its_key_fails_the_plan(tmp_path: Path) -> None:
+    stack = (PROJECT_DIR / "Pulumi.prod.yaml").read_text() + "    tailscale:\n      enabled: true\n"
+    path = tmp_path / "Pulumi.ts.yaml"
+    path.write_text(stack)
+    done = run_cli("plan", "--config-file", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr
+    assert "nixos-k3s:tailscaleAuthKey: tailscale is enabled but the auth key is not set" in (
+        done.stderr
+    )
