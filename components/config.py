@@ -27,9 +27,9 @@ from pydantic import (
 )
 
 from components import catalog, cilium
-from components.hostspec import camel
 from components.cilium import DEFAULT_VERSION as CILIUM_DEFAULT_VERSION
 from components.cilium import SUPPORTED_VERSIONS as CILIUM_VERSIONS
+from components.hostspec import camel
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DURATION = re.compile(r"^([0-9]+(h|m|s))+$")
