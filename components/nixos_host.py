@@ -20,6 +20,11 @@ import pulumi_tls as tls
 
 from components.scripts import local_invocation, remote_invocation
 
+# The install runs once per machine (its trigger is the machine's id). Later changes to its
+# inputs (host data, secrets) run this instead: the push and the secrets step carry them.
+# (ignore_changes would be wrong here: a replaced machine's install would reuse the old inputs.)
+ALREADY_INSTALLED = "echo 'nixos-k3s: already installed; changes go through the push'"
+
 # Dial retries that outlast a reboot or kexec (about 5 minutes in all).
 DIAL_ERROR_LIMIT = 30
 PER_DIAL_TIMEOUT = 10
@@ -116,13 +121,11 @@ class NixosHost(pulumi.ComponentResource):
                 "HOST_JSON": args.host_json,
             },
             stdin=pulumi.Output.secret(install_stdin),
+            update=ALREADY_INSTALLED,
             triggers=[args.machine_id],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
-                parent=self,
-                # Installing is once per machine: later config changes go through the push.
-                ignore_changes=["environment", "stdin"],
-                additional_secret_outputs=["stdout", "stderr"],
+                parent=self, additional_secret_outputs=["stdout", "stderr"]
             ),
         )
 
@@ -132,11 +135,10 @@ class NixosHost(pulumi.ComponentResource):
                 f"{name}-wake",
                 create=args.wake.create,
                 environment=dict(args.wake.environment),
+                update=ALREADY_INSTALLED,
                 triggers=[args.machine_id],
                 add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(
-                    parent=self, depends_on=[self.install], ignore_changes=["environment"]
-                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.install]),
             )
 
         self.connection = connection(args.ssh_host, args.ssh_user, args.host_key, args.deploy_key)

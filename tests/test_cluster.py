@@ -6,7 +6,7 @@ import base64
 import json
 
 from components import hostspec
-from components.mocks import fake_random
+from components.mocks import fake_id, fake_random
 from components.render import TOKEN_FILE
 from tests.conftest import Plan, stack_data
 
@@ -190,3 +190,10 @@ def test_dev_stack_graph(dev_plan: Plan) -> None:
     assert host["hardware"]["rosetta"] is True
     assert host["k3s"]["serverAddr"].startswith("https://192.168.64.")
     assert "MTU" not in dev_plan["dev-cilium"].inputs["values"]
+
+
+def test_install_is_not_rerun_by_config_changes(prod_plan: Plan) -> None:
+    install = prod_plan["prod-control-1-install"].inputs
+    # A changed host JSON or secret runs `update` (a no-op); only a new machine id re-installs.
+    assert "already installed" in install["update"]
+    assert install["triggers"] == [fake_id("hcloud:index/server:Server", "prod-control-1")]
