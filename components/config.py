@@ -514,6 +514,10 @@ class ConfigError(pulumi.RunError):
         lines += [f"  {problem}" for problem in self.problems]
         super().__init__("\n".join(lines))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[Problem], str]]:
+        # Rebuilt from its problems (not its message) when it crosses a process boundary.
+        return (type(self), (self.problems, self.source))
+
 
 def _networks(cfg: ClusterConfig) -> list[tuple[str, str]]:
     nets = [
@@ -942,6 +946,37 @@ def needs_tailscale_key(cfg: ClusterConfig) -> bool:
     )
 
 
+TAILSCALE_KEY = "nixos-k3s:tailscaleAuthKey"
+
+
+def _tailscale_key(cluster: ClusterConfig) -> pulumi.Output[str] | None:
+    """The tailscale auth key when the stack needs one; it must have been set encrypted."""
+    if not needs_tailscale_key(cluster):
+        return None
+    raw = pulumi.runtime.get_config(TAILSCALE_KEY)
+    if not raw:
+        raise ConfigError(
+            [
+                Problem(
+                    TAILSCALE_KEY,
+                    "tailscale is enabled but the auth key is not set: "
+                    f"{REQUIRED_SECRET_HINT} {TAILSCALE_KEY} <tskey-auth-...>",
+                )
+            ]
+        )
+    if not pulumi.runtime.is_config_secret(TAILSCALE_KEY):
+        raise ConfigError(
+            [
+                Problem(
+                    TAILSCALE_KEY,
+                    "is stored in plain text in the stack file: set it again with "
+                    f"{REQUIRED_SECRET_HINT} {TAILSCALE_KEY} <tskey-auth-...>",
+                )
+            ]
+        )
+    return pulumi.Output.secret(str(raw))
+
+
 def load_config() -> StackConfig:
     """The validated stack config; raises ConfigError (no traceback in `pulumi up`)."""
     config = pulumi.Config("nixos-k3s")
@@ -966,19 +1001,7 @@ def load_config() -> StackConfig:
                 )
             ]
         )
-    key = config.get_secret("tailscaleAuthKey")
-    if needs_tailscale_key(cluster) and key is None:
-        raise ConfigError(
-            [
-                Problem(
-                    "nixos-k3s:tailscaleAuthKey",
-                    "tailscale is enabled but the auth key is not set: "
-                    f"{REQUIRED_SECRET_HINT} nixos-k3s:tailscaleAuthKey <tskey-auth-...>",
-                )
-            ]
-        )
+    key = _tailscale_key(cluster)
     for warning in semantic_warnings(cluster):
         pulumi.log.warn(str(warning))
-    return StackConfig(
-        cluster=cluster, tailscale_auth_key=key if needs_tailscale_key(cluster) else None
-    )
+    return StackConfig(cluster=cluster, tailscale_auth_key=key)

@@ -190,3 +190,28 @@ def test_tailscale_without_its_key_fails_the_plan(tmp_path: Path) -> None:
     assert "nixos-k3s:tailscaleAuthKey: tailscale is enabled but the auth key is not set" in (
         done.stderr
     )
+
+
+def test_tailscale_key_in_plain_text_is_refused(tmp_path: Path) -> None:
+    stack = (PROJECT_DIR / "Pulumi.prod.yaml").read_text()
+    stack += "    tailscale:\n      enabled: true\n  nixos-k3s:tailscaleAuthKey: tskey-auth-plain\n"
+    path = tmp_path / "Pulumi.ts.yaml"
+    path.write_text(stack)
+    done = run_cli("plan", "--config-file", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr
+    assert "is stored in plain text" in done.stderr and "tskey-auth-plain" not in done.stderr
+
+
+def test_pulumi_yaml_declares_only_what_pulumi_accepts() -> None:
+    import yaml
+
+    project = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
+    assert project["runtime"] == {
+        "name": "python",
+        "options": {"toolchain": "pip", "virtualenv": ".venv", "typechecker": "pyright"},
+    }
+    for key, declaration in project["config"].items():
+        # Provider keys may only carry a fixed value; own keys a simple type (Pulumi's schema).
+        assert ":" not in key or key.startswith("nixos-k3s:"), key
+        assert declaration["type"] in ("string", "integer", "boolean", "array"), key
+        assert "default" in declaration, f"{key} would be required in every stack"

@@ -36,7 +36,14 @@ def uncovered(registrations: Iterable[Registration]) -> list[str]:
 @pytest.fixture(scope="module")
 def wide_plan() -> Plan:
     cluster = yaml.safe_load(STACK_FILE.read_text(encoding="utf-8"))["config"]
-    return Plan(run_plan(cluster["nixos-k3s:cluster"], stack="wide", extra=dict(PLANTED)))
+    return Plan(
+        run_plan(
+            cluster["nixos-k3s:cluster"],
+            stack="wide",
+            extra=dict(PLANTED),
+            secret_keys=frozenset(PLANTED),
+        )
+    )
 
 
 def commands(plan: Plan) -> list[Registration]:
