@@ -947,6 +947,32 @@ def needs_tailscale_key(cfg: ClusterConfig) -> bool:
 
 
 TAILSCALE_KEY = "nixos-k3s:tailscaleAuthKey"
+HCLOUD_TOKEN = "hcloud:token"
+
+
+def _check_hcloud_token() -> None:
+    """The provider reads the token itself; it must exist, and not in plain text."""
+    if pulumi.runtime.get_config(HCLOUD_TOKEN):
+        if not pulumi.runtime.is_config_secret(HCLOUD_TOKEN):
+            raise ConfigError(
+                [
+                    Problem(
+                        HCLOUD_TOKEN,
+                        "is stored in plain text in the stack file: set it again with "
+                        f"{REQUIRED_SECRET_HINT} {HCLOUD_TOKEN} <token>",
+                    )
+                ]
+            )
+    elif not os.environ.get("HCLOUD_TOKEN"):
+        raise ConfigError(
+            [
+                Problem(
+                    HCLOUD_TOKEN,
+                    "the Hetzner Cloud API token is not set: "
+                    f"{REQUIRED_SECRET_HINT} {HCLOUD_TOKEN} <token> (or export HCLOUD_TOKEN)",
+                )
+            ]
+        )
 
 
 def _tailscale_key(cluster: ClusterConfig) -> pulumi.Output[str] | None:
@@ -989,18 +1015,8 @@ def load_config() -> StackConfig:
             [Problem("nixos-k3s:cluster", "missing: the stack file must define the cluster")]
         )
     cluster = parse_cluster(raw)
-    if cluster.provider == "hetzner" and not (
-        pulumi.Config("hcloud").get("token") or os.environ.get("HCLOUD_TOKEN")
-    ):
-        raise ConfigError(
-            [
-                Problem(
-                    "hcloud:token",
-                    "the Hetzner Cloud API token is not set: "
-                    f"{REQUIRED_SECRET_HINT} hcloud:token <token> (or export HCLOUD_TOKEN)",
-                )
-            ]
-        )
+    if cluster.provider == "hetzner":
+        _check_hcloud_token()
     key = _tailscale_key(cluster)
     for warning in semantic_warnings(cluster):
         pulumi.log.warn(str(warning))

@@ -98,7 +98,7 @@ def test_outputs_and_secret_inputs_are_redacted(prod_dir: Path) -> None:
 
 def test_planted_secret_never_written(tmp_path: Path) -> None:
     stack = (PROJECT_DIR / "Pulumi.prod.yaml").read_text()
-    stack += f"  hcloud:token: {PLANTED_TOKEN}\n"
+    stack += f"  hcloud:token:\n    secure: {PLANTED_TOKEN}\n"
     path = tmp_path / "Pulumi.planted.yaml"
     path.write_text(stack)
     done = run_cli("plan", "--config-file", str(path), "--out", str(tmp_path / "out"))
@@ -107,6 +107,16 @@ def test_planted_secret_never_written(tmp_path: Path) -> None:
     for file in (tmp_path / "out").rglob("*"):
         if file.is_file():
             assert PLANTED_TOKEN not in file.read_text()
+
+
+def test_plain_text_token_refused_without_echo(tmp_path: Path) -> None:
+    stack = (PROJECT_DIR / "Pulumi.prod.yaml").read_text() + f"  hcloud:token: {PLANTED_TOKEN}\n"
+    path = tmp_path / "Pulumi.plain.yaml"
+    path.write_text(stack)
+    done = run_cli("plan", "--config-file", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "hcloud:token: is stored in plain text" in done.stderr
+    assert PLANTED_TOKEN not in done.stdout + done.stderr
 
 
 def test_same_input_same_bytes(tmp_path: Path, prod_dir: Path) -> None:
