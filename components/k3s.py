@@ -104,6 +104,9 @@ def cilium_release(
         kubeconfig=kubeconfig,
         # A new kubeconfig (e.g. rotated client cert) must not replace everything under it.
         cluster_identifier=cfg.name,
+        # When the servers are already gone (destroy after a failed up), the release goes with
+        # them instead of blocking `pulumi destroy`.
+        delete_unreachable=True,
         opts=opts,
     )
     values = pulumi.Output.from_input(api_host).apply(
