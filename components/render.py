@@ -139,9 +139,16 @@ def _containers(
     ]
 
 
+# Cilium's overlay port between nodes, by tunnel protocol (native routing needs none).
+TUNNEL_UDP_PORTS = {"vxlan": [8472], "geneve": [6081]}
+
+
 def _firewall(cfg: ClusterConfig) -> Firewall:
     public_tcp = [22, API_PORT] + ([80, 443] if cfg.firewall and cfg.firewall.ingress else [])
-    return Firewall(public_tcp_ports=public_tcp)
+    tunnel = (
+        TUNNEL_UDP_PORTS[cfg.cilium.tunnel_protocol] if cfg.cilium.routing_mode == "tunnel" else []
+    )
+    return Firewall(public_tcp_ports=public_tcp, private_udp_ports=tunnel)
 
 
 def host_spec(

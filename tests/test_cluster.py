@@ -197,3 +197,11 @@ def test_install_is_not_rerun_by_config_changes(prod_plan: Plan) -> None:
     # A changed host JSON or secret runs `update` (a no-op); only a new machine id re-installs.
     assert "already installed" in install["update"]
     assert install["triggers"] == [fake_id("hcloud:index/server:Server", "prod-control-1")]
+
+
+def test_tunnel_port_follows_the_tunnel_protocol(plan_of) -> None:
+    data = stack_data("prod")
+    data["cilium"]["tunnelProtocol"] = "geneve"
+    plan = plan_of(data, stack="prod")
+    host = json.loads(plan["prod-workers-1-push"].inputs["environment"]["HOST_JSON"])
+    assert host["firewall"]["privateUdpPorts"] == [6081]
