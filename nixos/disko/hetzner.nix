@@ -1,7 +1,16 @@
-# Disk layout for Hetzner Cloud: hybrid GPT (BIOS boot + ESP) and one ext4 root, on the disk from host data.
-{ config, lib, ... }:
+# Disk layout for Hetzner Cloud: GPT with ESP (plus BIOS boot on x86) and one ext4 root, on the disk from host data.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
 let
   cfg = config.nixosK3s.disk;
+  # x86 servers boot BIOS or UEFI, arm64 (cax) only UEFI. disko adds the disk to
+  # boot.loader.grub.devices for an EF02 partition, and GRUB's installer refuses a BIOS device
+  # on arm64 (no i386-pc target), so the BIOS boot partition exists on x86 only.
+  biosBoot = pkgs.stdenv.hostPlatform.isx86;
 in
 {
   options.nixosK3s.disk = {
@@ -19,12 +28,14 @@ in
       inherit (cfg) device;
       content = {
         type = "gpt";
-        partitions = {
+        partitions = lib.optionalAttrs biosBoot {
           boot = {
             size = "1M";
             type = "EF02";
             priority = 1;
           };
+        }
+        // {
           ESP = {
             size = "512M";
             type = "EF00";

@@ -3,6 +3,7 @@
   config,
   lib,
   modulesPath,
+  pkgs,
   ...
 }:
 let
@@ -41,12 +42,14 @@ in
       "sr_mod"
     ];
 
-    # x86 servers boot BIOS or UEFI depending on the type, arm64 (cax) boot UEFI: install both.
-    # disko adds the disk to boot.loader.grub.devices because the layout has an EF02 partition.
+    # x86 servers boot BIOS or UEFI depending on the type: GRUB goes in both ways, and disko adds
+    # the disk to boot.loader.grub.devices for the layout's EF02 partition. arm64 (cax) boots
+    # UEFI only: "nodev" installs the EFI GRUB alone (the layout has no EF02 partition there).
     boot.loader.grub = {
       enable = true;
       efiSupport = true;
       efiInstallAsRemovable = true;
+      devices = lib.mkIf (!pkgs.stdenv.hostPlatform.isx86) [ "nodev" ];
     };
 
     services.qemuGuest.enable = true;

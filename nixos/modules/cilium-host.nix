@@ -2,6 +2,10 @@
 { config, lib, ... }:
 let
   cfg = config.nixosK3s.ciliumHost;
+  # nixpkgs sets some of these keys itself with mkDefault (e.g. the fs.inotify limits), and a
+  # sysctl key takes exactly one definition at the winning priority: 900 outranks nixpkgs'
+  # defaults and still yields to a host's plain definition.
+  preferred = lib.mkOverride 900;
 in
 {
   options.nixosK3s.ciliumHost = {
@@ -24,19 +28,19 @@ in
     ];
 
     boot.kernel.sysctl = {
-      "net.ipv4.ip_forward" = lib.mkDefault 1;
-      "net.ipv6.conf.all.forwarding" = lib.mkDefault 1;
-      "net.ipv6.conf.default.forwarding" = lib.mkDefault 1;
-      "net.bridge.bridge-nf-call-iptables" = lib.mkDefault 1;
-      "net.bridge.bridge-nf-call-ip6tables" = lib.mkDefault 1;
+      "net.ipv4.ip_forward" = preferred 1;
+      "net.ipv6.conf.all.forwarding" = preferred 1;
+      "net.ipv6.conf.default.forwarding" = preferred 1;
+      "net.bridge.bridge-nf-call-iptables" = preferred 1;
+      "net.bridge.bridge-nf-call-ip6tables" = preferred 1;
       # Cilium's endpoints answer for addresses routed elsewhere; strict rp_filter drops that.
-      "net.ipv4.conf.lxc*.rp_filter" = lib.mkDefault 0;
-      "vm.overcommit_memory" = lib.mkDefault 1;
+      "net.ipv4.conf.lxc*.rp_filter" = preferred 0;
+      "vm.overcommit_memory" = preferred 1;
       # Reboot on panic instead of hanging: the cluster reschedules, a hung node helps nobody.
-      "kernel.panic" = lib.mkDefault 10;
-      "kernel.panic_on_oops" = lib.mkDefault 1;
-      "fs.inotify.max_user_instances" = lib.mkDefault 8192;
-      "fs.inotify.max_user_watches" = lib.mkDefault 524288;
+      "kernel.panic" = preferred 10;
+      "kernel.panic_on_oops" = preferred 1;
+      "fs.inotify.max_user_instances" = preferred 524288;
+      "fs.inotify.max_user_watches" = preferred 524288;
     };
   };
 }

@@ -276,7 +276,8 @@ in
       "overlay"
       "br_netfilter"
     ];
-    boot.kernel.sysctl."net.netfilter.nf_conntrack_max" = lib.mkDefault 131072;
+    # mkOverride 900, as in cilium-host.nix: above nixpkgs' mkDefault sysctls, below a host's own.
+    boot.kernel.sysctl."net.netfilter.nf_conntrack_max" = lib.mkOverride 900 131072;
 
     systemd.tmpfiles.settings."10-nixos-k3s-containers" = lib.mkMerge (
       lib.mapAttrsToList (

@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NIXOS = ROOT / "nixos"
 HERE = Path(__file__).parent
 FIXTURE_FILES = sorted((HERE / "fixtures").glob("*.json"))
+# The host documents the program renders for the dev and prod stacks, exactly as pushed.
+GOLDEN_FILES = sorted((ROOT / "tests" / "golden").glob("*/*.json"))
+HOST_FILES = FIXTURE_FILES + GOLDEN_FILES
 NIX_FILES = sorted(NIXOS.rglob("*.nix"))
 NIX_INSTANTIATE = shutil.which("nix-instantiate")
 
@@ -114,8 +117,17 @@ def host_check(tmp_path: Path, fixture: Path, patch: str = "h: h") -> list[str]:
     return json.loads(result.stdout)
 
 
+def host_id(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
+
+
+def test_golden_hosts_cover_both_profiles() -> None:
+    profiles = {json.loads(path.read_text())["hardware"]["profile"] for path in GOLDEN_FILES}
+    assert profiles == {"hetzner-cloud", "colima-vz"}
+
+
 @needs_nix
-@pytest.mark.parametrize("fixture", FIXTURE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("fixture", HOST_FILES, ids=host_id)
 def test_host_check_accepts_fixtures(tmp_path: Path, fixture: Path) -> None:
     assert host_check(tmp_path, fixture) == []
 
@@ -191,7 +203,7 @@ def merged_config(fixture: Path) -> dict[str, Any]:
 
 
 @needs_nix
-@pytest.mark.parametrize("fixture", FIXTURE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("fixture", HOST_FILES, ids=host_id)
 def test_configuration_reads_only_existing_host_fields(fixture: Path) -> None:
     # --strict forces every host field configuration.nix reads: a stale read fails here.
     config = merged_config(fixture)
