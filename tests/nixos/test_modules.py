@@ -78,7 +78,10 @@ def test_hetzner_arm64_layout_has_no_bios_boot_partition() -> None:
     assert all(part.get("type") != "EF02" for part in partitions.values())
 
 
-HETZNER = "{ nixosK3s.hetznerCloud = { enable = true; publicIpv6 = null; publicIpv6PrefixLength = 64; }; }"
+HETZNER = (
+    "{ nixosK3s.hetznerCloud = { enable = true; publicIpv6 = null;"
+    " publicIpv6PrefixLength = 64; }; }"
+)
 
 
 @pytest.mark.parametrize(("is_x86", "nodev"), [(True, False), (False, True)])
