@@ -97,9 +97,8 @@ in
     time.timeZone = lib.mkDefault "UTC";
     services.timesyncd.enable = lib.mkDefault true;
 
-    # A drop-in rather than a module option: journald.conf.d/ is read by every systemd version.
-    environment.etc."systemd/journald.conf.d/50-nixos-k3s.conf".text = ''
-      [Journal]
+    # Appended to journald.conf, whose text is journald's restart trigger: a change applies on switch.
+    services.journald.extraConfig = ''
       SystemMaxUse=${cfg.journalMaxUse}
       MaxRetentionSec=1month
     '';

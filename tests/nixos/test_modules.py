@@ -141,3 +141,18 @@ def test_sysctl_pattern_sees_mkdefault() -> None:
     assert SYSCTL_MKDEFAULT.search('boot.kernel.sysctl."vm.x" = lib.mkDefault 1;')
     assert SYSCTL_MKDEFAULT.search('boot.kernel.sysctl = {\n  "a" = lib.mkDefault 1;\n};')
     assert not SYSCTL_MKDEFAULT.search('boot.kernel.sysctl."vm.x" = lib.mkOverride 900 1;')
+
+
+BASE = (
+    '{ nixosK3s.base = { enable = true; hostName = "h"; rootAuthorizedKeys = [ ];'
+    ' adminUsers = [ ]; journalMaxUse = "2G"; }; }'
+)
+
+
+@needs_nix
+def test_journald_limits_go_through_the_journald_module() -> None:
+    # journald.conf's text is journald's restart trigger in nixpkgs; a journald.conf.d drop-in
+    # would change on disk without journald reading it until the next reboot.
+    content = module_config("modules/base.nix", BASE, True, ".content")
+    assert "SystemMaxUse=2G" in content["services"]["journald"]["extraConfig"].splitlines()
+    assert "environment" not in content
