@@ -13,7 +13,9 @@
 #   POST_INSTALL_USER  user that logs in once NixOS runs (root)
 #   POST_KEXEC_SSH_PORT  port of the kexec installer's sshd as seen from here (TARGET_PORT;
 #                    differs from 22 only behind a port forward)
-#   NIXOS_ANYWHERE   the nixos-anywhere command (nixos-anywhere)
+#   NIXOS_ANYWHERE   a nixos-anywhere executable to use instead of the pinned release, which
+#                    runs through `nix run github:nix-community/nixos-anywhere/$NIXOS_ANYWHERE_REF`
+#   NIXOS_ANYWHERE_REF  release tag of nixos-anywhere (1.13.0)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (60), SSH_RETRY_DELAY (5)
 # Stdin: records `<path>\t<octal mode>\t<base64 content>`, one a line. `@deploy-key` is the SSH
 #   private key to connect with, `@host-key` the host's private ed25519 host key (installed as
@@ -30,6 +32,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
+# The release whose flags this script passes (src/nixos-anywhere.sh of that tag).
+readonly DEFAULT_NIXOS_ANYWHERE_REF=1.13.0
 
 fail() {
   printf 'install.sh: %s\n' "$*" >&2
@@ -61,7 +65,8 @@ setup() {
   NIXOS_SOURCE_DIR=${NIXOS_SOURCE_DIR:-nixos}
   POST_INSTALL_USER=${POST_INSTALL_USER:-root}
   POST_KEXEC_SSH_PORT=${POST_KEXEC_SSH_PORT:-$TARGET_PORT}
-  NIXOS_ANYWHERE=${NIXOS_ANYWHERE:-nixos-anywhere}
+  NIXOS_ANYWHERE=${NIXOS_ANYWHERE:-}
+  NIXOS_ANYWHERE_REF=${NIXOS_ANYWHERE_REF:-$DEFAULT_NIXOS_ANYWHERE_REF}
   SSH_CONNECT_TIMEOUT=${SSH_CONNECT_TIMEOUT:-10}
   SSH_CONNECT_ATTEMPTS=${SSH_CONNECT_ATTEMPTS:-60}
   SSH_RETRY_DELAY=${SSH_RETRY_DELAY:-5}
@@ -73,6 +78,8 @@ setup() {
   [[ $HOST_NAME =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_input "invalid HOST_NAME: $HOST_NAME"
   [[ $HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
     bad_input "HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
+  [[ $NIXOS_ANYWHERE_REF =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
+    bad_input "NIXOS_ANYWHERE_REF must be a tag or commit: $NIXOS_ANYWHERE_REF"
   [[ -d $NIXOS_SOURCE_DIR ]] || bad_input "NIXOS_SOURCE_DIR $NIXOS_SOURCE_DIR is not a directory"
 
   umask 077
@@ -167,8 +174,19 @@ wait_for_answer() {
   printf '%s\n' "$state"
 }
 
+# nixos-anywhere itself: the given executable, or the pinned release through `nix run` (the
+# operator needs only Nix with flakes, no installed nixos-anywhere).
+nixos_anywhere() {
+  if [[ -n $NIXOS_ANYWHERE ]]; then
+    "$NIXOS_ANYWHERE" "$@"
+  else
+    nix --extra-experimental-features "nix-command flakes" \
+      run "github:nix-community/nixos-anywhere/$NIXOS_ANYWHERE_REF" -- "$@"
+  fi
+}
+
 run_nixos_anywhere() {
-  "$NIXOS_ANYWHERE" \
+  nixos_anywhere \
     --flake "path:$WORK/flake#$HOST_NAME" \
     --target-host "$TARGET_USER@$TARGET_HOST" \
     --ssh-port "$TARGET_PORT" \

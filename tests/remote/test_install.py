@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from components.scripts import PROJECT_DIR, local_invocation, remote_invocation
 from tests.remote.harness import (
     FAKEBIN,
@@ -103,6 +105,11 @@ def test_install_passes_real_flags_and_cleans_up(host: FakeHost, tmp_path: Path)
 
     work = staging_dir_of(host)
     port = host.server.port
+    (nix_call,) = host.calls("nix")
+    assert nix_call.startswith(
+        "--extra-experimental-features nix-command flakes "
+        "run github:nix-community/nixos-anywhere/1.13.0 -- --flake "
+    ), "by default the pinned nixos-anywhere release runs through `nix run`"
     assert host.calls("nixos-anywhere") == [
         f"--flake path:{work}/flake#{HOST_NAME} --target-host root@127.0.0.1 --ssh-port {port} "
         f"--post-kexec-ssh-port {port} -i {work}/deploy-key --build-on remote "
@@ -191,6 +198,30 @@ def test_interrupted_install_removes_secrets(host: FakeHost, tmp_path: Path) -> 
             break
         time.sleep(0.05)
     assert not work.exists()
+
+
+def test_an_installed_nixos_anywhere_replaces_nix_run(host: FakeHost, tmp_path: Path) -> None:
+    host_key = new_host_key(tmp_path)
+    env = install_env(
+        host,
+        make_nixos_source(tmp_path),
+        host_key,
+        NIXOS_ANYWHERE=str(FAKEBIN / "nixos-anywhere"),
+    )
+    result = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert result.returncode == 0, result.stderr
+    assert host.calls("nix") == []
+    assert len(host.calls("nixos-anywhere")) == 1
+
+
+@pytest.mark.parametrize("ref", ["../evil", "1.13.0 --debug", "-x", "a/b"])
+def test_nixos_anywhere_ref_must_be_a_plain_tag(host: FakeHost, tmp_path: Path, ref: str) -> None:
+    host_key = new_host_key(tmp_path)
+    env = install_env(host, make_nixos_source(tmp_path), host_key, NIXOS_ANYWHERE_REF=ref)
+    result = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert result.returncode == 2
+    assert "NIXOS_ANYWHERE_REF" in result.stderr
+    assert host.calls("nix") == []
 
 
 def test_host_key_must_match_the_pinned_public_key(host: FakeHost, tmp_path: Path) -> None:
