@@ -65,6 +65,14 @@ json_field() {
 	sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p" <<<"$2"
 }
 
+# Colima releases with a separate container-runtime disk size the VM's own disk with
+# --root-disk (colima PR #1413; newConf: `if conf.RootDisk > 0 { l.Disk = ... }`) and --disk only
+# sizes that runtime disk, which --runtime none never creates. Older releases have no --root-disk
+# and size the VM with --disk. Asking `start --help` keeps one script right for both.
+has_root_disk_flag() {
+	"$COLIMA" start --help 2>/dev/null | grep -q -- '--root-disk'
+}
+
 create_vm() {
 	local flags=(
 		start --profile "$PROFILE"
@@ -72,6 +80,9 @@ create_vm() {
 		--cpu "$CPUS" --memory "$MEMORY_GIB" --disk "$DISK_GIB"
 		--network-address --runtime none --ssh-config=false
 	)
+	if has_root_disk_flag; then
+		flags+=(--root-disk "$DISK_GIB")
+	fi
 	[[ $ROSETTA == 1 ]] && flags+=(--vz-rosetta)
 	echo "colima-create: creating profile $PROFILE" >&2
 	"$COLIMA" "${flags[@]}" >&2 || die 1 "colima start --profile $PROFILE failed"

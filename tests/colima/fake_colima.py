@@ -6,7 +6,11 @@ cmd/ssh.go, config/profile.go):
   memory, disk, address, runtime; address and runtime only for running VMs, address only with
   --network-address); `-p P` fails for an absent profile, as `limactl list <absent>` does.
 - `start` creates an absent profile from its flags, starts a stopped one with its saved settings,
-  and ignores a running one ("already running, ignoring").
+  and ignores a running one ("already running, ignoring"). `start --help` lists the start flags.
+  With $FAKE_COLIMA_ROOT_DISK=1 it is a release with a separate runtime disk: it has
+  `--root-disk`, which sizes the VM's disk, and `--disk` sizes only the runtime disk that
+  `--runtime none` never creates (app.go createRuntimeDisk, lima newConf). Without it,
+  `--root-disk` is an unknown flag and `--disk` sizes the VM.
 - `delete` needs --force (it prompts otherwise) and fails for an absent profile.
 - `ssh -- CMD...` runs CMD locally with a leading `sudo` dropped and every argument under /root/
   moved into the VM's directory in the state dir, with stdin passed through.
@@ -24,6 +28,7 @@ from pathlib import Path
 
 GIB = 1024**3
 DEFAULTS = {"cpu": 2, "memory": 2, "disk": 100, "arch": "aarch64", "vm-type": "vz"}
+ROOT_DISK_DEFAULT = 20
 VALUE_FLAGS = {
     "-p": "profile",
     "--profile": "profile",
@@ -48,10 +53,34 @@ BOOL_FLAGS = {
     "--json",
     "-j",
     "--ssh-config=false",
+    "--help",
+    "-h",
 }
+START_HELP_FLAGS = [
+    "-a, --arch string",
+    "-c, --cpu int",
+    "-d, --disk int",
+    "-m, --memory float32",
+    "    --network-address",
+    "-r, --runtime string",
+    "    --ssh-config",
+    "-t, --vm-type string",
+    "    --vz-rosetta",
+]
+
+
+def has_root_disk() -> bool:
+    return os.environ.get("FAKE_COLIMA_ROOT_DISK") == "1"
+
+
+def value_flags() -> dict[str, str]:
+    if has_root_disk():
+        return {**VALUE_FLAGS, "--root-disk": "root-disk"}
+    return VALUE_FLAGS
 
 
 def parse(argv: list[str]) -> tuple[str, dict[str, str], set[str], list[str]]:
+    flags = value_flags()
     command = ""
     values: dict[str, str] = {}
     switches: set[str] = set()
@@ -63,12 +92,12 @@ def parse(argv: list[str]) -> tuple[str, dict[str, str], set[str], list[str]]:
             rest = argv[index + 1 :]
             break
         name, _, inline = arg.partition("=")
-        if name in VALUE_FLAGS:
+        if name in flags:
             if inline:
-                values[VALUE_FLAGS[name]] = inline
+                values[flags[name]] = inline
             else:
                 index += 1
-                values[VALUE_FLAGS[name]] = argv[index]
+                values[flags[name]] = argv[index]
         elif arg in BOOL_FLAGS:
             switches.add(arg)
         elif arg.startswith("-"):
@@ -140,7 +169,7 @@ class Fake:
                 "arch": settings["arch"],
                 "cpus": int(settings["cpu"]),
                 "memory": int(settings["memory"]) * GIB,
-                "disk": int(settings["disk"]) * GIB,
+                "disk": self.vm_disk_gib(values) * GIB,
                 "vm_type": settings["vm-type"],
                 "runtime": values.get("runtime", "docker"),
                 "network_address": "--network-address" in switches,
@@ -154,6 +183,20 @@ class Fake:
         if vm.get("network_address") and not vm.get("address"):
             vm["address"] = self.address()
         print(f"INFO[0000] starting colima [profile={name}]", file=sys.stderr)
+        return 0
+
+    @staticmethod
+    def vm_disk_gib(values: dict[str, str]) -> int:
+        if not has_root_disk():
+            return int(values.get("disk", str(DEFAULTS["disk"])))
+        return int(values.get("root-disk", str(ROOT_DISK_DEFAULT)))
+
+    @staticmethod
+    def start_help() -> int:
+        flags = START_HELP_FLAGS + (["    --root-disk int"] if has_root_disk() else [])
+        print("Usage:\n  colima start [profile] [flags]\n\nFlags:")
+        for flag in sorted(flags, key=lambda line: line.split("--")[1]):
+            print(f"  {flag}")
         return 0
 
     def delete(self, values: dict[str, str], switches: set[str]) -> int:
@@ -190,6 +233,8 @@ class Fake:
             return 1
         if command in ("list", "ls"):
             return self.list(values)
+        if command == "start" and switches & {"--help", "-h"}:
+            return self.start_help()
         if command == "start":
             code = self.start(values, switches)
         elif command == "delete":

@@ -70,7 +70,11 @@ class FakeColima:
         return [json.loads(line)["argv"] for line in lines]
 
     def subcommands(self) -> list[str]:
-        return [argv[0] for argv in self.calls()]
+        """Subcommands that act (a `--help` only asks which flags this release has)."""
+        return [argv[0] for argv in self.calls() if "--help" not in argv]
+
+    def start_calls(self) -> list[list[str]]:
+        return [argv for argv in self.calls() if argv[0] == "start" and "--help" not in argv]
 
     def authorized_keys(self, profile: str) -> list[str]:
         path = self.root / "vms" / profile / "root" / ".ssh" / "authorized_keys"
@@ -131,7 +135,7 @@ def run(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_create_passes_real_colima_flags_and_prints_the_profile_line(colima: FakeColima) -> None:
     result = run("colima-create.sh", colima.env(**node_env()))
     assert result.returncode == 0, result.stderr
-    start = next(argv for argv in colima.calls() if argv[0] == "start")
+    (start,) = colima.start_calls()
     assert start == [
         "start",
         "--profile",
@@ -161,10 +165,29 @@ def test_create_passes_real_colima_flags_and_prints_the_profile_line(colima: Fak
     assert all(KEY not in arg for argv in colima.calls() for arg in argv)
 
 
+def test_create_sizes_the_vm_with_root_disk_where_colima_has_it(colima: FakeColima) -> None:
+    env = colima.env(FAKE_COLIMA_ROOT_DISK="1", **node_env())
+    result = run("colima-create.sh", env)
+    assert result.returncode == 0, result.stderr
+    (start,) = colima.start_calls()
+    assert start[start.index("--root-disk") + 1] == "40"
+    assert start[start.index("--disk") + 1] == "40"
+    vm = parse_colima_list(result.stdout, "dev-a")
+    assert vm.disk == 40 * GIB, "the VM's own disk has the requested size, not Colima's 20 GiB"
+
+
+def test_create_without_root_disk_support_sizes_the_vm_with_disk(colima: FakeColima) -> None:
+    result = run("colima-create.sh", colima.env(**node_env()))
+    assert result.returncode == 0, result.stderr
+    (start,) = colima.start_calls()
+    assert "--root-disk" not in start, "an older Colima rejects the unknown flag"
+    assert ["start", "--help"] in colima.calls()
+
+
 def test_create_without_rosetta_omits_the_flag(colima: FakeColima) -> None:
     result = run("colima-create.sh", colima.env(**node_env(ROSETTA="0")))
     assert result.returncode == 0, result.stderr
-    start = next(argv for argv in colima.calls() if argv[0] == "start")
+    (start,) = colima.start_calls()
     assert "--vz-rosetta" not in start
     assert colima.state()["profiles"]["dev-a"]["rosetta"] is False
 
