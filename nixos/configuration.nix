@@ -123,6 +123,7 @@ in
       nixosK3s.k3sContainers = {
         enable = h.containers != [ ];
         package = h.k3s.package;
+        tunnelUdpPorts = h.firewall.privateUdpPorts;
         containers = lib.listToAttrs (
           map (c: {
             inherit (c) name;

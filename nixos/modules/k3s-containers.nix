@@ -135,7 +135,7 @@ let
             10250
             4240
           ];
-          allowedUDPPorts = [ 8472 ];
+          allowedUDPPorts = cfg.tunnelUdpPorts;
         };
       };
       services.resolved.enable = true;
@@ -219,6 +219,16 @@ in
       '';
     };
 
+    tunnelUdpPorts = lib.mkOption {
+      type = lib.types.listOf lib.types.port;
+      default = [ 8472 ];
+      description = ''
+        UDP ports of Cilium's overlay (8472 VXLAN, 6081 Geneve), opened inside every container
+        and on the host's veths; must match the cluster's tunnel protocol or pods on the
+        containers cannot reach other nodes.
+      '';
+    };
+
     stateVersion = lib.mkOption {
       type = lib.types.str;
       default = config.system.stateVersion;
@@ -265,10 +275,10 @@ in
       enable = true;
       internalInterfaces = [ "ve-+" ];
     };
-    # Agents on this host may join a server on this host: its API and VXLAN must answer on the veths.
+    # Agents on this host may join a server on this host: its API and overlay must answer on the veths.
     networking.firewall.interfaces."ve-+" = {
       allowedTCPPorts = [ 6443 ];
-      allowedUDPPorts = [ 8472 ];
+      allowedUDPPorts = cfg.tunnelUdpPorts;
     };
 
     # Containers cannot load modules or change non-namespaced sysctls themselves.
