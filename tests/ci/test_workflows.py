@@ -136,6 +136,69 @@ def test_actions_are_pinned_to_a_major_version_or_a_commit(name: str) -> None:
             assert re.fullmatch(r"[\w.-]+/[\w.-]+@(v\d+(\.\d+){0,2}|[0-9a-f]{40})", step["uses"])
 
 
+# The inputs each action's action.yml declares (upstream, at the major version the workflows use).
+# An undeclared `with:` key is only a warning on GitHub and the setting is silently lost.
+# fmt: off
+ACTION_INPUTS: dict[str, frozenset[str]] = {
+    "actions/checkout@v4": frozenset((
+        "repository", "ref", "token", "ssh-key", "ssh-known-hosts", "ssh-strict", "ssh-user",
+        "persist-credentials", "path", "clean", "filter", "sparse-checkout",
+        "sparse-checkout-cone-mode", "fetch-depth", "fetch-tags", "show-progress", "lfs",
+        "submodules", "set-safe-directory", "github-server-url",
+    )),
+    "actions/setup-python@v5": frozenset((
+        "python-version", "python-version-file", "cache", "architecture", "check-latest", "token",
+        "cache-dependency-path", "update-environment", "allow-prereleases",
+    )),
+    "pulumi/actions@v6": frozenset((
+        "command", "stack-name", "pulumi-version", "pulumi-version-file", "work-dir",
+        "comment-on-pr", "comment-on-pr-number", "comment-on-summary", "github-token",
+        "cloud-url", "secrets-provider", "parallel", "message", "config-map",
+        "expect-no-changes", "diff", "replace", "target", "target-dependents", "policyPacks",
+        "policyPackConfigs", "refresh", "upsert", "remove", "edit-pr-comment", "color",
+        "exclude-protected", "plan", "suppress-outputs", "suppress-progress",
+        "always-include-summary",
+    )),
+    "marocchino/sticky-pull-request-comment@v2": frozenset((
+        "header", "append", "recreate", "delete", "only_create", "only_update", "hide_details",
+        "hide", "hide_and_recreate", "hide_classify", "message", "path", "ignore_empty",
+        "skip_unchanged", "follow_symbolic_links", "number", "owner", "repo", "GITHUB_TOKEN",
+    )),
+    "cachix/install-nix-action@v31": frozenset((
+        "install_url", "install_options", "nix_path", "extra_nix_config",
+    )),
+}
+# fmt: on
+PULUMI_ACTION_COMMANDS = {"up", "update", "preview", "destroy", "refresh"}
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_every_action_input_is_declared_by_the_action(name: str) -> None:
+    for step in all_steps(load(name)):
+        if "uses" not in step:
+            continue
+        assert step["uses"] in ACTION_INPUTS, f"no recorded inputs for {step['uses']}"
+        unknown = set(step.get("with", {})) - ACTION_INPUTS[step["uses"]]
+        assert not unknown, f"{name}: {step['uses']} has no input {sorted(unknown)}"
+        if step["uses"].startswith("pulumi/actions@") and "with" in step:
+            assert step["with"]["command"] in PULUMI_ACTION_COMMANDS, step
+
+
+def test_nixos_anywhere_can_run_where_pulumi_up_runs() -> None:
+    """install.sh runs nixos-anywhere through `nix run` (flakes): the deploy job needs Nix."""
+    deploy = load("deploy.yml")
+    uses = [step.get("uses", "") for step in steps(deploy, "deploy")]
+    nix = next(i for i, use in enumerate(uses) if use.startswith("cachix/install-nix-action@"))
+    up = next(
+        i
+        for i, step in enumerate(steps(deploy, "deploy"))
+        if step.get("with", {}).get("command") == "up"
+    )
+    assert nix < up
+    config = steps(deploy, "deploy")[nix]["with"]["extra_nix_config"]
+    assert "experimental-features = nix-command flakes" in config
+
+
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_run_blocks_pass_shellcheck(name: str, tmp_path: Path) -> None:
     if shutil.which("shellcheck") is None:
