@@ -436,7 +436,10 @@ def test_destroy_guard_runs_first_and_before_anything_is_destroyed() -> None:
     names = [step.get("name") for step in job_steps]
 
     assert names[0] == GUARD
-    assert job_steps[0]["env"] == {"STACK": "${{ matrix.stack }}"}
+    assert job_steps[0]["env"] == {
+        "STACK": "${{ matrix.stack }}",
+        "EVENT": "${{ github.event_name }}",
+    }
     [destroy] = pulumi_action_steps(workflow, "destroy")
     assert destroy["with"]["stack-name"] == "${{ matrix.stack }}"
     destructive = [
@@ -450,6 +453,7 @@ def test_destroy_guard_runs_first_and_before_anything_is_destroyed() -> None:
     assert "if" not in job_steps[0]
 
 
+@pytest.mark.parametrize("event", ["schedule", "workflow_dispatch"])
 @pytest.mark.parametrize(
     "stack",
     [
@@ -458,10 +462,6 @@ def test_destroy_guard_runs_first_and_before_anything_is_destroyed() -> None:
         "acme/prod",
         "acme/nixos-k3s/prod",
         "dev",  # the Colima stack on a Mac, not an ephemeral one
-        "staging",
-        "dev-",
-        "DEV-X",
-        "pr-",
         "dev-x; pulumi destroy --stack prod",
         "--yes",
         "dev-x\nprod",
@@ -469,13 +469,24 @@ def test_destroy_guard_runs_first_and_before_anything_is_destroyed() -> None:
         "a/b/c/dev-x",
     ],
 )
-def test_destroy_guard_refuses(stack: str) -> None:
+def test_destroy_guard_refuses(stack: str, event: str) -> None:
     script = step_named(load("destroy.yml"), "destroy", GUARD)["run"]
 
-    result = bash(script, destroy_env(STACK=stack))
+    result = bash(script, destroy_env(STACK=stack, EVENT=event))
 
     assert result.returncode != 0
     assert "::error::refusing to destroy stack" in result.stdout
+
+
+@pytest.mark.parametrize("stack", ["staging", "dev-", "DEV-X", "pr-"])
+def test_nightly_guard_refuses_names_off_the_convention(stack: str) -> None:
+    script = step_named(load("destroy.yml"), "destroy", GUARD)["run"]
+
+    nightly = bash(script, destroy_env(STACK=stack, EVENT="schedule"))
+    by_hand = bash(script, destroy_env(STACK=stack, EVENT="workflow_dispatch"))
+
+    assert nightly.returncode != 0 and "not an ephemeral stack" in nightly.stdout
+    assert by_hand.returncode == 0, by_hand.stdout  # any stack but prod may be named by hand
 
 
 @pytest.mark.parametrize(
@@ -484,7 +495,7 @@ def test_destroy_guard_refuses(stack: str) -> None:
 def test_destroy_guard_passes_ephemeral_stacks(stack: str) -> None:
     script = step_named(load("destroy.yml"), "destroy", GUARD)["run"]
 
-    result = bash(script, destroy_env(STACK=stack))
+    result = bash(script, destroy_env(STACK=stack, EVENT="schedule"))
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"stack {stack} is ephemeral" in result.stdout
@@ -493,7 +504,9 @@ def test_destroy_guard_passes_ephemeral_stacks(stack: str) -> None:
 def test_destroy_guard_fails_closed_without_a_pattern() -> None:
     script = step_named(load("destroy.yml"), "destroy", GUARD)["run"]
 
-    result = bash(script, {**destroy_env(STACK="dev-x"), "EPHEMERAL_STACK_PATTERN": ""})
+    result = bash(
+        script, {**destroy_env(STACK="dev-x", EVENT="schedule"), "EPHEMERAL_STACK_PATTERN": ""}
+    )
 
     assert result.returncode != 0
 
