@@ -45,7 +45,7 @@ lint: $(STAMP) system-deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright
-	shellcheck components/scripts/*.sh .ci/run
+	shellcheck --external-sources components/scripts/*.sh .ci/run
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

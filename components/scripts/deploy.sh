@@ -25,30 +25,14 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
+readonly PROG=deploy.sh
+# shellcheck source-path=SCRIPTDIR source=operator-lib.sh
+source "$SCRIPT_DIR/operator-lib.sh"
 readonly REMOTE_SCRIPT=host-activate.sh
 
-fail() {
-  printf 'deploy.sh: %s\n' "$*" >&2
-  exit 1
-}
 
-bad_env() {
-  printf 'deploy.sh: %s\n' "$*" >&2
-  exit 2
-}
 
-require_env() {
-  local name
-  for name in "$@"; do
-    [[ -n ${!name:-} ]] || bad_env "environment variable $name is required"
-  done
-}
 
-require_number() {
-  if ! [[ ${!1} =~ ^[0-9]+$ ]] || ((10#${!1} == 0)); then
-    bad_env "$1 must be a positive integer: ${!1}"
-  fi
-}
 
 # POSIX single quoting, the same shell words shlex.quote produces.
 shquote() {
@@ -90,12 +74,12 @@ setup() {
   for name in TARGET_PORT ROLLBACK_TIMEOUT HEALTH_TIMEOUT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
     require_number "$name"
   done
-  [[ $SSH_RETRY_DELAY =~ ^[0-9]+([.][0-9]+)?$ ]] || bad_env "SSH_RETRY_DELAY must be a number"
-  [[ $HOST_NAME =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_env "invalid HOST_NAME: $HOST_NAME"
-  [[ $RELEASE_ID =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_env "invalid RELEASE_ID: $RELEASE_ID"
+  [[ $SSH_RETRY_DELAY =~ ^[0-9]+([.][0-9]+)?$ ]] || bad_input "SSH_RETRY_DELAY must be a number"
+  [[ $HOST_NAME =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_input "invalid HOST_NAME: $HOST_NAME"
+  [[ $RELEASE_ID =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_input "invalid RELEASE_ID: $RELEASE_ID"
   [[ $HOST_PUBLIC_KEY =~ ^ssh-[a-z0-9-]+\ [A-Za-z0-9+/=]+ ]] ||
-    bad_env "HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
-  [[ -d $NIXOS_SOURCE_DIR ]] || bad_env "NIXOS_SOURCE_DIR $NIXOS_SOURCE_DIR is not a directory"
+    bad_input "HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
+  [[ -d $NIXOS_SOURCE_DIR ]] || bad_input "NIXOS_SOURCE_DIR $NIXOS_SOURCE_DIR is not a directory"
 
   umask 077
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/nixos-k3s-deploy.XXXXXX")
@@ -105,7 +89,7 @@ setup() {
   trap 'exit 129' HUP
 
   cat >"$WORK/deploy-key"
-  [[ -s $WORK/deploy-key ]] || bad_env "no deploy private key on stdin"
+  [[ -s $WORK/deploy-key ]] || bad_input "no deploy private key on stdin"
   local key_type key_body
   read -r key_type key_body _ <<<"$HOST_PUBLIC_KEY"
   printf 'nixos-k3s-target %s %s\n' "$key_type" "$key_body" >"$WORK/known_hosts"
@@ -143,14 +127,8 @@ wait_for_ssh() {
 }
 
 assemble_release() {
-  local flake=$WORK/flake
-  mkdir -p "$flake"
-  cp -R "$NIXOS_SOURCE_DIR/." "$flake/"
-  mkdir -p "$flake/hosts"
-  printf '%s\n' "$HOST_JSON" >"$flake/hosts/$HOST_NAME.json"
-  # Readable modes inside the release, whatever the umask of this script.
-  chmod -R u+rwX,go+rX,go-w "$flake"
-  COPYFILE_DISABLE=1 tar -C "$flake" -cf "$WORK/release.tar" .
+  assemble_flake "$WORK/flake"
+  COPYFILE_DISABLE=1 tar -C "$WORK/flake" -cf "$WORK/release.tar" .
 }
 
 print_host_status() {

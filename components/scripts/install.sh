@@ -32,31 +32,15 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
+readonly PROG=install.sh
+# shellcheck source-path=SCRIPTDIR source=operator-lib.sh
+source "$SCRIPT_DIR/operator-lib.sh"
 # The release whose flags this script passes (src/nixos-anywhere.sh of that tag).
 readonly DEFAULT_NIXOS_ANYWHERE_REF=1.13.0
 
-fail() {
-  printf 'install.sh: %s\n' "$*" >&2
-  exit 1
-}
 
-bad_input() {
-  printf 'install.sh: %s\n' "$*" >&2
-  exit 2
-}
 
-require_env() {
-  local name
-  for name in "$@"; do
-    [[ -n ${!name:-} ]] || bad_input "environment variable $name is required"
-  done
-}
 
-require_number() {
-  if ! [[ ${!1} =~ ^[0-9]+$ ]] || ((10#${!1} == 0)); then
-    bad_input "$1 must be a positive integer: ${!1}"
-  fi
-}
 
 setup() {
   require_env TARGET_HOST HOST_NAME HOST_JSON HOST_PUBLIC_KEY
@@ -131,15 +115,6 @@ stage_extra_files() {
   chmod 0644 "$extra/etc/ssh/ssh_host_ed25519_key.pub"
 }
 
-assemble_flake() {
-  local flake=$WORK/flake
-  mkdir -p "$flake"
-  cp -R "$NIXOS_SOURCE_DIR/." "$flake/"
-  mkdir -p "$flake/hosts"
-  printf '%s\n' "$HOST_JSON" >"$flake/hosts/$HOST_NAME.json"
-  chmod -R u+rwX,go+rX,go-w "$flake"
-}
-
 # Prints installed, other-key (the machine answers with another host key: not ours yet) or
 # unreachable.
 probe_installed() {
@@ -211,7 +186,7 @@ main() {
   *) ;;
   esac
   stage_extra_files
-  assemble_flake
+  assemble_flake "$WORK/flake"
   printf 'install.sh: installing NixOS on %s (%s) with nixos-anywhere\n' "$HOST_NAME" "$TARGET_HOST" >&2
   run_nixos_anywhere || fail "nixos-anywhere failed for $HOST_NAME"
   state=$(wait_for_answer installed)

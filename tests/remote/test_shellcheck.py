@@ -28,7 +28,7 @@ def test_shellcheck_clean(path: Path) -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     result = subprocess.run(
-        ["shellcheck", "--shell=bash", "--severity=style", str(path)],
+        ["shellcheck", "--external-sources", "--shell=bash", "--severity=style", str(path)],
         capture_output=True,
         text=True,
     )
