@@ -886,6 +886,18 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
+def _allowed_suffix(root: type[BaseModel], loc: Sequence[int | str]) -> str:
+    """' (allowed: ...)' for a missing field that takes one of fixed values."""
+    parent = _model_at(root, loc[:-1])
+    field = next(
+        (f for n, f in (parent.model_fields.items() if parent else []) if loc[-1] in (n, f.alias)),
+        None,
+    )
+    if field is None or get_origin(field.annotation) is not Literal:
+        return ""
+    return " (allowed: " + ", ".join(repr(v) for v in get_args(field.annotation)) + ")"
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -903,7 +915,7 @@ def problems_from_validation(error: ValidationError, root: type[BaseModel]) -> l
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             message = f"unknown field{hint}; allowed: {', '.join(allowed)}"
         elif kind == "missing":
-            message = "required field is missing"
+            message = "required field is missing" + _allowed_suffix(root, loc)
         elif kind == "value_error":
             message = str(item["msg"]).removeprefix("Value error, ")
         else:

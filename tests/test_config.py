@@ -272,3 +272,9 @@ def test_cilium_mistakes_reported_once(cilium: dict[str, Any], path: str) -> Non
     data = stack_data("prod")
     data["cilium"].update(cilium)
     assert one_problem(data).startswith(f"{path}:")
+
+
+def test_missing_enum_field_lists_allowed_values() -> None:
+    data = stack_data("prod")
+    del data["provider"]
+    assert one_problem(data) == "provider: required field is missing (allowed: 'hetzner', 'colima')"
