@@ -61,7 +61,8 @@ def fake_ssh_public_key(name: str) -> str:
 
 def fake_private_key(name: str) -> str:
     body = base64.b64encode(b"mock-private-key:" + _digest("private", name)).decode()
-    return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n"
+    # Recognisably fake, and without PEM armour so no scanner mistakes it for a real key.
+    return f"mock-openssh-private-key {body}\n"
 
 
 def fake_random(name: str, length: int) -> str:

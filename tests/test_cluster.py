@@ -6,7 +6,7 @@ import base64
 import json
 
 from components import hostspec
-from components.mocks import fake_id, fake_random
+from components.mocks import fake_id, fake_private_key, fake_random
 from components.render import TOKEN_FILE
 from tests.conftest import Plan, stack_data
 
@@ -71,7 +71,7 @@ def test_every_remote_connection_pins_the_host_key(prod_plan: Plan) -> None:
         conn = reg.secret_paths["connection"]
         assert conn["hostKey"].startswith("ssh-ed25519 "), reg.name
         assert conn["user"] == "root" and conn["dialErrorLimit"] >= 10
-        assert "PRIVATE KEY" in conn["privateKey"]
+        assert conn["privateKey"] == fake_private_key("prod-deploy-key")
     assert "prod-control-1-host-key" in host_keys
 
 

@@ -91,7 +91,7 @@ def test_outputs_and_secret_inputs_are_redacted(prod_dir: Path) -> None:
     assert by_name["prod-control-1-push"]["inputs"]["stdin"] == "[secret]"
     assert by_name["prod-control-1-secrets"]["inputs"]["stdin"] == "[secret]"
     text = (prod_dir / "plan.json").read_text()
-    assert "PRIVATE KEY" not in text
+    assert "PRIVATE KEY" not in text and "mock-openssh-private-key" not in text
     fingerprints = plan["secretFingerprints"]
     assert all(len(fp) == 12 for fps in fingerprints.values() for fp in fps.values())
 

@@ -88,10 +88,8 @@ def needles(values: dict[str, str]) -> dict[str, str]:
         found[value] = label
         found[json.dumps(value)[1:-1]] = f"{label} (JSON-escaped)"
         found[base64.b64encode(value.encode()).decode()] = f"{label} (base64)"
-        if "PRIVATE KEY" in value:
-            for line in value.splitlines():
-                if not line.startswith("-----"):
-                    found[line] = f"{label} (key body)"
+        if value.startswith("mock-openssh-private-key "):
+            found[value.split(" ", 1)[1].strip()] = f"{label} (key body)"
     return found
 
 
