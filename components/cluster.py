@@ -12,7 +12,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components import hostspec, inventory, k3s, render
+from components import config, hostspec, inventory, k3s, render
 from components.colima import ColimaMachine, ColimaMachineArgs
 from components.config import ClusterConfig
 from components.hetzner import HetznerMachines, HetznerMachinesArgs
@@ -129,27 +129,25 @@ class Cluster(pulumi.ComponentResource):
         )
         gates: list[pulumi.Resource] = [bootstrap_gate]
 
-        def join_gates(host: Host, pushed: NixosHost) -> pulumi.Resource:
-            """The host's node gate, plus one per nspawn agent it carries."""
-            after = [pushed.push, bootstrap_gate]
-            gate = k3s.node_gate(
-                host.name, admin, bootstrap=False, opts=k3s.gate_options(self, after)
-            )
-            gates.append(gate)
+        def container_gates(host: Host, after: list[pulumi.Resource]) -> None:
+            """One node gate per nspawn agent the host carries (they join with the host)."""
             for slot in host.containers:
                 node = render.container_node_name(host.name, slot.config.name)
                 gates.append(
                     k3s.node_gate(node, admin, bootstrap=False, opts=k3s.gate_options(self, after))
                 )
+
+        def join_gates(host: Host, pushed: NixosHost) -> pulumi.Resource:
+            """The host's node gate (what the next server waits for), and its containers'."""
+            after = [pushed.push, bootstrap_gate]
+            gate = k3s.node_gate(
+                host.name, admin, bootstrap=False, opts=k3s.gate_options(self, after)
+            )
+            gates.append(gate)
+            container_gates(host, after)
             return gate
 
-        for slot in bootstrap.containers:
-            node = render.container_node_name(bootstrap.name, slot.config.name)
-            gates.append(
-                k3s.node_gate(
-                    node, admin, bootstrap=False, opts=k3s.gate_options(self, [bootstrap_gate])
-                )
-            )
+        container_gates(bootstrap, [bootstrap_gate])
         previous: pulumi.Resource = api_ready
         for server in (h for h in hosts if h.role == "server" and not h.is_bootstrap):
             previous = join_gates(server, nixos_host(server, [previous]))
@@ -165,7 +163,7 @@ class Cluster(pulumi.ComponentResource):
             name, admin, endpoint, cfg.name, k3s.gate_options(self, [api_ready])
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig_cmd.stdout)
-        node_count = len(hosts) + sum(len(h.containers) for h in hosts)
+        node_count = config.node_count(cfg)
         release = k3s.cilium_release(name, cfg, self.kubeconfig, bootstrap_ip, node_count, child)
         k3s.nodes_ready_gate(
             name,
