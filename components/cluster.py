@@ -16,6 +16,7 @@ from components import config, hostspec, inventory, k3s, render
 from components.colima import ColimaMachine, ColimaMachineArgs
 from components.config import ClusterConfig
 from components.hetzner import HetznerMachines, HetznerMachinesArgs
+from components.hostspec import HostSpec
 from components.inventory import Host
 from components.nixos_host import NixosHost, NixosHostArgs, WakeCommand, connection
 from components.scripts import local_invocation
@@ -71,21 +72,21 @@ class Cluster(pulumi.ComponentResource):
         bootstrap_ip = machines[bootstrap.name].facts.apply(lambda f: f.private_ipv4)
         secrets = self._secret_contents(cfg, token, args.tailscale_auth_key)
 
-        host_json: dict[str, pulumi.Output[str]] = {}
-        for host in hosts:
-            host_json[host.name] = pulumi.Output.all(
+        specs: dict[str, pulumi.Output[HostSpec]] = {
+            host.name: pulumi.Output.all(
                 machines[host.name].facts, bootstrap_ip, deploy_public
             ).apply(
-                lambda v, host=host: hostspec.host_json(
-                    render.host_spec(
-                        cfg,
-                        host,
-                        v[0],
-                        bootstrap_ip=v[1],
-                        authorized_keys=[v[2], *cfg.ssh_keys],
-                    )
+                lambda v, host=host: render.host_spec(
+                    cfg, host, v[0], bootstrap_ip=v[1], authorized_keys=[v[2], *cfg.ssh_keys]
                 )
             )
+            for host in hosts
+        }
+        host_json = {n: spec.apply(hostspec.host_json) for n, spec in specs.items()}
+        install_json = {
+            n: spec.apply(lambda s: hostspec.host_json(render.install_spec(s)))
+            for n, spec in specs.items()
+        }
         hashes = {n: text.apply(hostspec.content_hash) for n, text in host_json.items()}
 
         def nixos_host(host: Host, after: list[pulumi.Resource]) -> NixosHost:
@@ -100,6 +101,7 @@ class Cluster(pulumi.ComponentResource):
                     host_key=host_keys[host.name],
                     deploy_key=deploy_key,
                     host_json=host_json[host.name],
+                    install_json=install_json[host.name],
                     content_hash=hashes[host.name],
                     secret_files={path: secrets[path] for path in render.secret_files(cfg, host)},
                     machine_id=machine.machine_id,
@@ -125,7 +127,11 @@ class Cluster(pulumi.ComponentResource):
             k3s.gate_options(self, [first.push]),
         )
         bootstrap_gate = k3s.node_gate(
-            bootstrap.name, admin, bootstrap=True, opts=k3s.gate_options(self, [api_ready])
+            bootstrap.name,
+            admin,
+            machine_id=machines[bootstrap.name].machine_id,
+            bootstrap=True,
+            opts=k3s.gate_options(self, [api_ready]),
         )
         gates: list[pulumi.Resource] = [bootstrap_gate]
 
@@ -134,14 +140,24 @@ class Cluster(pulumi.ComponentResource):
             for slot in host.containers:
                 node = render.container_node_name(host.name, slot.config.name)
                 gates.append(
-                    k3s.node_gate(node, admin, bootstrap=False, opts=k3s.gate_options(self, after))
+                    k3s.node_gate(
+                        node,
+                        admin,
+                        machine_id=machines[host.name].machine_id,
+                        bootstrap=False,
+                        opts=k3s.gate_options(self, after),
+                    )
                 )
 
         def join_gates(host: Host, pushed: NixosHost) -> pulumi.Resource:
             """The host's node gate (what the next server waits for), and its containers'."""
             after = [pushed.push, bootstrap_gate]
             gate = k3s.node_gate(
-                host.name, admin, bootstrap=False, opts=k3s.gate_options(self, after)
+                host.name,
+                admin,
+                machine_id=machines[host.name].machine_id,
+                bootstrap=False,
+                opts=k3s.gate_options(self, after),
             )
             gates.append(gate)
             container_gates(host, after)

@@ -642,6 +642,12 @@ def _colima_problems(cfg: ClusterConfig) -> Iterable[Problem]:
             "x86_64 with vmType vz cannot work: vz boots only aarch64 guests and Colima "
             "silently falls back to slow QEMU emulation; use arch aarch64 with rosetta: true",
         )
+    if colima.vm_type == "qemu":
+        yield Problem(
+            "colima.vmType",
+            "qemu is not supported: the dev NixOS profile (nixos/hardware/colima-vz.nix) is "
+            "built for Apple's Virtualization.framework; use vmType vz",
+        )
     if colima.rosetta and colima.vm_type != "vz":
         yield Problem("colima.rosetta", "Rosetta needs vmType vz; set rosetta: false for qemu")
     if colima.memory_gib < catalog.MIN_COLIMA_MEMORY_GIB:
@@ -678,6 +684,14 @@ def _host_names(cfg: ClusterConfig) -> list[tuple[str, str]]:
 
 def _k3s_problems(cfg: ClusterConfig) -> Iterable[Problem]:
     boot = cfg.k3s.bootstrap_host
+    first_server_pool = next((p for p in cfg.node_pools if p.role == "server"), None)
+    if boot is None and first_server_pool is not None and first_server_pool.count == 0:
+        # The default bootstrap host would silently move to another pool's first server.
+        yield Problem(
+            "k3s.bootstrapHost",
+            f"required while the first server pool ({first_server_pool.name!r}) has count 0: "
+            "name the server that initialises (or already holds) etcd",
+        )
     if boot is not None:
         roles = dict(_host_names(cfg))
         if roles.get(boot) != "server":
@@ -793,6 +807,28 @@ def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> cilium.Cil
 PLACEHOLDER_API_HOST = "10.0.1.10"
 
 
+def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -> Iterable[Problem]:
+    """What cilium.values may not override: the cluster does not work without these."""
+    if str(values.get("kubeProxyReplacement")).lower() != "true":
+        yield Problem(
+            "cilium.values.kubeProxyReplacement",
+            "must stay true: k3s runs with --disable-kube-proxy, so nothing else serves Services",
+        )
+    if values.get("k8sServiceHost") != PLACEHOLDER_API_HOST:
+        yield Problem(
+            "cilium.values.k8sServiceHost",
+            "is set by nixos-k3s to the first server's private address; without kube-proxy the "
+            "agents need a real API address (use apiEndpoint for the kubeconfig's address)",
+        )
+    replicas = (values.get("operator") or {}).get("replicas")
+    if isinstance(replicas, int) and replicas > nodes:
+        yield Problem(
+            "cilium.values.operator.replicas",
+            f"{replicas} is more than the {nodes} node(s): the operator pods repel each other, "
+            "so the extra ones stay Pending",
+        )
+
+
 def _cilium_problems(cfg: ClusterConfig) -> Iterable[Problem]:
     if cfg.provider == "hetzner" and cfg.cilium.routing_mode == "native":
         yield Problem(
@@ -805,7 +841,8 @@ def _cilium_problems(cfg: ClusterConfig) -> Iterable[Problem]:
     if nodes == 0:
         return
     try:
-        cilium.render_values(cilium_settings(cfg, PLACEHOLDER_API_HOST, nodes))
+        values = cilium.render_values(cilium_settings(cfg, PLACEHOLDER_API_HOST, nodes))
+        yield from _cilium_invariants(cfg, values, nodes)
     except cilium.CiliumValuesError as exc:
         for line in exc.problems:
             yield Problem(

@@ -176,7 +176,11 @@ class HetznerMachines(pulumi.ComponentResource):
                 ],
                 delete_protection=protect,
                 rebuild_protection=protect,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[subnet]),
+                # Server names are unique in a Hetzner project: a replacement (new location or
+                # image) must delete the old server before creating the new one.
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[subnet], delete_before_replace=True
+                ),
             )
             attachment = hcloud.ServerNetwork(
                 f"{host.name}-private",

@@ -42,6 +42,7 @@ def node_gate(
     node: str,
     conn: command.remote.ConnectionArgs,
     *,
+    machine_id: pulumi.Input[str],
     bootstrap: bool,
     opts: pulumi.ResourceOptions,
 ) -> command.remote.Command:
@@ -50,6 +51,9 @@ def node_gate(
     Deleting a server's node object makes k3s remove its etcd member. The bootstrap server's
     gate refuses removal while other servers are still registered: another server must take
     over bootstrap duty (k3s.bootstrapHost) in an earlier `pulumi up`.
+
+    A replaced machine replaces its gate, old first: the old Node object is drained and deleted
+    before the new machine registers under the same name (k3s refuses a second node password).
     """
     env = {"NODE_GATE_BOOTSTRAP": "1" if bootstrap else "0"}
     return command.remote.Command(
@@ -57,8 +61,9 @@ def node_gate(
         connection=conn,
         create=remote_invocation("node-gate.sh", "wait", node, str(NODE_JOIN_TIMEOUT_SECONDS)),
         delete=remote_invocation("node-gate.sh", "remove", node, env=env),
+        triggers=[machine_id],
         add_previous_output_in_env=False,
-        opts=opts,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=True)),
     )
 
 

@@ -152,6 +152,9 @@ class Registration:
     inputs: Any
     secret_paths: dict[str, Any]
     provider: str | None
+    # Resource options the engine would act on (in-process only, not written to plan.json).
+    delete_before_replace: bool = False
+    additional_secret_outputs: tuple[str, ...] = ()
 
 
 class RecordingMonitor(MockMonitor):
@@ -184,6 +187,8 @@ class RecordingMonitor(MockMonitor):
             inputs=inputs,
             secret_paths=secrets,
             provider=provider,
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            additional_secret_outputs=tuple(sorted(request.additionalSecretOutputs)),
         )
         with self._lock:
             self.registrations[response.urn] = registration

@@ -49,6 +49,7 @@ class NixosHostArgs:
     host_key: tls.PrivateKey
     deploy_key: tls.PrivateKey
     host_json: pulumi.Input[str]
+    install_json: pulumi.Input[str]
     content_hash: pulumi.Input[str]
     secret_files: Mapping[str, pulumi.Input[str]]
     machine_id: pulumi.Input[str]
@@ -118,7 +119,8 @@ class NixosHost(pulumi.ComponentResource):
             environment={
                 **base_env,
                 "TARGET_USER": args.install_user,
-                "HOST_JSON": args.host_json,
+                # k3s off: it starts with the push, in the order the gates set.
+                "HOST_JSON": args.install_json,
             },
             stdin=pulumi.Output.secret(install_stdin),
             update=ALREADY_INSTALLED,

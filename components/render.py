@@ -145,10 +145,17 @@ TUNNEL_UDP_PORTS = {"vxlan": [8472], "geneve": [6081]}
 
 def _firewall(cfg: ClusterConfig) -> Firewall:
     public_tcp = [22, API_PORT] + ([80, 443] if cfg.firewall and cfg.firewall.ingress else [])
-    tunnel = (
-        TUNNEL_UDP_PORTS[cfg.cilium.tunnel_protocol] if cfg.cilium.routing_mode == "tunnel" else []
+    tunnelled = cfg.cilium.routing_mode == "tunnel"
+    tunnel = TUNNEL_UDP_PORTS[cfg.cilium.tunnel_protocol] if tunnelled else []
+    # Cilium's devices: its overlay device is named after the tunnel protocol.
+    trusted = ["cilium_host", "cilium_net", "lxc+"]
+    if tunnelled:
+        trusted.insert(2, f"cilium_{cfg.cilium.tunnel_protocol}")
+    if cfg.tailscale.enabled:
+        trusted.append("tailscale0")  # k3s then uses the tailnet addresses between nodes
+    return Firewall(
+        public_tcp_ports=public_tcp, private_udp_ports=tunnel, trusted_interfaces=trusted
     )
-    return Firewall(public_tcp_ports=public_tcp, private_udp_ports=tunnel)
 
 
 def host_spec(
@@ -196,6 +203,17 @@ def host_spec(
         firewall=_firewall(cfg),
         tailscale=Tailscale(enable=tailscale_on, auth_key_file=None, wrap_k3s=tailscale_on),
         containers=_containers(cfg, host, facts, bootstrap_ip),
+    )
+
+
+def install_spec(spec: HostSpec) -> HostSpec:
+    """What nixos-anywhere installs: the host without k3s (and its nspawn agents).
+
+    All machines install in parallel; k3s starts only with the push, whose order the
+    dependency graph sets (first server, API ready, one server at a time, then agents).
+    """
+    return spec.model_copy(
+        update={"k3s": spec.k3s.model_copy(update={"enable": False}), "containers": []}
     )
 
 

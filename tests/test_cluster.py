@@ -205,3 +205,45 @@ def test_tunnel_port_follows_the_tunnel_protocol(plan_of) -> None:
     plan = plan_of(data, stack="prod")
     host = json.loads(plan["prod-workers-1-push"].inputs["environment"]["HOST_JSON"])
     assert host["firewall"]["privateUdpPorts"] == [6081]
+
+
+def test_install_brings_nixos_up_without_k3s(prod_plan: Plan) -> None:
+    # All installs run in parallel; k3s must start only with the ordered pushes.
+    for host in HOSTS:
+        installed = json.loads(prod_plan[f"{host}-install"].inputs["environment"]["HOST_JSON"])
+        pushed = json.loads(prod_plan[f"{host}-push"].inputs["environment"]["HOST_JSON"])
+        assert installed["k3s"]["enable"] is False and installed["containers"] == []
+        assert pushed["k3s"]["enable"] is True
+        assert {**installed, "k3s": None, "containers": None} == {
+            **pushed,
+            "k3s": None,
+            "containers": None,
+        }
+
+
+def test_replacements_delete_first(prod_plan: Plan) -> None:
+    # Hetzner server names are unique, and a node name can register only once.
+    assert prod_plan["prod-control-2"].delete_before_replace
+    gate = prod_plan["prod-workers-1-joined"]
+    assert gate.delete_before_replace
+    assert gate.inputs["triggers"] == [fake_id("hcloud:index/server:Server", "prod-workers-1")]
+
+
+def test_geneve_overlay_device_is_trusted(plan_of) -> None:
+    data = stack_data("prod")
+    data["cilium"]["tunnelProtocol"] = "geneve"
+    data["tailscale"] = {"enabled": True}
+    plan = plan_of(
+        data,
+        stack="prod",
+        extra={"nixos-k3s:tailscaleAuthKey": "tskey-auth-x"},
+        secret_keys=frozenset({"nixos-k3s:tailscaleAuthKey"}),
+    )
+    host = json.loads(plan["prod-control-1-push"].inputs["environment"]["HOST_JSON"])
+    assert host["firewall"]["trustedInterfaces"] == [
+        "cilium_host",
+        "cilium_net",
+        "cilium_geneve",
+        "lxc+",
+        "tailscale0",
+    ]

@@ -157,10 +157,36 @@ def test_colima_x86_on_vz_refused_with_reason() -> None:
     assert message.startswith("colima.arch:") and "aarch64" in message
 
 
-def test_rosetta_needs_vz() -> None:
+def test_qemu_refused_and_rosetta_needs_vz() -> None:
     data = stack_data("dev")
     data["colima"]["vmType"] = "qemu"
-    assert one_problem(data).startswith("colima.rosetta:")
+    paths = sorted(p.split(":")[0] for p in problems(data))
+    assert paths == ["colima.rosetta", "colima.vmType"]
+
+
+def test_first_server_pool_at_zero_needs_an_explicit_bootstrap_host() -> None:
+    data = stack_data("prod")
+    data["nodePools"].insert(
+        0,
+        {"name": "old", "role": "server", "count": 0, "serverType": "cx33", "locations": ["fsn1"]},
+    )
+    assert one_problem(data).startswith("k3s.bootstrapHost: required while the first server")
+    data["k3s"]["bootstrapHost"] = "prod-control-1"
+    parse_cluster(data)
+
+
+@pytest.mark.parametrize(
+    ("values", "path"),
+    [
+        ({"kubeProxyReplacement": False}, "cilium.values.kubeProxyReplacement"),
+        ({"k8sServiceHost": "127.0.0.1"}, "cilium.values.k8sServiceHost"),
+        ({"operator": {"replicas": 9}}, "cilium.values.operator.replicas"),
+    ],
+)
+def test_cilium_values_cannot_break_the_cluster(values: dict[str, Any], path: str) -> None:
+    data = stack_data("prod")
+    data["cilium"]["values"] = values
+    assert one_problem(data).startswith(f"{path}:")
 
 
 def test_colima_memory_floor() -> None:
