@@ -222,6 +222,21 @@ rollback_pending() {
   say "rolled back to $previous"
 }
 
+# After a failed `switch`, the system profile (and the boot entry) may already name the new
+# generation: point both back at the one recorded before the activation. Caller holds the lock.
+restore_boot_profile() {
+  local previous
+  previous=$(pending_get previous)
+  [[ -n $previous ]] || return 0
+  if [[ $(resolve "$SYSTEM_PROFILE") != "$(resolve "$previous")" ]]; then
+    say "restoring the boot profile to $previous"
+    run_logged nix-env --profile "$SYSTEM_PROFILE" --set "$previous" ||
+      say "warning: could not reset $SYSTEM_PROFILE"
+    run_logged "$previous/bin/switch-to-configuration" boot ||
+      say "warning: could not restore the boot entry of $previous"
+  fi
+}
+
 already_current() {
   local id=$1 built
   built=$(resolve "$RELEASES/$id/result")
@@ -348,8 +363,11 @@ cmd_confirm() {
   if [[ $(pending_get release) != "$id" || $(resolve "$CURRENT_SYSTEM") != "$built" ]]; then
     die 6 "the rollback timer fired before release $id was confirmed"
   fi
-  (cd "$RELEASES/$id" && run_logged nixos-rebuild switch --no-reexec --flake "$(flake_ref "$id" "$name")") ||
-    die 1 "release $id is active and healthy but persisting it to the boot profile failed"
+  if ! (cd "$RELEASES/$id" && run_logged nixos-rebuild switch --no-reexec --flake "$(flake_ref "$id" "$name")"); then
+    restore_boot_profile
+    rollback_pending || true
+    die 1 "persisting release $id to the boot profile failed; rolled back to the previous generation"
+  fi
   write_atomically "$STATE/current-release" "$id"
   rm -f "$PENDING" "$ACTIVATED"
   say "release $id confirmed and persisted"

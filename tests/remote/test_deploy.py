@@ -143,6 +143,21 @@ def test_health_failure_rolls_back(host: FakeHost, tmp_path: Path) -> None:
     assert_deployed(host, fixed)
 
 
+def test_failed_persist_after_a_healthy_confirm_rolls_back(host: FakeHost, tmp_path: Path) -> None:
+    flaky = make_nixos_source(tmp_path / "flaky", {"switch-exit": "4"})
+    result = deploy(host, flaky)
+    assert result.returncode == 1
+    assert "persisting release" in result.stderr and "rolled back" in result.stderr
+    # `switch` had already moved the boot profile: it points at the old generation again.
+    assert_rolled_back(host)
+    profile = host.root / "nix/var/nix/profiles/system"
+    assert host.calls("nix-env") == [f"--profile {profile} --set {host.initial_system}"]
+
+    fixed = make_nixos_source(tmp_path / "fixed")
+    assert deploy(host, fixed).returncode == 0
+    assert_deployed(host, fixed)
+
+
 def test_lost_ssh_after_activation_leaves_rollback_to_the_timer(
     host: FakeHost, tmp_path: Path
 ) -> None:
