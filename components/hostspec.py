@@ -157,6 +157,11 @@ class Network(_Model):
         "Set: privateIpv4/32 is configured statically with an on-link route to the gateway "
         "and privateCidr via it. Null: the hardware profile configures the interface.",
     )
+    routed_cidrs: list[Cidr] = Field(
+        default=[],
+        description="Further ranges routed through privateGateway (e.g. network.containerCidr, "
+        "whose per-host /24s Hetzner network routes deliver to the hosts carrying them).",
+    )
     private_interface: str = Field(
         pattern=r"^[a-z][a-z0-9]{0,14}$",
         description="Kernel name of the private NIC; firewall rules for inter-node ports "

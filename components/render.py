@@ -158,6 +158,10 @@ def _firewall(cfg: ClusterConfig) -> Firewall:
     )
 
 
+def _has_containers(cfg: ClusterConfig) -> bool:
+    return any(pool.containers and pool.count for pool in cfg.node_pools)
+
+
 def host_spec(
     cfg: ClusterConfig,
     host: Host,
@@ -178,6 +182,8 @@ def host_spec(
         else None,
         private_interface=HETZNER_PRIVATE_INTERFACE if hetzner else COLIMA_PRIVATE_INTERFACE,
         private_mac_address=facts.private_mac_address,
+        # Other hosts' nspawn agents: their /24s are routed to those hosts in the network.
+        routed_cidrs=[cfg.network.container_cidr] if hetzner and _has_containers(cfg) else [],
         mtu=catalog.HETZNER_PRIVATE_MTU if hetzner else 1500,
     )
     tailscale_on = cfg.tailscale.enabled

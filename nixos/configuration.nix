@@ -65,6 +65,7 @@ in
         macAddress = net.privateMacAddress;
         address = net.privateIpv4;
         cidr = net.privateCidr;
+        extraRoutes = net.routedCidrs;
         gateway = if net.privateGateway != null then net.privateGateway else "";
         inherit (net) mtu;
       };

@@ -136,3 +136,12 @@ def test_tailscale_on_hosts_wraps_k3s_and_sets_vpn_auth() -> None:
     host = host_data(result, "prod-control-2")
     assert host["tailscale"] == {"authKeyFile": None, "enable": True, "wrapK3s": True}
     assert host["k3s"]["vpnAuthFile"] == VPN_AUTH_FILE
+
+
+def test_hosts_route_container_ranges_through_the_private_gateway(plan: Plan) -> None:
+    # Every host (not only the carriers) sends container traffic into the Hetzner network,
+    # whose routes deliver each /24 to its host; the public default route would lose it.
+    for host in ["prod-control-1", *WORKERS]:
+        network = host_data(plan, host)["network"]
+        assert network["routedCidrs"] == ["10.250.0.0/16"]
+        assert network["privateGateway"] == "10.0.0.1"

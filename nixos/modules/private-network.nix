@@ -32,6 +32,17 @@ in
       description = "Range routed over the NIC (the whole network, not only this host's subnet).";
     };
 
+    extraRoutes = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [ "10.250.0.0/16" ];
+      description = ''
+        Further ranges sent to the gateway, e.g. the nspawn containers' addresses, which Hetzner
+        network routes deliver to the host carrying them. Without this, traffic to them would
+        leave through the public default route.
+      '';
+    };
+
     gateway = lib.mkOption {
       type = lib.types.str;
       example = "10.0.0.1";
@@ -62,12 +73,12 @@ in
           Destination = "${cfg.gateway}/32";
           Scope = "link";
         }
-        {
-          Destination = cfg.cidr;
-          Gateway = cfg.gateway;
-          GatewayOnLink = true;
-        }
-      ];
+      ]
+      ++ map (destination: {
+        Destination = destination;
+        Gateway = cfg.gateway;
+        GatewayOnLink = true;
+      }) ([ cfg.cidr ] ++ cfg.extraRoutes);
       networkConfig = {
         DHCP = "no";
         IPv6AcceptRA = false;

@@ -31,7 +31,9 @@ ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC3ZQk2yW0sQ8q6jv2b2mYt8w1V3bX6
 SECRETS = "/var/lib/nixos-k3s/secrets"
 
 
-def hetzner_network(private_ip: str, mac: str, ipv4: str, ipv6: str) -> Network:
+def hetzner_network(
+    private_ip: str, mac: str, ipv4: str, ipv6: str, routed: tuple[str, ...] = ()
+) -> Network:
     return Network(
         public_ipv4=ipv4,
         public_ipv6=ipv6,
@@ -40,6 +42,7 @@ def hetzner_network(private_ip: str, mac: str, ipv4: str, ipv6: str) -> Network:
         private_gateway="10.0.0.1",
         private_interface="priv0",
         private_mac_address=mac,
+        routed_cidrs=list(routed),
     )
 
 
@@ -115,7 +118,9 @@ def container_host() -> HostSpec:
         cluster_name="prod",
         system="x86_64-linux",
         hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
-        network=hetzner_network("10.0.1.8", "86:00:00:aa:bb:08", "203.0.113.18", "2001:db8:18::1"),
+        network=hetzner_network(
+            "10.0.1.8", "86:00:00:aa:bb:08", "203.0.113.18", "2001:db8:18::1", ("10.250.0.0/16",)
+        ),
         ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
         k3s=K3s(
             role="agent",
