@@ -132,6 +132,7 @@ let
         firewall = {
           enable = true;
           allowedTCPPorts = [
+            6443
             10250
             4240
           ];
