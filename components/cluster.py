@@ -120,6 +120,12 @@ class Cluster(pulumi.ComponentResource):
             host_keys[bootstrap.name],
             deploy_key,
         )
+        gate_target = k3s.GateTarget(
+            ssh_host=machines[bootstrap.name].ssh_host,
+            ssh_user=machines[bootstrap.name].ssh_user,
+            host_public_key=host_keys[bootstrap.name].public_key_openssh.apply(str.strip),
+            deploy_private_key=deploy_key.private_key_openssh,
+        )
         api_ready = k3s.api_ready_gate(
             name,
             admin,
@@ -128,7 +134,7 @@ class Cluster(pulumi.ComponentResource):
         )
         bootstrap_gate = k3s.node_gate(
             bootstrap.name,
-            admin,
+            gate_target,
             machine_id=machines[bootstrap.name].machine_id,
             bootstrap=True,
             opts=k3s.gate_options(self, [api_ready]),
@@ -142,7 +148,7 @@ class Cluster(pulumi.ComponentResource):
                 gates.append(
                     k3s.node_gate(
                         node,
-                        admin,
+                        gate_target,
                         machine_id=machines[host.name].machine_id,
                         bootstrap=False,
                         opts=k3s.gate_options(self, after),
@@ -154,7 +160,7 @@ class Cluster(pulumi.ComponentResource):
             after = [pushed.push, bootstrap_gate]
             gate = k3s.node_gate(
                 host.name,
-                admin,
+                gate_target,
                 machine_id=machines[host.name].machine_id,
                 bootstrap=False,
                 opts=k3s.gate_options(self, after),

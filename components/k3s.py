@@ -17,7 +17,7 @@ import pulumi_kubernetes as k8s
 
 from components import cilium
 from components.config import ClusterConfig, cilium_settings
-from components.scripts import remote_invocation
+from components.scripts import local_invocation, remote_invocation
 
 NODE_JOIN_TIMEOUT_SECONDS = 600
 
@@ -38,29 +38,48 @@ def api_ready_gate(
     )
 
 
+@dataclass(frozen=True)
+class GateTarget:
+    """The server node gates run on (the bootstrap server), reached from the operator."""
+
+    ssh_host: pulumi.Input[str]
+    ssh_user: str
+    host_public_key: pulumi.Input[str]
+    deploy_private_key: pulumi.Input[str]
+
+
 def node_gate(
     node: str,
-    conn: command.remote.ConnectionArgs,
+    target: GateTarget,
     *,
     machine_id: pulumi.Input[str],
     bootstrap: bool,
     opts: pulumi.ResourceOptions,
-) -> command.remote.Command:
+) -> command.local.Command:
     """Waits for `node` to register; on delete drains it and deletes the node object.
 
     Deleting a server's node object makes k3s remove its etcd member. The bootstrap server's
     gate refuses removal while other servers are still registered: another server must take
     over bootstrap duty (k3s.bootstrapHost) in an earlier `pulumi up`.
 
-    A replaced machine replaces its gate, old first: the old Node object is drained and deleted
-    before the new machine registers under the same name (k3s refuses a second node password).
+    It runs from the operator's machine (node-gate-client.sh, over SSH to the bootstrap
+    server) so that a destroy whose bootstrap server is already gone finds nothing to drain
+    instead of failing. A replaced machine replaces its gate, old first: the old Node object is
+    drained and deleted before the new machine registers under the same name.
     """
-    env = {"NODE_GATE_BOOTSTRAP": "1" if bootstrap else "0"}
-    return command.remote.Command(
+    return command.local.Command(
         f"{node}-joined",
-        connection=conn,
-        create=remote_invocation("node-gate.sh", "wait", node, str(NODE_JOIN_TIMEOUT_SECONDS)),
-        delete=remote_invocation("node-gate.sh", "remove", node, env=env),
+        create=local_invocation(
+            "node-gate-client.sh", "wait", node, str(NODE_JOIN_TIMEOUT_SECONDS)
+        ),
+        delete=local_invocation("node-gate-client.sh", "remove", node),
+        environment={
+            "TARGET_HOST": target.ssh_host,
+            "TARGET_USER": target.ssh_user,
+            "HOST_PUBLIC_KEY": target.host_public_key,
+            "NODE_GATE_BOOTSTRAP": "1" if bootstrap else "0",
+        },
+        stdin=pulumi.Output.secret(target.deploy_private_key),
         triggers=[machine_id],
         add_previous_output_in_env=False,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=True)),

@@ -6,7 +6,13 @@ import base64
 import json
 
 from components import hostspec
-from components.mocks import fake_id, fake_private_key, fake_random
+from components.mocks import (
+    fake_id,
+    fake_ipv4,
+    fake_private_key,
+    fake_random,
+    fake_ssh_public_key,
+)
 from components.render import TOKEN_FILE
 from tests.conftest import Plan, stack_data
 
@@ -157,13 +163,22 @@ def test_cilium_release_and_nodes_ready_gate(prod_plan: Plan) -> None:
 
 
 def test_scale_down_drains_before_the_machine_goes(prod_plan: Plan) -> None:
+    bootstrap_key = fake_ssh_public_key("prod-control-1-host-key").strip()
     for host in HOSTS:
         gate = prod_plan[f"{host}-joined"]
-        assert f"node-gate.sh remove {host}" in gate.inputs["delete"]
+        assert gate.inputs["create"] == (
+            f"bash components/scripts/node-gate-client.sh wait {host} 600"
+        )
+        assert gate.inputs["delete"] == f"bash components/scripts/node-gate-client.sh remove {host}"
+        # Run from the operator against the bootstrap server, its host key pinned.
+        env = gate.inputs["environment"]
+        assert env["TARGET_HOST"] == fake_ipv4("prod-control-1")
+        assert env["HOST_PUBLIC_KEY"] == bootstrap_key
+        assert gate.inputs["stdin"] == "[secret]"
         # Pulumi deletes dependents first: the gate (drain) before the push and the server.
         assert prod_plan.reaches(f"{host}-joined", host)
-    assert "NODE_GATE_BOOTSTRAP=1" in prod_plan["prod-control-1-joined"].inputs["delete"]
-    assert "NODE_GATE_BOOTSTRAP=0" in prod_plan["prod-control-2-joined"].inputs["delete"]
+    assert prod_plan["prod-control-1-joined"].inputs["environment"]["NODE_GATE_BOOTSTRAP"] == "1"
+    assert prod_plan["prod-control-2-joined"].inputs["environment"]["NODE_GATE_BOOTSTRAP"] == "0"
     for host in HOSTS[1:]:
         assert "prod-control-1-joined" in prod_plan.deps(f"{host}-joined")
 

@@ -109,7 +109,7 @@ def test_host_data_validates_against_the_schema(plan: Plan) -> None:
 
 def test_container_nodes_get_scale_down_gates(plan: Plan) -> None:
     gate = plan["prod-workers-2-batch-joined"]
-    assert "node-gate.sh remove prod-workers-2-batch" in gate.inputs["delete"]
+    assert gate.inputs["delete"].endswith("node-gate-client.sh remove prod-workers-2-batch")
     assert "prod-workers-2-push" in plan.deps("prod-workers-2-batch-joined")
     assert "prod-workers-2-batch-joined" in plan.deps("prod-nodes-ready")
     assert plan["prod-nodes-ready"].inputs["create"].endswith(" 9 900")

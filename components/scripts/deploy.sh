@@ -30,27 +30,6 @@ readonly PROG=deploy.sh
 source "$SCRIPT_DIR/operator-lib.sh"
 readonly REMOTE_SCRIPT=host-activate.sh
 
-
-
-
-
-# POSIX single quoting, the same shell words shlex.quote produces.
-shquote() {
-  local escaped=${1//\'/\'\\\'\'}
-  printf "'%s'" "$escaped"
-}
-
-# The remote command line: the script inline, as components/scripts.py remote_invocation does.
-remote_command() {
-  local text word line
-  text=$(<"$SCRIPT_DIR/$REMOTE_SCRIPT")
-  line="bash -c $(shquote "$text") $REMOTE_SCRIPT"
-  for word in "$@"; do
-    line+=" $(shquote "$word")"
-  done
-  printf '%s' "$line"
-}
-
 sha256_of() {
   if command -v sha256sum >/dev/null; then
     sha256sum "$1" | cut -d' ' -f1
@@ -90,40 +69,11 @@ setup() {
 
   cat >"$WORK/deploy-key"
   [[ -s $WORK/deploy-key ]] || bad_input "no deploy private key on stdin"
-  local key_type key_body
-  read -r key_type key_body _ <<<"$HOST_PUBLIC_KEY"
-  printf 'nixos-k3s-target %s %s\n' "$key_type" "$key_body" >"$WORK/known_hosts"
-
-  SSH_OPTS=(-F none -T -p "$TARGET_PORT" -i "$WORK/deploy-key"
-    -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes
-    -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$WORK/known_hosts"
-    -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=nixos-k3s-target -o UpdateHostKeys=no
-    -o ControlMaster=no -o ControlPath=none
-    -o ConnectTimeout="$SSH_CONNECT_TIMEOUT" -o ConnectionAttempts=1
-    -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR)
-  TARGET=$TARGET_USER@${TARGET_HOST:?}
+  pinned_ssh_setup
 }
 
 on_host() {
-  # shellcheck disable=SC2029 # expanding here is the point: remote_command quotes every word.
-  ssh "${SSH_OPTS[@]}" "$TARGET" "$(remote_command "$@")"
-}
-
-# Dials until the host answers with the pinned key, or the attempts (or the deadline) run out.
-wait_for_ssh() {
-  local deadline=${1:-} attempt
-  for ((attempt = 1; attempt <= SSH_CONNECT_ATTEMPTS; attempt++)); do
-    if ssh "${SSH_OPTS[@]}" "$TARGET" true </dev/null; then
-      return 0
-    fi
-    if [[ -n $deadline ]] && (($(date +%s) >= deadline)); then
-      return 1
-    fi
-    printf 'deploy.sh: %s:%s not reachable yet (attempt %d/%d)\n' \
-      "$TARGET_HOST" "$TARGET_PORT" "$attempt" "$SSH_CONNECT_ATTEMPTS" >&2
-    sleep "$SSH_RETRY_DELAY"
-  done
-  return 1
+  on_host_run "$REMOTE_SCRIPT" "$@"
 }
 
 assemble_release() {

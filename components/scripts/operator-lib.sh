@@ -35,3 +35,62 @@ assemble_flake() {
   printf '%s\n' "$HOST_JSON" >"$flake/hosts/$HOST_NAME.json"
   chmod -R u+rwX,go+rX,go-w "$flake"
 }
+
+# POSIX single quoting, the same shell words shlex.quote produces.
+shquote() {
+  local escaped=${1//\'/\'\\\'\'}
+  printf "'%s'" "$escaped"
+}
+
+# The remote command line for SCRIPT ARGS...: the script inline, exactly as
+# components/scripts.py remote_invocation builds it (the host has no copy of this repository).
+remote_command() {
+  local script=$1 text word line
+  shift
+  text=$(<"$SCRIPT_DIR/$script")
+  line="bash -c $(shquote "$text") $script"
+  for word in "$@"; do
+    line+=" $(shquote "$word")"
+  done
+  printf '%s' "$line"
+}
+
+# SSH to TARGET_USER@TARGET_HOST:TARGET_PORT with $WORK/deploy-key, accepting only the pinned
+# HOST_PUBLIC_KEY (never trust on first use). Sets SSH_OPTS and TARGET.
+pinned_ssh_setup() {
+  local key_type key_body
+  read -r key_type key_body _ <<<"$HOST_PUBLIC_KEY"
+  printf 'nixos-k3s-target %s %s\n' "$key_type" "$key_body" >"$WORK/known_hosts"
+  SSH_OPTS=(-F none -T -p "$TARGET_PORT" -i "$WORK/deploy-key"
+    -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes
+    -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$WORK/known_hosts"
+    -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=nixos-k3s-target -o UpdateHostKeys=no
+    -o ControlMaster=no -o ControlPath=none
+    -o ConnectTimeout="$SSH_CONNECT_TIMEOUT" -o ConnectionAttempts=1
+    -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR)
+  TARGET=$TARGET_USER@${TARGET_HOST:?}
+}
+
+# Runs SCRIPT ARGS... on the target (inline, see remote_command); ENV_PREFIX, if set, is put in
+# front as `env K=V` words (non-secret values only: they are on the remote command line).
+on_host_run() {
+  # shellcheck disable=SC2029 # expanding here is the point: remote_command quotes every word.
+  ssh "${SSH_OPTS[@]}" "$TARGET" "${ENV_PREFIX:-}$(remote_command "$@")"
+}
+
+# Dials until the host answers with the pinned key, or the attempts (or the deadline) run out.
+wait_for_ssh() {
+  local deadline=${1:-} attempt
+  for ((attempt = 1; attempt <= SSH_CONNECT_ATTEMPTS; attempt++)); do
+    if ssh "${SSH_OPTS[@]}" "$TARGET" true </dev/null; then
+      return 0
+    fi
+    if [[ -n $deadline ]] && (($(date +%s) >= deadline)); then
+      return 1
+    fi
+    printf '%s: %s:%s not reachable yet (attempt %d/%d)\n' \
+      "$PROG" "$TARGET_HOST" "$TARGET_PORT" "$attempt" "$SSH_CONNECT_ATTEMPTS" >&2
+    sleep "$SSH_RETRY_DELAY"
+  done
+  return 1
+}

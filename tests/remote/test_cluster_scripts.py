@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from components.scripts import remote_invocation
+from components.scripts import PROJECT_DIR, local_invocation, remote_invocation
 from tests.remote.harness import FakeHost
 
 # What k3s writes to /etc/rancher/k3s/k3s.yaml (base64 payloads shortened).
@@ -210,3 +213,80 @@ def test_nodes_ready_counts_ready_nodes(host: FakeHost) -> None:
     assert short.returncode == 1
     assert "only 2 of 3 nodes Ready" in short.stderr
     assert "agent-1=False" in short.stderr
+
+
+def gate_client(
+    host: FakeHost, *args: str, port: int | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """node-gate-client.sh exactly as the node gate's local.Command runs it."""
+    full_env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "TARGET_HOST": "127.0.0.1",
+        "TARGET_PORT": str(port or host.server.port),
+        "TARGET_USER": "root",
+        "HOST_PUBLIC_KEY": host.server.host_public_key(),
+        "SSH_CONNECT_TIMEOUT": "3",
+        "SSH_CONNECT_ATTEMPTS": "2",
+        "SSH_RETRY_DELAY": "0.1",
+        **env,
+    }
+    return subprocess.run(
+        local_invocation("node-gate-client.sh", *args),
+        shell=True,
+        cwd=PROJECT_DIR,
+        env=full_env,
+        input=host.server.client_key.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_gate_client_waits_and_removes_over_pinned_ssh(host: FakeHost) -> None:
+    set_nodes(host, {"server-1": "True", "agent-1": "True"})
+    waited = gate_client(host, "wait", "agent-1", "5")
+    assert waited.returncode == 0, waited.stderr
+    removed = gate_client(host, "remove", "agent-1")
+    assert removed.returncode == 0, removed.stderr
+    assert not (host.root / "k3s/nodes/agent-1").exists()
+
+
+def test_gate_client_passes_the_bootstrap_refusal_on(host: FakeHost) -> None:
+    set_nodes(host, {"server-1": "True", "server-2": "True"})
+    mark_servers(host, "server-1", "server-2")
+    result = gate_client(host, "remove", "server-1", NODE_GATE_BOOTSTRAP="1")
+    assert result.returncode == 1
+    assert "refusing to remove server-1" in result.stderr
+    assert (host.root / "k3s/nodes/server-1").exists()
+
+
+def test_gate_client_remove_succeeds_when_the_cluster_is_gone(host: FakeHost) -> None:
+    result = gate_client(host, "remove", "agent-1", port=closed_port())
+    assert result.returncode == 0, result.stderr
+    assert "is unreachable: the cluster is gone, nothing to drain for agent-1" in result.stderr
+
+
+def test_gate_client_wait_fails_when_the_server_is_unreachable(host: FakeHost) -> None:
+    result = gate_client(host, "wait", "agent-1", "5", port=closed_port())
+    assert result.returncode == 1
+    assert "cannot reach the bootstrap server" in result.stderr
+
+
+def test_gate_client_refuses_a_wrong_host_key(host: FakeHost, tmp_path: Path) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = other.with_suffix(".pub").read_text().strip()
+    set_nodes(host, {"agent-1": "True"})
+    for args in (("wait", "agent-1", "5"), ("remove", "agent-1")):
+        result = gate_client(host, *args, HOST_PUBLIC_KEY=wrong)
+        assert result.returncode == 1, args
+        assert "is not the pinned bootstrap server" in result.stderr
+    assert host.calls("k3s") == []
+    assert (host.root / "k3s/nodes/agent-1").exists()
