@@ -157,7 +157,7 @@ class Cluster(pulumi.ComponentResource):
 
         def join_gates(host: Host, pushed: NixosHost) -> pulumi.Resource:
             """The host's node gate (what the next server waits for), and its containers'."""
-            after = [pushed.push, bootstrap_gate]
+            after: list[pulumi.Resource] = [pushed.push, bootstrap_gate]
             gate = k3s.node_gate(
                 host.name,
                 gate_target,
