@@ -417,6 +417,12 @@ class HetznerConfig(Model):
         default=False, description="Delete and rebuild protection on servers and the network."
     )
     ipv6: bool = Field(default=True, description="Give every server a public IPv6 /64.")
+    register_admin_keys: bool = Field(
+        default=True,
+        description="Also upload sshKeys as Hetzner SSH keys (for the console and rescue "
+        "system). Hetzner refuses a key whose fingerprint the project already has: set false "
+        "when they are uploaded already.",
+    )
 
 
 class ColimaConfig(Model):

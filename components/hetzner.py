@@ -136,7 +136,7 @@ class HetznerMachines(pulumi.ComponentResource):
             labels=labels,
             opts=child,
         )
-        for i, key in enumerate(cfg.ssh_keys):
+        for i, key in enumerate(cfg.ssh_keys if cfg.hetzner.register_admin_keys else []):
             hcloud.SshKey(
                 f"{name}-admin-key-{i + 1}",
                 name=f"{cfg.name}-admin-{i + 1}",
