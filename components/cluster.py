@@ -137,6 +137,7 @@ class Cluster(pulumi.ComponentResource):
             gate_target,
             machine_id=machines[bootstrap.name].machine_id,
             bootstrap=True,
+            markings=k3s.node_markings(bootstrap.pool.labels, bootstrap.pool.taints),
             opts=k3s.gate_options(self, [api_ready]),
         )
         gates: list[pulumi.Resource] = [bootstrap_gate]
@@ -151,6 +152,7 @@ class Cluster(pulumi.ComponentResource):
                         gate_target,
                         machine_id=machines[host.name].machine_id,
                         bootstrap=False,
+                        markings=k3s.node_markings(slot.config.labels, slot.config.taints),
                         opts=k3s.gate_options(self, after),
                     )
                 )
@@ -163,6 +165,7 @@ class Cluster(pulumi.ComponentResource):
                 gate_target,
                 machine_id=machines[host.name].machine_id,
                 bootstrap=False,
+                markings=k3s.node_markings(host.pool.labels, host.pool.taints),
                 opts=k3s.gate_options(self, after),
             )
             gates.append(gate)

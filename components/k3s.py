@@ -9,6 +9,7 @@ etcd admits one learner at a time, so servers join one by one; agents need only 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -16,7 +17,7 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from components import cilium
-from components.config import ClusterConfig, cilium_settings
+from components.config import ClusterConfig, Taint, cilium_settings
 from components.scripts import local_invocation, remote_invocation
 
 NODE_JOIN_TIMEOUT_SECONDS = 600
@@ -38,6 +39,13 @@ def api_ready_gate(
     )
 
 
+def node_markings(labels: Mapping[str, str], taints: Sequence[Taint]) -> list[str]:
+    """node-gate.sh's `label:K=V` / `taint:K[=V]:EFFECT` arguments, in a stable order."""
+    return [f"label:{k}={v}" for k, v in sorted(labels.items())] + [
+        f"taint:{taint.render()}" for taint in taints
+    ]
+
+
 @dataclass(frozen=True)
 class GateTarget:
     """The server node gates run on (the bootstrap server), reached from the operator."""
@@ -54,6 +62,7 @@ def node_gate(
     *,
     machine_id: pulumi.Input[str],
     bootstrap: bool,
+    markings: Sequence[str] = (),
     opts: pulumi.ResourceOptions,
 ) -> command.local.Command:
     """Waits for `node` to register; on delete drains it and deletes the node object.
@@ -66,11 +75,15 @@ def node_gate(
     server) so that a destroy whose bootstrap server is already gone finds nothing to drain
     instead of failing. A replaced machine replaces its gate, old first: the old Node object is
     drained and deleted before the new machine registers under the same name.
+
+    `markings` (see node_markings) are applied once the node is registered: k3s sets labels and
+    taints only at registration, so a changed label in the stack re-runs this and updates the
+    node.
     """
     return command.local.Command(
         f"{node}-joined",
         create=local_invocation(
-            "node-gate-client.sh", "wait", node, str(NODE_JOIN_TIMEOUT_SECONDS)
+            "node-gate-client.sh", "wait", node, str(NODE_JOIN_TIMEOUT_SECONDS), *markings
         ),
         delete=local_invocation("node-gate-client.sh", "remove", node),
         environment={

@@ -166,7 +166,7 @@ def test_scale_down_drains_before_the_machine_goes(prod_plan: Plan) -> None:
     bootstrap_key = fake_ssh_public_key("prod-control-1-host-key").strip()
     for host in HOSTS:
         gate = prod_plan[f"{host}-joined"]
-        assert gate.inputs["create"] == (
+        assert gate.inputs["create"].startswith(
             f"bash components/scripts/node-gate-client.sh wait {host} 600"
         )
         assert gate.inputs["delete"] == f"bash components/scripts/node-gate-client.sh remove {host}"
@@ -262,3 +262,11 @@ def test_geneve_overlay_device_is_trusted(plan_of) -> None:
         "lxc+",
         "tailscale0",
     ]
+
+
+def test_label_changes_reach_existing_nodes(prod_plan: Plan) -> None:
+    # k3s applies --node-label only at registration: the gate re-applies them when they change.
+    create = prod_plan["prod-workers-1-joined"].inputs["create"]
+    assert create.endswith("wait prod-workers-1 600 label:node.example.com/pool=workers")
+    control = prod_plan["prod-control-2-joined"].inputs["create"]
+    assert control.endswith("taint:node-role.kubernetes.io/control-plane:NoSchedule")

@@ -2,7 +2,7 @@
 # node-gate-client.sh: run node-gate.sh on the bootstrap server, from the OPERATOR machine.
 #
 # Runs on the OPERATOR machine (pulumi_command.local.Command, cwd = project root):
-#   bash components/scripts/node-gate-client.sh wait NODE TIMEOUT
+#   bash components/scripts/node-gate-client.sh wait NODE TIMEOUT [label:K=V|taint:K[=V]:E ...]
 #   bash components/scripts/node-gate-client.sh remove NODE
 # Env:
 #   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root): the bootstrap server
@@ -59,7 +59,7 @@ setup() {
 main() {
   local verb=${1:-}
   case $verb in
-  wait) (($# == 3)) || bad_input "usage: $PROG wait NODE TIMEOUT" ;;
+  wait) (($# >= 3)) || bad_input "usage: $PROG wait NODE TIMEOUT [MARKING...]" ;;
   remove) (($# == 2)) || bad_input "usage: $PROG remove NODE" ;;
   *) bad_input "usage: $PROG wait NODE TIMEOUT | $PROG remove NODE" ;;
   esac

@@ -2,7 +2,11 @@
 # node-gate.sh: wait for a node to register, or drain and delete it.
 #
 # Runs ON A SERVER as root (remote.Command: `bash -c '<this text>' node-gate.sh ...`):
-#   node-gate.sh wait NODE TIMEOUT   until node NODE is registered in the API
+#   node-gate.sh wait NODE TIMEOUT [label:KEY=VALUE|taint:KEY[=VALUE]:EFFECT ...]
+#                                    until node NODE is registered in the API, then applies
+#                                    the labels and taints (k3s sets --node-label/--node-taint
+#                                    only when a node registers; this keeps them current when
+#                                    the stack changes them; ones removed from the stack stay)
 #   node-gate.sh remove NODE         drain (daemonsets ignored, emptyDir data deleted, bounded)
 #                                    and delete the Node object. For a server node, k3s's etcd
 #                                    member controller (pkg/etcd/member_controller.go, OnRemove of
@@ -28,7 +32,7 @@ say() {
 }
 
 usage() {
-  printf 'usage: node-gate.sh wait NODE TIMEOUT | node-gate.sh remove NODE\n' >&2
+  printf 'usage: node-gate.sh wait NODE TIMEOUT [label:K=V|taint:K[=V]:EFFECT ...] | node-gate.sh remove NODE\n' >&2
   exit 2
 }
 
@@ -44,11 +48,13 @@ one_line() {
 
 cmd_wait() {
   local node=$1 timeout=$2 end answer
+  shift 2
   end=$((SECONDS + 10#$timeout))
   while :; do
     if answer=$(kubectl get node "$node" -o name 2>&1); then
       say "node $node is registered"
-      return 0
+      apply_labels_and_taints "$node" "$@"
+      return
     fi
     if ((SECONDS >= end)); then
       say "node $node not registered on $(uname -n) after ${timeout}s; last answer: $(one_line "$answer")"
@@ -116,6 +122,35 @@ refuse_if_other_servers() {
   fi
 }
 
+apply_labels_and_taints() {
+  local node=$1 item
+  shift
+  local -a labels=() taints=()
+  for item in "$@"; do
+    case $item in
+    label:*) labels+=("${item#label:}") ;;
+    taint:*) taints+=("${item#taint:}") ;;
+    esac
+  done
+  if ((${#labels[@]} > 0)); then
+    kubectl label node "$node" --overwrite "${labels[@]}" >&2 || {
+      say "labelling node $node failed"
+      return 1
+    }
+  fi
+  if ((${#taints[@]} > 0)); then
+    kubectl taint node "$node" --overwrite "${taints[@]}" >&2 || {
+      say "tainting node $node failed"
+      return 1
+    }
+  fi
+}
+
+valid_marking() {
+  [[ $1 =~ ^label:[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*$ ||
+    $1 =~ ^taint:[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$ ]]
+}
+
 valid_node() {
   [[ $1 =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$ ]]
 }
@@ -124,10 +159,14 @@ main() {
   local verb=${1:-}
   case $verb in
   wait)
-    if (($# != 3)) || ! valid_node "$2" || ! [[ $3 =~ ^[0-9]+$ ]]; then
+    if (($# < 3)) || ! valid_node "$2" || ! [[ $3 =~ ^[0-9]+$ ]]; then
       usage
     fi
-    cmd_wait "$2" "$3"
+    local marking
+    for marking in "${@:4}"; do
+      valid_marking "$marking" || usage
+    done
+    cmd_wait "${@:2}"
     ;;
   remove)
     if (($# != 2)) || ! valid_node "$2"; then

@@ -290,3 +290,30 @@ def test_gate_client_refuses_a_wrong_host_key(host: FakeHost, tmp_path: Path) ->
         assert "is not the pinned bootstrap server" in result.stderr
     assert host.calls("k3s") == []
     assert (host.root / "k3s/nodes/agent-1").exists()
+
+
+def test_node_gate_wait_applies_labels_and_taints(host: FakeHost) -> None:
+    set_nodes(host, {"agent-1": "True"})
+    result = host.server.ssh(
+        remote_invocation(
+            "node-gate.sh",
+            "wait",
+            "agent-1",
+            "5",
+            "label:pool=workers",
+            "label:tier=",
+            "taint:dedicated=batch:NoExecute",
+            env=FAST,
+        )
+    )
+    assert result.returncode == 0, result.stderr
+    assert (host.root / "k3s/labels/agent-1").read_text().split() == ["pool=workers", "tier="]
+    assert (host.root / "k3s/taints/agent-1").read_text().split() == ["dedicated=batch:NoExecute"]
+
+
+@pytest.mark.parametrize("marking", ["label:a b=c", "label:x", "taint:k=v:Sometimes", "--all"])
+def test_node_gate_refuses_malformed_markings(host: FakeHost, marking: str) -> None:
+    set_nodes(host, {"agent-1": "True"})
+    result = host.server.ssh(remote_invocation("node-gate.sh", "wait", "agent-1", "5", marking))
+    assert result.returncode == 2
+    assert host.calls("k3s") == []
