@@ -791,6 +791,17 @@ def node_count(cfg: ClusterConfig) -> int:
     return sum(p.count * (1 + len(p.containers)) for p in cfg.node_pools)
 
 
+# tailscale0's MTU: with tailscale on, k3s uses the tailnet addresses between nodes.
+TAILSCALE_MTU = 1280
+
+
+def _node_link_mtu(cfg: ClusterConfig) -> int | None:
+    """MTU of the link between nodes, for Cilium (None: let Cilium detect it)."""
+    if cfg.tailscale.enabled:
+        return TAILSCALE_MTU
+    return catalog.HETZNER_PRIVATE_MTU if cfg.provider == "hetzner" else None
+
+
 def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> cilium.CiliumSettings:
     c = cfg.cilium
     return cilium.CiliumSettings(
@@ -801,7 +812,7 @@ def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> cilium.Cil
         routing_mode=c.routing_mode,
         tunnel_protocol=c.tunnel_protocol,
         native_routing_cidr=c.native_routing_cidr,
-        mtu=catalog.HETZNER_PRIVATE_MTU if cfg.provider == "hetzner" else None,
+        mtu=_node_link_mtu(cfg),
         hubble=c.hubble.enabled,
         hubble_ui=c.hubble.ui,
         operator_replicas=c.operator_replicas,

@@ -304,3 +304,9 @@ def test_missing_enum_field_lists_allowed_values() -> None:
     data = stack_data("prod")
     del data["provider"]
     assert one_problem(data) == "provider: required field is missing (allowed: 'hetzner', 'colima')"
+
+
+def test_cilium_mtu_follows_the_node_link() -> None:
+    data = stack_data("prod")
+    data["tailscale"] = {"enabled": True}
+    assert cilium_settings(parse_cluster(data), "10.0.1.10", 5).mtu == 1280
