@@ -18,7 +18,14 @@ from components.config import ClusterConfig
 from components.hetzner import HetznerMachines, HetznerMachinesArgs
 from components.hostspec import HostSpec
 from components.inventory import Host
-from components.nixos_host import NixosHost, NixosHostArgs, WakeCommand, connection
+from components.nixos_host import (
+    DeployKey,
+    HostKey,
+    NixosHost,
+    NixosHostArgs,
+    WakeCommand,
+    connection,
+)
 from components.scripts import local_invocation
 
 
@@ -58,19 +65,30 @@ class Cluster(pulumi.ComponentResource):
         hosts = inventory.hosts(cfg)
         child = pulumi.ResourceOptions(parent=self)
 
-        deploy_key = tls.PrivateKey(f"{name}-deploy-key", algorithm="ED25519", opts=child)
+        deploy_key = DeployKey.of(
+            tls.PrivateKey(f"{name}-deploy-key", algorithm="ED25519", opts=child)
+        )
         token = random.RandomPassword(f"{name}-k3s-token", length=48, special=False, opts=child)
         host_keys = {
-            h.name: tls.PrivateKey(f"{h.name}-host-key", algorithm="ED25519", opts=child)
+            h.name: HostKey.of(
+                tls.PrivateKey(f"{h.name}-host-key", algorithm="ED25519", opts=child)
+            )
             for h in hosts
         }
-        deploy_public = deploy_key.public_key_openssh.apply(str.strip)
+        deploy_public = deploy_key.public_openssh
         machines = self._machines(name, cfg, hosts, deploy_public)
 
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
         bootstrap_ip = machines[bootstrap.name].facts.apply(lambda f: f.private_ipv4)
         secrets = self._secret_contents(cfg, token, args.tailscale_auth_key)
+        secret_sets: dict[tuple[str, ...], pulumi.Output[dict[str, str]]] = {}
+
+        def secret_files(host: Host) -> pulumi.Output[dict[str, str]]:
+            paths = tuple(render.secret_files(cfg, host))
+            if paths not in secret_sets:
+                secret_sets[paths] = pulumi.Output.all(**{p: secrets[p] for p in paths})
+            return secret_sets[paths]
 
         specs: dict[str, pulumi.Output[HostSpec]] = {
             host.name: pulumi.Output.all(
@@ -87,7 +105,8 @@ class Cluster(pulumi.ComponentResource):
             n: spec.apply(lambda s: hostspec.host_json(render.install_spec(s)))
             for n, spec in specs.items()
         }
-        hashes = {n: text.apply(hostspec.content_hash) for n, text in host_json.items()}
+        content_hash = hostspec.content_hasher()
+        hashes = {n: text.apply(content_hash) for n, text in host_json.items()}
 
         def nixos_host(host: Host, after: list[pulumi.Resource]) -> NixosHost:
             machine = machines[host.name]
@@ -103,7 +122,7 @@ class Cluster(pulumi.ComponentResource):
                     host_json=host_json[host.name],
                     install_json=install_json[host.name],
                     content_hash=hashes[host.name],
-                    secret_files={path: secrets[path] for path in render.secret_files(cfg, host)},
+                    secret_files=secret_files(host),
                     machine_id=machine.machine_id,
                     health_units=["k3s.service"],
                     rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
@@ -123,8 +142,8 @@ class Cluster(pulumi.ComponentResource):
         gate_target = k3s.GateTarget(
             ssh_host=machines[bootstrap.name].ssh_host,
             ssh_user=machines[bootstrap.name].ssh_user,
-            host_public_key=host_keys[bootstrap.name].public_key_openssh.apply(str.strip),
-            deploy_private_key=deploy_key.private_key_openssh,
+            host_public_key=host_keys[bootstrap.name].public_openssh,
+            deploy_private_key=deploy_key.private_openssh,
         )
         api_ready = k3s.api_ready_gate(
             name,

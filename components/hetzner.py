@@ -112,9 +112,12 @@ class HetznerMachines(pulumi.ComponentResource):
             delete_protection=protect,
             opts=child,
         )
+        # The provider's IDs are strings; the ID inputs are integers. One conversion each,
+        # shared by every server (each apply is one more Output for the SDK to settle).
+        network_id = network.id.apply(int)
         subnet = hcloud.NetworkSubnet(
             f"{name}-subnet",
-            network_id=network.id.apply(int),
+            network_id=network_id,
             type="cloud",
             network_zone=cfg.network.zone,
             ip_range=cfg.network.subnet,
@@ -154,9 +157,11 @@ class HetznerMachines(pulumi.ComponentResource):
             )
             for suffix in spread_groups(args.hosts)
         }
+        group_ids = {suffix: group.id.apply(int) for suffix, group in groups.items()}
         group_of = {
-            h.name: groups[s] for s, members in spread_groups(args.hosts).items() for h in members
+            h.name: suffix for suffix, members in spread_groups(args.hosts).items() for h in members
         }
+        firewall_ids = [firewall.id.apply(int)]
 
         self.machines = {}
         for host in args.hosts:
@@ -168,8 +173,8 @@ class HetznerMachines(pulumi.ComponentResource):
                 image=cfg.hetzner.image,
                 location=host.location,
                 ssh_keys=[deploy_key.id],
-                firewall_ids=[firewall.id.apply(int)],
-                placement_group_id=group_of[host.name].id.apply(int),
+                firewall_ids=firewall_ids,
+                placement_group_id=group_ids[group_of[host.name]],
                 labels={**labels, "pool": host.pool.name, "role": host.role},
                 public_nets=[
                     hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=cfg.hetzner.ipv6)
@@ -185,7 +190,7 @@ class HetznerMachines(pulumi.ComponentResource):
             attachment = hcloud.ServerNetwork(
                 f"{host.name}-private",
                 server_id=server.id.apply(int),
-                network_id=network.id.apply(int),
+                network_id=network_id,
                 ip=host.private_ip,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[subnet]),
             )
@@ -204,7 +209,7 @@ class HetznerMachines(pulumi.ComponentResource):
                 # to it so other nodes reach their kubelets and pods.
                 hcloud.NetworkRoute(
                     f"{host.name}-containers",
-                    network_id=network.id.apply(int),
+                    network_id=network_id,
                     destination=str(container_block(cfg, host.offset)),
                     gateway=host.private_ip,
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment]),

@@ -11,12 +11,12 @@ Run `python -m components.hostspec --write` after changing a model: it regenerat
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import ipaddress
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -465,39 +465,34 @@ def hashed_files(nixos_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(nixos_dir).as_posix())
 
 
-def content_hash(host_json_text: str, nixos_dir: Path = NIXOS_DIR) -> str:
+def content_hasher(nixos_dir: Path | None = None) -> Callable[[str], str]:
+    """content_hash over one snapshot of nixos/: the tree is read once, not once per host.
+
+    nixos_dir defaults to NIXOS_DIR as it is when this is called.
+    """
+    root = NIXOS_DIR if nixos_dir is None else nixos_dir
+    files = tuple(
+        (path.relative_to(root).as_posix(), path.read_bytes()) for path in hashed_files(root)
+    )
+
+    def content_hash_of(host_json_text: str) -> str:
+        digest = hashlib.sha256()
+
+        def feed(label: str, data: bytes) -> None:
+            digest.update(f"{label}\0{len(data)}\0".encode())
+            digest.update(data)
+
+        feed("host.json", host_json_text.encode())
+        for label, data in files:
+            feed(label, data)
+        return digest.hexdigest()
+
+    return content_hash_of
+
+
+def content_hash(host_json_text: str, nixos_dir: Path | None = None) -> str:
     """sha256 (hex) over the host JSON and every hashed nixos/ file, with length framing."""
-    digest = hashlib.sha256()
-
-    def feed(label: str, data: bytes) -> None:
-        digest.update(f"{label}\0{len(data)}\0".encode())
-        digest.update(data)
-
-    feed("host.json", host_json_text.encode())
-    for label, data in _nixos_files(nixos_dir, _signature(nixos_dir)):
-        feed(label, data)
-    return digest.hexdigest()
-
-
-def _signature(nixos_dir: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, sizes and mtimes of the hashed files: a changed file misses the cache."""
-    return tuple(
-        (path.as_posix(), stat.st_size, stat.st_mtime_ns)
-        for path in hashed_files(nixos_dir)
-        for stat in (path.stat(),)
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _nixos_files(
-    nixos_dir: Path, signature: tuple[tuple[str, int, int], ...]
-) -> tuple[tuple[str, bytes], ...]:
-    """Contents of the hashed files, read once per program run instead of once per host."""
-    del signature  # part of the cache key only
-    return tuple(
-        (path.relative_to(nixos_dir).as_posix(), path.read_bytes())
-        for path in hashed_files(nixos_dir)
-    )
+    return content_hasher(nixos_dir)(host_json_text)
 
 
 def main(argv: list[str] | None = None) -> int:

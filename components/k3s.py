@@ -53,7 +53,7 @@ class GateTarget:
     ssh_host: pulumi.Input[str]
     ssh_user: str
     host_public_key: pulumi.Input[str]
-    deploy_private_key: pulumi.Input[str]
+    deploy_private_key: pulumi.Output[str]  # marked secret; shared by every gate
 
 
 def node_gate(
@@ -92,7 +92,7 @@ def node_gate(
             "HOST_PUBLIC_KEY": target.host_public_key,
             "NODE_GATE_BOOTSTRAP": "1" if bootstrap else "0",
         },
-        stdin=pulumi.Output.secret(target.deploy_private_key),
+        stdin=target.deploy_private_key,
         triggers=[machine_id],
         add_previous_output_in_env=False,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=True)),

@@ -40,18 +40,49 @@ def secret_bundle(files: Mapping[str, str], special: Mapping[str, str] | None = 
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class DeployKey:
+    """The operator's key, as every host and gate uses it: one Output each, shared."""
+
+    public_openssh: pulumi.Output[str]  # without the trailing newline
+    private_openssh: pulumi.Output[str]  # marked secret
+
+    @staticmethod
+    def of(key: tls.PrivateKey) -> DeployKey:
+        return DeployKey(
+            public_openssh=key.public_key_openssh.apply(str.strip),
+            private_openssh=pulumi.Output.secret(key.private_key_openssh),
+        )
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """A host's pre-generated SSH host key: the public half pins connections to the host."""
+
+    public_openssh: pulumi.Output[str]  # without the trailing newline
+    private_openssh: pulumi.Output[str]
+
+    @staticmethod
+    def of(key: tls.PrivateKey) -> HostKey:
+        return HostKey(
+            public_openssh=key.public_key_openssh.apply(str.strip),
+            private_openssh=key.private_key_openssh,
+        )
+
+
 @dataclass
 class NixosHostArgs:
     host_name: str
     ssh_host: pulumi.Input[str]
     ssh_user: str
     install_user: str
-    host_key: tls.PrivateKey
-    deploy_key: tls.PrivateKey
+    host_key: HostKey
+    deploy_key: DeployKey
     host_json: pulumi.Input[str]
     install_json: pulumi.Input[str]
     content_hash: pulumi.Input[str]
-    secret_files: Mapping[str, pulumi.Input[str]]
+    # Path -> content of the host's secret files (shared by hosts with the same set).
+    secret_files: pulumi.Output[Mapping[str, str]]
     machine_id: pulumi.Input[str]
     health_units: Sequence[str]
     rollback_timeout_seconds: int
@@ -72,14 +103,14 @@ class WakeCommand:
 
 
 def connection(
-    ssh_host: pulumi.Input[str], user: str, host_key: tls.PrivateKey, deploy_key: tls.PrivateKey
+    ssh_host: pulumi.Input[str], user: str, host_key: HostKey, deploy_key: DeployKey
 ) -> command.remote.ConnectionArgs:
     """SSH connection with the host key pinned and dial retries that survive a reboot."""
     return command.remote.ConnectionArgs(
         host=ssh_host,
         user=user,
-        private_key=pulumi.Output.secret(deploy_key.private_key_openssh),
-        host_key=host_key.public_key_openssh.apply(str.strip),
+        private_key=deploy_key.private_openssh,
+        host_key=host_key.public_openssh,
         dial_error_limit=DIAL_ERROR_LIMIT,
         per_dial_timeout=PER_DIAL_TIMEOUT,
     )
@@ -93,21 +124,17 @@ class NixosHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: NixosHostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("nixos-k3s:index:NixosHost", name, None, opts)
-        host_public_key = args.host_key.public_key_openssh.apply(str.strip)
-        secret_contents = pulumi.Output.all(
-            **{path: pulumi.Output.secret(value) for path, value in args.secret_files.items()}
-        )
         base_env = {
             "TARGET_HOST": args.ssh_host,
             "HOST_NAME": args.host_name,
-            "HOST_PUBLIC_KEY": host_public_key,
+            "HOST_PUBLIC_KEY": args.host_key.public_openssh,
             "NIXOS_SOURCE_DIR": "nixos",
         }
 
         install_stdin = pulumi.Output.all(
-            files=secret_contents,
-            deploy=args.deploy_key.private_key_openssh,
-            host=args.host_key.private_key_openssh,
+            files=args.secret_files,
+            deploy=args.deploy_key.private_openssh,
+            host=args.host_key.private_openssh,
         ).apply(
             lambda v: secret_bundle(
                 v["files"], {"@deploy-key": v["deploy"], "@host-key": v["host"]}
@@ -148,7 +175,7 @@ class NixosHost(pulumi.ComponentResource):
             f"{name}-secrets",
             connection=self.connection,
             create=remote_invocation("install-secrets.sh"),
-            stdin=pulumi.Output.secret(secret_contents.apply(secret_bundle)),
+            stdin=pulumi.Output.secret(args.secret_files.apply(secret_bundle)),
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -168,7 +195,7 @@ class NixosHost(pulumi.ComponentResource):
                 "HEALTH_UNITS": " ".join(args.health_units),
                 "ROLLBACK_TIMEOUT": str(args.rollback_timeout_seconds),
             },
-            stdin=pulumi.Output.secret(args.deploy_key.private_key_openssh),
+            stdin=args.deploy_key.private_openssh,
             triggers=[args.content_hash],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(

@@ -8,7 +8,6 @@ a spawned process, as tests/conftest.py does; the functions below are what the c
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import multiprocessing
 from collections.abc import Callable
@@ -98,6 +97,6 @@ def plan_with_secret_outputs(
 
 def plan_with_nixos_dir(stack_file: plan.StackFile, nixos_dir: Path) -> dict[str, Any]:
     """The plan document with host content hashes taken over another copy of nixos/."""
-    # content_hash binds its default directory at import: point the program at the copy.
-    hostspec.content_hash = functools.partial(hostspec.content_hash, nixos_dir=nixos_dir)
+    # content hashes read hostspec.NIXOS_DIR when the program runs: point it at the copy.
+    hostspec.NIXOS_DIR = nixos_dir
     return plan.plan_document(plan.run_program(stack_file))
