@@ -87,7 +87,10 @@ class Cluster(pulumi.ComponentResource):
         def secret_files(host: Host) -> pulumi.Output[dict[str, str]]:
             paths = tuple(render.secret_files(cfg, host))
             if paths not in secret_sets:
-                secret_sets[paths] = pulumi.Output.all(**{p: secrets[p] for p in paths})
+                # Secret as a whole, whatever the inputs: stdin bundles are built from it.
+                secret_sets[paths] = pulumi.Output.secret(
+                    pulumi.Output.all(**{p: secrets[p] for p in paths})
+                )
             return secret_sets[paths]
 
         specs: dict[str, pulumi.Output[HostSpec]] = {
@@ -250,14 +253,16 @@ class Cluster(pulumi.ComponentResource):
                     install_user="root",
                     machine_id=m.server.id,
                     facts=pulumi.Output.all(
-                        m.public_ipv4, m.public_ipv6, m.private_mac_address
+                        m.public_ipv4,
+                        m.private_mac_address,
+                        *([] if m.public_ipv6 is None else [m.public_ipv6]),
                     ).apply(
                         lambda v, ip=private_ip: render.MachineFacts(
                             private_ipv4=ip,
                             private_cidr=cfg.network.ip_range,
                             public_ipv4=v[0],
-                            public_ipv6=v[1],
-                            private_mac_address=v[2],
+                            private_mac_address=v[1],
+                            public_ipv6=(v[2] or None) if len(v) > 2 else None,
                         )
                     ),
                 )

@@ -27,7 +27,7 @@ class Machine:
     attachment: hcloud.ServerNetwork
     ssh_host: pulumi.Output[str]
     public_ipv4: pulumi.Output[str]
-    public_ipv6: pulumi.Output[str | None]
+    public_ipv6: pulumi.Output[str] | None  # None without IPv6; "" from the API means none
     private_mac_address: pulumi.Output[str]
 
 
@@ -199,9 +199,7 @@ class HetznerMachines(pulumi.ComponentResource):
                 attachment=attachment,
                 ssh_host=server.ipv4_address,
                 public_ipv4=server.ipv4_address,
-                public_ipv6=server.ipv6_address.apply(lambda a: a or None)
-                if cfg.hetzner.ipv6
-                else pulumi.Output.from_input(None),
+                public_ipv6=server.ipv6_address if cfg.hetzner.ipv6 else None,
                 private_mac_address=attachment.mac_address,
             )
             if host.containers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 
 from components import hostspec
 from components.mocks import (
@@ -270,3 +271,14 @@ def test_label_changes_reach_existing_nodes(prod_plan: Plan) -> None:
     assert create.endswith("wait prod-workers-1 600 label:node.example.com/pool=workers")
     control = prod_plan["prod-control-2-joined"].inputs["create"]
     assert control.endswith("taint:node-role.kubernetes.io/control-plane:NoSchedule")
+
+
+def test_public_ipv6_reaches_host_data_only_when_enabled(
+    prod_plan: Plan, plan_of: Callable[..., Plan]
+) -> None:
+    with_v6 = json.loads(prod_plan.result.hosts["prod-control-1"][0])
+    assert with_v6["network"]["publicIpv6"].startswith("2001:db8:")
+    cluster = stack_data("prod")
+    cluster["hetzner"] = {**cluster.get("hetzner", {}), "ipv6": False}
+    without = json.loads(plan_of(cluster, stack="prod").result.hosts["prod-control-1"][0])
+    assert without["network"].get("publicIpv6") is None
