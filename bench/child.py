@@ -2,8 +2,10 @@
 
 plan CONFIG_FILE OUT_DIR RESULT   the offline plan as `python -m components plan` runs it
                                   (read the stack file, run the program under mocks, write files)
-baseline COUNT RESULT             COUNT bare custom resources under the same mocks
-                                  (components.mocks.FakeProviders, no RecordingMonitor)
+baseline PLAN_JSON RESULT         the plan's resources bare: same SDK classes, required inputs
+                                  only, under the same mocks (components.mocks.FakeProviders,
+                                  no RecordingMonitor); see bench/bare.py
+floor COUNT RESULT                COUNT custom resources with no properties (reference only)
 replay PLAN_JSON RESULT           the plan's resources again, flat, with their recorded inputs as
                                   plain values: the SDK's cost for the same inputs, no Outputs
 profile CONFIG_FILE RESULT        the plan's program under cProfile; RESULT gets the hotspots
@@ -21,8 +23,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-BARE_TYPE = "nixos-k3s:bench:Bare"
 
 
 class Clock:
@@ -47,7 +47,7 @@ def measure_plan(config_file: Path, out: Path, clock: Clock) -> int:
     return len(result.registrations)
 
 
-def measure_baseline(count: int, clock: Clock) -> int:
+def _under_mocks(register: Callable[[], int], clock: Clock) -> int:
     import pulumi
     from pulumi.runtime import settings
     from pulumi.runtime.stack import wait_for_rpcs
@@ -60,39 +60,40 @@ def measure_baseline(count: int, clock: Clock) -> int:
     pulumi.runtime.set_mocks(
         mocks.FakeProviders(), project="nixos-k3s", stack="bench", preview=False
     )
-    for i in range(count):
-        pulumi.CustomResource(BARE_TYPE, f"bare-{i}", {})
+    count = register()
     _sync_await(wait_for_rpcs())
     clock.lap("program")
     clock.phases["write"] = 0.0
     return count
 
 
-def measure_replay(plan_json: Path, clock: Clock) -> int:
-    import json
-
-    import pulumi
-    from pulumi.runtime import settings
-    from pulumi.runtime.stack import wait_for_rpcs
-    from pulumi.runtime.sync_await import _sync_await
-
-    from components import mocks
+def measure_baseline(plan_json: Path, clock: Clock) -> int:
+    from bench import bare
 
     resources = json.loads(plan_json.read_text(encoding="utf-8"))["resources"]
-    clock.lap("import")
-    settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(
-        mocks.FakeProviders(), project="nixos-k3s", stack="bench", preview=False
-    )
-    for res in resources:
-        if res["custom"]:
-            pulumi.CustomResource(res["type"], res["name"], dict(res["inputs"]))
-        else:
-            pulumi.ComponentResource(res["type"], res["name"], dict(res["inputs"]))
-    _sync_await(wait_for_rpcs())
-    clock.lap("program")
-    clock.phases["write"] = 0.0
-    return len(resources)
+    return _under_mocks(lambda: bare.register(resources), clock)
+
+
+def measure_floor(count: int, clock: Clock) -> int:
+    from bench import bare
+
+    return _under_mocks(lambda: bare.register_floor(count), clock)
+
+
+def measure_replay(plan_json: Path, clock: Clock) -> int:
+    import pulumi
+
+    resources = json.loads(plan_json.read_text(encoding="utf-8"))["resources"]
+
+    def register() -> int:
+        for res in resources:
+            if res["custom"]:
+                pulumi.CustomResource(res["type"], res["name"], dict(res["inputs"]))
+            else:
+                pulumi.ComponentResource(res["type"], res["name"], dict(res["inputs"]))
+        return len(resources)
+
+    return _under_mocks(register, clock)
 
 
 def profile_plan(config_file: Path, clock: Clock) -> tuple[int, str]:
@@ -118,7 +119,8 @@ def main(argv: list[str]) -> int:
     else:
         runners: dict[str, Callable[[], int]] = {
             "plan": lambda: measure_plan(Path(rest[0]), Path(rest[1]), clock),
-            "baseline": lambda: measure_baseline(int(rest[0]), clock),
+            "baseline": lambda: measure_baseline(Path(rest[0]), clock),
+            "floor": lambda: measure_floor(int(rest[0]), clock),
             "replay": lambda: measure_replay(Path(rest[0]), clock),
         }
         count = runners[mode]()

@@ -68,26 +68,28 @@ def module_blast_radius(config: Path, work: Path, pristine: Path, edited: Path) 
 def size(
     nodes: int, runs: int, work: Path, copies: tuple[Path, Path], blast: bool
 ) -> dict[str, Any]:
-    """Timed plan and baseline runs (interleaved), then the structural checks."""
+    """Timed plan, baseline, floor and replay runs (interleaved), then the structural checks."""
     work.mkdir(parents=True)
     layout = shapes.shape(nodes)
     cluster = shapes.cluster_config(nodes)
     config = runner.write_stack(cluster, work / "stack.yaml")
     plans: list[runner.Sample] = []
     baselines: list[runner.Sample] = []
+    floors: list[runner.Sample] = []
     replays: list[runner.Sample] = []
     for run in range(max(runs, 2)):
         sample = runner.plan_once(config, work / f"plan-{run}")
         if run < runs:
             plans.append(sample)
-            baselines.append(runner.baseline_once(sample.resources, work, str(run)))
+            baselines.append(runner.baseline_once(work / f"plan-{run}", work, str(run)))
+            floors.append(runner.floor_once(sample.resources, work, str(run)))
             replays.append(runner.replay_once(work / f"plan-{run}", work, str(run)))
     resources = {s.resources for s in plans}
     if len(resources) != 1:
         raise runner.ChildFailed(f"{nodes} nodes: runs registered {sorted(resources)} resources")
     plan = runner.load_plan(work / "plan-0")
     plan_summary, base_summary = runner.summary(plans), runner.summary(baselines)
-    replay_summary = runner.summary(replays)
+    floor_summary, replay_summary = runner.summary(floors), runner.summary(replays)
     result: dict[str, Any] = {
         "nodes": nodes,
         "shape": {**asdict(layout), "hosts": layout.hosts, "description": layout.describe()},
@@ -98,6 +100,8 @@ def size(
         "programRatio": round(
             plan_summary["phaseSeconds"]["program"] / base_summary["phaseSeconds"]["program"], 2
         ),
+        "floor": floor_summary,
+        "floorRatio": round(plan_summary["wallSeconds"] / floor_summary["wallSeconds"], 2),
         "replay": replay_summary,
         "replayRatio": round(
             plan_summary["phaseSeconds"]["program"] / replay_summary["phaseSeconds"]["program"], 2

@@ -66,8 +66,14 @@ def plan_once(config: Path, out: Path, cwd: Path = PROJECT_DIR) -> Sample:
     return run_child(["plan", str(config), str(out)], out.parent / f"{out.name}.result.json", cwd)
 
 
-def baseline_once(count: int, work: Path, tag: str) -> Sample:
-    return run_child(["baseline", str(count)], work / f"baseline-{tag}.result.json")
+def baseline_once(plan_dir: Path, work: Path, tag: str) -> Sample:
+    return run_child(
+        ["baseline", str(plan_dir / "plan.json")], work / f"baseline-{tag}.result.json"
+    )
+
+
+def floor_once(count: int, work: Path, tag: str) -> Sample:
+    return run_child(["floor", str(count)], work / f"floor-{tag}.result.json")
 
 
 def replay_once(plan_dir: Path, work: Path, tag: str) -> Sample:
