@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from components import jsontext
+
 SCHEMA_VERSION = 1
 NIXOS_DIR = Path(__file__).parent.parent / "nixos"
 SCHEMA_PATH = NIXOS_DIR / "host.schema.json"
@@ -430,8 +432,7 @@ class HostSpec(_Model):
 
 def host_json(spec: HostSpec) -> str:
     """The host document as written to hosts/<name>.json: byte-identical for equal specs."""
-    data = spec.model_dump(mode="json", by_alias=True)
-    return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    return jsontext.pretty(spec.model_dump(mode="json", by_alias=True))
 
 
 def host_schema() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pulumi.runtime import settings
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
-from components import mocks
+from components import jsontext, mocks
 from components.config import ConfigError, Problem
 
 PROJECT = "nixos-k3s"
@@ -202,8 +202,7 @@ def write_plan(result: PlanResult, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     (out / "hosts").mkdir(parents=True)
-    text = json.dumps(plan_document(result), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
-    (out / "plan.json").write_text(text, encoding="utf-8")
+    (out / "plan.json").write_text(jsontext.pretty(plan_document(result)), encoding="utf-8")
     for name, (host_json, _) in result.hosts.items():
         (out / "hosts" / f"{name}.json").write_text(host_json, encoding="utf-8")
 
