@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from jsonschema.validators import validator_for
+from components import valuesschema
 
 CHART_NAME = "cilium"
 CHART_REPO = "https://helm.cilium.io"
@@ -140,7 +140,9 @@ def schema_path(version: str) -> Path:
 
 @functools.cache
 def _schema(version: str) -> dict[str, Any]:
-    return json.loads(schema_path(version).read_text(encoding="utf-8"))
+    schema = json.loads(schema_path(version).read_text(encoding="utf-8"))
+    valuesschema.check_schema(schema)
+    return schema
 
 
 def render_values(settings: CiliumSettings) -> dict[str, Any]:
@@ -217,10 +219,9 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 def validate_values(values: Mapping[str, Any], version: str) -> None:
     """Raise CiliumValuesError naming the path of every value the chart's schema rejects."""
     schema = _schema(check_version(version))
-    validator = validator_for(schema)(schema)
     problems = sorted(
-        f"{_format_path(error.absolute_path)}: {error.message}"
-        for error in validator.iter_errors(_without_nulls(values))
+        f"{_format_path(problem.path)}: {problem.message}"
+        for problem in valuesschema.problems(_without_nulls(values), schema)
     )
     if problems:
         raise CiliumValuesError(problems)
