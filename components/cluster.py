@@ -6,7 +6,9 @@ push) -> k3s gates -> kubeconfig -> Cilium -> nodes-Ready gate.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_random as random
@@ -23,6 +25,7 @@ from components.nixos_host import (
     HostKey,
     NixosHost,
     NixosHostArgs,
+    SecretSet,
     WakeCommand,
     connection,
 )
@@ -43,8 +46,21 @@ class MachineView:
     ssh_user: str
     install_user: str
     machine_id: pulumi.Output[str]
-    facts: pulumi.Output[render.MachineFacts]
+    # The machine's facts are built from these Outputs' values, inside the one apply that
+    # renders the host (an apply of their own would be one more Output per host to settle).
+    fact_inputs: tuple[pulumi.Output[Any], ...]
+    facts_of: Callable[[Sequence[Any]], render.MachineFacts]
+    private_ipv4: pulumi.Input[str]
     wake: WakeCommand | None = None
+
+    def spec(
+        self, extra: Sequence[pulumi.Input[Any]], render_spec: Callable[..., HostSpec]
+    ) -> pulumi.Output[HostSpec]:
+        """render_spec(facts, *extra values) in one apply over the facts and `extra`."""
+        k = len(self.fact_inputs)
+        return pulumi.Output.all(*self.fact_inputs, *extra).apply(
+            lambda v: render_spec(self.facts_of(v[:k]), *v[k:])
+        )
 
 
 def vpn_auth_content(auth_key: str) -> str:
@@ -80,26 +96,28 @@ class Cluster(pulumi.ComponentResource):
 
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
-        bootstrap_ip = machines[bootstrap.name].facts.apply(lambda f: f.private_ipv4)
+        bootstrap_ip = machines[bootstrap.name].private_ipv4
         secrets = self._secret_contents(cfg, token, args.tailscale_auth_key)
-        secret_sets: dict[tuple[str, ...], pulumi.Output[dict[str, str]]] = {}
+        secret_sets: dict[tuple[str, ...], SecretSet] = {}
 
-        def secret_files(host: Host) -> pulumi.Output[dict[str, str]]:
+        def secret_set(host: Host) -> SecretSet:
             paths = tuple(render.secret_files(cfg, host))
             if paths not in secret_sets:
-                # Secret as a whole, whatever the inputs: stdin bundles are built from it.
-                secret_sets[paths] = pulumi.Output.secret(
+                secret_sets[paths] = SecretSet.of(
                     pulumi.Output.all(**{p: secrets[p] for p in paths})
                 )
             return secret_sets[paths]
 
         specs: dict[str, pulumi.Output[HostSpec]] = {
-            host.name: pulumi.Output.all(
-                machines[host.name].facts, bootstrap_ip, deploy_public
-            ).apply(
-                lambda v, host=host: render.host_spec(
-                    cfg, host, v[0], bootstrap_ip=v[1], authorized_keys=[v[2], *cfg.ssh_keys]
-                )
+            host.name: machines[host.name].spec(
+                [deploy_public, bootstrap_ip],
+                lambda facts, deploy, server_ip, host=host: render.host_spec(
+                    cfg,
+                    host,
+                    facts,
+                    bootstrap_ip=server_ip,
+                    authorized_keys=[deploy, *cfg.ssh_keys],
+                ),
             )
             for host in hosts
         }
@@ -125,7 +143,7 @@ class Cluster(pulumi.ComponentResource):
                     host_json=host_json[host.name],
                     install_json=install_json[host.name],
                     content_hash=hashes[host.name],
-                    secret_files=secret_files(host),
+                    secrets=secret_set(host),
                     machine_id=machine.machine_id,
                     health_units=["k3s.service"],
                     rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
@@ -252,19 +270,19 @@ class Cluster(pulumi.ComponentResource):
                     ssh_user="root",
                     install_user="root",
                     machine_id=m.server.id,
-                    facts=pulumi.Output.all(
+                    fact_inputs=(
                         m.public_ipv4,
                         m.private_mac_address,
                         *([] if m.public_ipv6 is None else [m.public_ipv6]),
-                    ).apply(
-                        lambda v, ip=private_ip: render.MachineFacts(
-                            private_ipv4=ip,
-                            private_cidr=cfg.network.ip_range,
-                            public_ipv4=v[0],
-                            private_mac_address=v[1],
-                            public_ipv6=(v[2] or None) if len(v) > 2 else None,
-                        )
                     ),
+                    facts_of=lambda v, ip=private_ip: render.MachineFacts(
+                        private_ipv4=ip,
+                        private_cidr=cfg.network.ip_range,
+                        public_ipv4=v[0],
+                        private_mac_address=v[1],
+                        public_ipv6=(v[2] or None) if len(v) > 2 else None,
+                    ),
+                    private_ipv4=private_ip,
                 )
             return views
         views = {}
@@ -289,11 +307,11 @@ class Cluster(pulumi.ComponentResource):
                 install_user="root",
                 machine_id=vm.machine_id,
                 wake=WakeCommand(local_invocation("colima-create.sh"), vm.environment),
-                facts=vm.address.apply(
-                    lambda address: render.MachineFacts(
-                        private_ipv4=address, private_cidr=render.COLIMA_NETWORK
-                    )
+                fact_inputs=(vm.address,),
+                facts_of=lambda v: render.MachineFacts(
+                    private_ipv4=v[0], private_cidr=render.COLIMA_NETWORK
                 ),
+                private_ipv4=vm.address,
             )
         return views
 

@@ -9,6 +9,7 @@ etcd admits one learner at a time, so servers join one by one; agents need only 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,24 @@ class GateTarget:
     host_public_key: pulumi.Input[str]
     deploy_private_key: pulumi.Output[str]  # marked secret; shared by every gate
 
+    @functools.cached_property
+    def _environments(self) -> dict[bool, pulumi.Output[dict[str, str]]]:
+        # One environment Output per kind of gate, shared by all gates of that kind.
+        def environment(bootstrap: bool) -> pulumi.Output[dict[str, str]]:
+            return pulumi.Output.all(self.ssh_host, self.host_public_key).apply(
+                lambda v: {
+                    "TARGET_HOST": v[0],
+                    "TARGET_USER": self.ssh_user,
+                    "HOST_PUBLIC_KEY": v[1],
+                    "NODE_GATE_BOOTSTRAP": "1" if bootstrap else "0",
+                }
+            )
+
+        return {False: environment(False), True: environment(True)}
+
+    def environment(self, bootstrap: bool) -> pulumi.Output[dict[str, str]]:
+        return self._environments[bootstrap]
+
 
 def node_gate(
     node: str,
@@ -86,12 +105,7 @@ def node_gate(
             "node-gate-client.sh", "wait", node, str(NODE_JOIN_TIMEOUT_SECONDS), *markings
         ),
         delete=local_invocation("node-gate-client.sh", "remove", node),
-        environment={
-            "TARGET_HOST": target.ssh_host,
-            "TARGET_USER": target.ssh_user,
-            "HOST_PUBLIC_KEY": target.host_public_key,
-            "NODE_GATE_BOOTSTRAP": "1" if bootstrap else "0",
-        },
+        environment=target.environment(bootstrap),
         stdin=target.deploy_private_key,
         triggers=[machine_id],
         add_previous_output_in_env=False,

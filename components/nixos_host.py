@@ -70,6 +70,20 @@ class HostKey:
         )
 
 
+@dataclass(frozen=True)
+class SecretSet:
+    """A set of secret files (path -> content) and its stdin bundle, shared by the hosts
+    that carry the same set: one Output each, however many hosts use them."""
+
+    files: pulumi.Output[Mapping[str, str]]  # marked secret
+    bundle: pulumi.Output[str]  # marked secret
+
+    @staticmethod
+    def of(files: pulumi.Output[Mapping[str, str]]) -> SecretSet:
+        files = pulumi.Output.secret(files)
+        return SecretSet(files=files, bundle=pulumi.Output.secret(files.apply(secret_bundle)))
+
+
 @dataclass
 class NixosHostArgs:
     host_name: str
@@ -81,8 +95,7 @@ class NixosHostArgs:
     host_json: pulumi.Input[str]
     install_json: pulumi.Input[str]
     content_hash: pulumi.Input[str]
-    # Path -> content of the host's secret files (shared by hosts with the same set).
-    secret_files: pulumi.Output[Mapping[str, str]]
+    secrets: SecretSet
     machine_id: pulumi.Input[str]
     health_units: Sequence[str]
     rollback_timeout_seconds: int
@@ -132,7 +145,7 @@ class NixosHost(pulumi.ComponentResource):
         }
 
         install_stdin = pulumi.Output.all(
-            files=args.secret_files,
+            files=args.secrets.files,
             deploy=args.deploy_key.private_openssh,
             host=args.host_key.private_openssh,
         ).apply(
@@ -175,7 +188,7 @@ class NixosHost(pulumi.ComponentResource):
             f"{name}-secrets",
             connection=self.connection,
             create=remote_invocation("install-secrets.sh"),
-            stdin=pulumi.Output.secret(args.secret_files.apply(secret_bundle)),
+            stdin=args.secrets.bundle,
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
