@@ -60,8 +60,10 @@ def _under_mocks(register: Callable[[], int], clock: Clock) -> int:
     pulumi.runtime.set_mocks(
         mocks.FakeProviders(), project="nixos-k3s", stack="bench", preview=False
     )
-    count = register()
-    _sync_await(wait_for_rpcs())
+    # The plan's executor setup (components.plan.run_program): same threads, loops closed.
+    with mocks.monitor_threads():
+        count = register()
+        _sync_await(wait_for_rpcs())
     clock.lap("program")
     clock.phases["write"] = 0.0
     return count

@@ -8,17 +8,22 @@ give the same plan whatever order the SDK registers resources in.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import json
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 from google.protobuf import json_format
 from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.sync_await import _ensure_event_loop
 
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
@@ -228,3 +233,33 @@ def redact(value: Any, path: str, secrets: dict[str, Any]) -> Any:
     if value == UNKNOWN:
         return "[unknown]"
     return value
+
+
+@contextlib.contextmanager
+def monitor_threads() -> Iterator[None]:
+    """Run the SDK's monitor calls on threads whose event loops are closed afterwards.
+
+    The SDK calls the monitor from its event loop's default executor, and the mock monitor
+    gives each of those threads an event loop of its own that nothing ever closes. Left to
+    interpreter shutdown, such a loop can be finalized after its self-pipe sockets and print
+    "Exception ignored in BaseEventLoop.__del__" with a traceback. Here every executor thread
+    gets its loop when it starts, and the loops are closed once the threads are done.
+    """
+    loops: list[asyncio.AbstractEventLoop] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        with lock:
+            loops.append(loop)
+
+    # The same pool the event loop would make itself (asyncio's default size), plus the loops.
+    executor = ThreadPoolExecutor(thread_name_prefix="mock-monitor", initializer=start)
+    _ensure_event_loop().set_default_executor(executor)
+    try:
+        yield
+    finally:
+        executor.shutdown(wait=True)
+        for loop in loops:
+            loop.close()

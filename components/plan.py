@@ -131,13 +131,17 @@ def run_program(stack_file: StackFile, program: Path = PROJECT_DIR / "__main__.p
     )
     sys.path.insert(0, str(program.parent))
     try:
-        # As `pulumi up` runs it, as __main__. Executed directly rather than through runpy: the
-        # SDK records the call stack of every resource, and each frame costs per resource.
-        code = compile(program.read_bytes(), str(program), "exec")
-        exec(code, {"__name__": "__main__", "__file__": str(program), "__builtins__": __builtins__})
-        _sync_await(wait_for_rpcs())
-        root = settings.get_root_resource()
-        outputs, output_secrets = _resolve_outputs(root)
+        with mocks.monitor_threads():
+            # As `pulumi up` runs it, as __main__. Executed directly rather than through runpy: the
+            # SDK records the call stack of every resource, and each frame costs per resource.
+            code = compile(program.read_bytes(), str(program), "exec")
+            exec(
+                code,
+                {"__name__": "__main__", "__file__": str(program), "__builtins__": __builtins__},
+            )
+            _sync_await(wait_for_rpcs())
+            root = settings.get_root_resource()
+            outputs, output_secrets = _resolve_outputs(root)
     finally:
         sys.path.remove(str(program.parent))
     registrations = sorted(monitor.registrations.values(), key=lambda r: r.urn)

@@ -225,3 +225,32 @@ def test_pulumi_yaml_declares_only_what_pulumi_accepts() -> None:
         assert ":" not in key or key.startswith("nixos-k3s:"), key
         assert declaration["type"] in ("string", "integer", "boolean", "array"), key
         assert "default" in declaration, f"{key} would be required in every stack"
+
+
+LOOPS_AFTER_PLAN = """
+import asyncio, gc, sys
+from components import plan
+result = plan.run_program(plan.read_stack_file(plan.PROJECT_DIR / "Pulumi.dev.yaml", "dev"))
+main = asyncio.get_event_loop()
+open_loops = [
+    o for o in gc.get_objects()
+    if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed() and o is not main
+]
+print(len(result.registrations), len(open_loops))
+"""
+
+
+def test_plan_leaves_no_event_loop_open_for_shutdown() -> None:
+    """Loops left to interpreter shutdown print 'Exception ignored in BaseEventLoop.__del__'
+    now and then; the monitor's threads must close theirs (mocks.monitor_threads)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LOOPS_AFTER_PLAN],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    registered, open_loops = map(int, proc.stdout.split())
+    assert registered > 10
+    assert open_loops == 0
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
