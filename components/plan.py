@@ -8,6 +8,7 @@ DIR/hosts/<host>.json (each host's data exactly as pushed) and a tree on stdout.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import json
@@ -144,6 +145,9 @@ def run_program(stack_file: StackFile, program: Path = PROJECT_DIR / "__main__.p
             outputs, output_secrets = _resolve_outputs(root)
     finally:
         sys.path.remove(str(program.parent))
+        # __main__.py freezes what it holds before it registers resources (gc.freeze); this
+        # process goes on (writing the plan, or another run in tests): let it all be collected.
+        gc.unfreeze()
     registrations = sorted(monitor.registrations.values(), key=lambda r: r.urn)
     return PlanResult(
         stack=stack_file.stack,
