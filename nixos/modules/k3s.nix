@@ -239,7 +239,6 @@ in
       disable = lib.optionals isServer cfg.disable;
       inherit (cfg) nodeName;
       nodeIP = cfg.nodeIp;
-      nodeExternalIP = cfg.nodeExternalIp;
       nodeLabel = lib.mapAttrsToList (key: value: "${key}=${value}") cfg.nodeLabels;
       nodeTaint = cfg.nodeTaints;
       extraKubeletConfig = cfg.kubeletConfig;
@@ -248,6 +247,8 @@ in
       };
       extraFlags =
         lib.optionals isServer serverFlags
+        # services.k3s.nodeExternalIP is newer than the nixos-25.11 pin (nixpkgs PR #505398).
+        ++ lib.optional (cfg.nodeExternalIp != null) "--node-external-ip=${cfg.nodeExternalIp}"
         ++ lib.optional (cfg.vpnAuthFile != null) "--vpn-auth-file=${cfg.vpnAuthFile}"
         ++ cfg.extraFlags;
     };
