@@ -219,7 +219,7 @@ def test_pulumi_yaml_declares_only_what_pulumi_accepts() -> None:
     project = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
     assert project["runtime"] == {
         "name": "python",
-        "options": {"toolchain": "pip", "virtualenv": ".venv", "typechecker": "pyright"},
+        "options": {"toolchain": "pip", "virtualenv": ".venv"},
     }
     for key, declaration in project["config"].items():
         # Provider keys may only carry a fixed value; own keys a simple type (Pulumi's schema).
