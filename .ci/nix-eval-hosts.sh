@@ -92,9 +92,12 @@ evaluate() {
     results+=("| \`$stack\` | \`$host\` | :x: no derivation |")
     return
   fi
-  # `evaluation warning: ` (Nix 2.23 and later, builtins.warn) or `trace: warning: ` (lib.warn
-  # on older Nix): the warnings of NixOS modules, printed when the toplevel is evaluated
-  warnings=$(sed -n -E 's/^(evaluation warning|trace: warning): //p' "$err" |
+  # The warnings of NixOS modules, printed when the toplevel is evaluated: `evaluation warning: `
+  # (builtins.warn, Nix 2.23 and later), `trace: evaluation warning: ` (nixpkgs lib.warn on
+  # older Nix), `trace: warning: ` (older nixpkgs); colours removed. Nix's own `warning: `
+  # lines (settings, substituters) are not about the configuration.
+  warnings=$(sed -E $'s/\x1b\\[[0-9;]*m//g' "$err" |
+    sed -n -E 's/^(evaluation warning|trace: (evaluation )?warning): //p' |
     grep -v -x -F -e "$KNOWN_WARNING" || true)
   if [ -n "$warnings" ]; then
     while IFS= read -r line; do

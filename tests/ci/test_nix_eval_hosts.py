@@ -153,15 +153,41 @@ def test_a_host_that_does_not_evaluate_fails_and_the_others_are_still_tried(
     assert "ok prod prod-control-3 " in result.stdout
 
 
-def test_a_warning_other_than_the_known_upstream_one_fails(tmp_path: Path) -> None:
+WARNING_PREFIXES = [
+    "evaluation warning: ",  # builtins.warn, Nix 2.23 and later
+    "trace: evaluation warning: ",  # nixpkgs lib.warn on older Nix
+    "trace: \x1b[1;35mevaluation warning:\x1b[0m ",  # the same on a terminal
+    "trace: warning: ",  # older nixpkgs
+]
+
+
+@pytest.mark.parametrize("prefix", WARNING_PREFIXES)
+def test_a_warning_other_than_the_known_upstream_one_fails(tmp_path: Path, prefix: str) -> None:
     warning = "The option `services.foo' defined in `k3s.nix' has been renamed"
 
-    result, _ = run_script(tmp_path, "dev", FAKE_NIX_WARNING=warning)
+    result, _ = run_script(
+        tmp_path, "dev", FAKE_NIX_WARNING=warning, FAKE_NIX_WARNING_PREFIX=prefix
+    )
 
     assert result.returncode == 1
     for host in DEV_HOSTS:
         assert f"::error::stack dev: host {host}: NixOS warning: {warning}" in result.stdout
     assert KNOWN_WARNING not in result.stdout  # the known one is never an error
+
+
+@pytest.mark.parametrize("prefix", WARNING_PREFIXES)
+def test_the_known_warning_passes_and_nix_about_itself_is_no_nixos_warning(
+    tmp_path: Path, prefix: str
+) -> None:
+    result, _ = run_script(
+        tmp_path,
+        "dev",
+        FAKE_NIX_WARNING_PREFIX=prefix,
+        FAKE_NIX_CLI_WARNING="ignoring untrusted substituter 'https://example.invalid'",
+    )
+
+    assert result.returncode == 0, result.stdout
+    assert KNOWN_WARNING in result.stderr and "ignoring untrusted substituter" in result.stderr
 
 
 def test_a_stack_whose_plan_fails_fails(tmp_path: Path) -> None:
