@@ -45,7 +45,7 @@ lint: $(STAMP) system-deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright
-	shellcheck --external-sources components/scripts/*.sh .ci/run
+	shellcheck --external-sources components/scripts/*.sh .ci/run .ci/*.sh
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

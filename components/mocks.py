@@ -162,6 +162,26 @@ class Registration:
     additional_secret_outputs: tuple[str, ...] = ()
 
 
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+def engine_urn(stack: str, project: str, parent: str, type_: str, name: str) -> str:
+    """The URN the Pulumi engine gives a resource (pulumi/pulumi Deployment.generateURN).
+
+    The parent's *qualified* type (every ancestor's type joined by `$`, the third `::` part of
+    its URN) is put in front of the resource's type, except when the parent is the root stack:
+    `urn:pulumi:dev::nixos-k3s::nixos-k3s:index:Cluster$nixos-k3s:colima:Machine$
+    command:local:Command::dev-server-1-vm`. The SDK's MockMonitor keeps only the parent's last
+    type, and the root stack's type too, so its URNs differ from the engine's below one level.
+    """
+    type_path = type_
+    if parent:
+        parent_type = parent.split("::", 3)[2]
+        if parent_type != ROOT_STACK_TYPE:
+            type_path = f"{parent_type}${type_}"
+    return f"urn:pulumi:{stack}::{project}::{type_path}::{name}"
+
+
 class RecordingMonitor(MockMonitor):
     """MockMonitor that also keeps each request's parent, dependencies and raw inputs."""
 
@@ -169,6 +189,10 @@ class RecordingMonitor(MockMonitor):
         super().__init__(mocks)
         self.registrations: dict[str, Registration] = {}
         self._lock = threading.Lock()
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        # Every URN the mock hands back (RegisterResource, ReadResource) is the engine's.
+        return engine_urn(pulumi.get_stack(), pulumi.get_project(), parent, type_, name)
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from components import plan as plan_module
-from tests.conftest import PROJECT_DIR
+from components.mocks import Registration, engine_urn
+from tests.conftest import PROJECT_DIR, Plan
 
 PLANTED_TOKEN = "planted-hcloud-token-3f9c1e7a"
 
@@ -218,7 +219,7 @@ def test_pulumi_yaml_declares_only_what_pulumi_accepts() -> None:
     project = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
     assert project["runtime"] == {
         "name": "python",
-        "options": {"toolchain": "pip", "virtualenv": ".venv", "typechecker": "pyright"},
+        "options": {"toolchain": "pip", "virtualenv": ".venv"},
     }
     for key, declaration in project["config"].items():
         # Provider keys may only carry a fixed value; own keys a simple type (Pulumi's schema).
@@ -257,3 +258,80 @@ def test_plan_leaves_no_event_loop_open_and_nothing_frozen() -> None:
     assert open_loops == 0
     assert frozen == 0
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+# -- URNs: the engine's, so they can be copied into `pulumi up --replace/--target` ---------------
+
+
+def engine_type_path(plan: Plan, registration: Registration) -> str:
+    """The types of the resource and all its ancestors below the root stack, outermost first."""
+    types = [registration.type]
+    parent = registration.parent
+    while parent in plan.by_urn:
+        ancestor = plan.by_urn[parent]
+        types.insert(0, ancestor.type)
+        parent = ancestor.parent
+    # the chain ends at the root stack, which the engine leaves out of its children's URNs
+    assert parent == f"urn:pulumi:{plan.result.stack}::nixos-k3s::pulumi:pulumi:Stack::" + (
+        f"nixos-k3s-{plan.result.stack}"
+    )
+    return "$".join(types)
+
+
+def test_a_resource_three_levels_deep_has_the_engines_urn(dev_plan: Plan) -> None:
+    """pulumi/pulumi Deployment.generateURN: the parent's whole qualified type, then `$`."""
+    [vm] = [r for r in dev_plan.of_type("command:local:Command") if r.name == "dev-server-1-vm"]
+    assert vm.parent is not None
+    machine = dev_plan.by_urn[vm.parent]
+    assert machine.parent is not None
+    cluster = dev_plan.by_urn[machine.parent]
+
+    assert vm.urn == (
+        "urn:pulumi:dev::nixos-k3s::nixos-k3s:index:Cluster$nixos-k3s:colima:Machine"
+        "$command:local:Command::dev-server-1-vm"
+    )
+    assert machine.urn == (
+        "urn:pulumi:dev::nixos-k3s::nixos-k3s:index:Cluster$nixos-k3s:colima:Machine::dev-server-1"
+    )
+    # a child of the root stack: the stack's type is not part of the URN
+    assert cluster.urn == "urn:pulumi:dev::nixos-k3s::nixos-k3s:index:Cluster::dev"
+    assert cluster.parent == "urn:pulumi:dev::nixos-k3s::pulumi:pulumi:Stack::nixos-k3s-dev"
+
+
+@pytest.mark.parametrize("fixture", ["dev_plan", "prod_plan"])
+def test_every_urn_joins_the_types_of_all_ancestors(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    plan: Plan = request.getfixturevalue(fixture)
+    stack = plan.result.stack
+    depths = set()
+    for registration in plan.result.registrations:
+        type_path = engine_type_path(plan, registration)
+        depths.add(type_path.count("$") + 1)
+        assert (
+            registration.urn == f"urn:pulumi:{stack}::nixos-k3s::{type_path}::{registration.name}"
+        )
+    assert {1, 2, 3} <= depths
+
+
+def test_explicit_provider_urns_and_references_are_the_engines(dev_plan: Plan) -> None:
+    [provider] = dev_plan.of_type("pulumi:providers:kubernetes")
+    [release] = dev_plan.of_type("kubernetes:helm.sh/v3:Release")
+
+    assert provider.urn == (
+        "urn:pulumi:dev::nixos-k3s::nixos-k3s:index:Cluster$pulumi:providers:kubernetes::dev-k8s"
+    )
+    assert release.provider == provider.urn
+
+
+@pytest.mark.parametrize(
+    ("parent", "expected"),
+    [
+        ("", "urn:pulumi:s::p::t:m:T::n"),
+        ("urn:pulumi:s::p::pulumi:pulumi:Stack::p-s", "urn:pulumi:s::p::t:m:T::n"),
+        ("urn:pulumi:s::p::a:m:A::x", "urn:pulumi:s::p::a:m:A$t:m:T::n"),
+        ("urn:pulumi:s::p::a:m:A$b:m:B::x::y", "urn:pulumi:s::p::a:m:A$b:m:B$t:m:T::n"),
+    ],
+)
+def test_engine_urn(parent: str, expected: str) -> None:
+    assert engine_urn("s", "p", parent, "t:m:T", "n") == expected

@@ -400,6 +400,48 @@ def test_preview_diff_step_records_a_failing_head_plan_and_still_writes_the_comm
     assert "invalid JSON at line 1" in result.stderr
 
 
+def test_preview_evaluates_every_host_with_real_nix_against_the_pinned_flake() -> None:
+    """.ci/nix-eval-hosts.sh (tested in test_nix_eval_hosts.py) with Nix installed first."""
+    workflow = load("preview.yml")
+    job = workflow["jobs"]["nix-eval"]
+    job_steps = steps(workflow, "nix-eval")
+    uses = [step.get("uses", "") for step in job_steps]
+
+    assert "if" not in job  # no secrets: pull requests from forks are evaluated too
+    assert not any("secrets." in json.dumps(step) for step in job_steps)
+    assert uses[:2] == ["actions/checkout@v4", "actions/setup-python@v5"]
+    assert job_steps[1]["with"]["python-version"] == "3.11"
+    # the program's requirements only, as `pulumi install` would have them
+    packages = step_named(workflow, "nix-eval", "Python packages of the program")
+    assert packages["run"] == "python -m pip install -r requirements.txt"
+    nix = next(i for i, use in enumerate(uses) if use.startswith("cachix/install-nix-action@"))
+    config = job_steps[nix]["with"]["extra_nix_config"]
+    assert "experimental-features = nix-command flakes" in config
+    evaluate = step_named(workflow, "nix-eval", "nix eval of every host's toplevel")
+    assert evaluate["run"] == ".ci/nix-eval-hosts.sh"  # no arguments: every stack
+    assert evaluate["env"] == {"PYTHON": "python"}
+    assert "continue-on-error" not in evaluate and "if" not in evaluate
+    assert job_steps.index(evaluate) > max(nix, job_steps.index(packages))
+    # a host that does not evaluate stops the real preview too
+    assert "nix-eval" in workflow["jobs"]["pulumi-preview"]["needs"]
+    script = PROJECT_DIR / ".ci" / "nix-eval-hosts.sh"
+    assert script.is_file() and os.access(script, os.X_OK)
+
+
+@pytest.mark.parametrize(("name", "command"), [("preview.yml", "preview"), ("deploy.yml", "up")])
+def test_pulumi_steps_create_the_stack_where_it_may_not_exist_yet(name: str, command: str) -> None:
+    """pulumi/actions: upsert -> LocalWorkspace.createOrSelectStack, else selectStack."""
+    [step] = pulumi_action_steps(load(name), command)
+
+    assert step["with"]["upsert"] is True
+
+
+def test_destroy_never_creates_the_stack_it_is_asked_to_destroy() -> None:
+    [destroy] = pulumi_action_steps(load("destroy.yml"), "destroy")
+
+    assert "upsert" not in destroy["with"]
+
+
 # -- deploy -------------------------------------------------------------------------------------
 
 
@@ -417,6 +459,24 @@ def test_deploy_runs_up_on_prod_behind_the_production_environment_one_at_a_time(
     assert up["with"]["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}"
     assert up["env"]["HCLOUD_TOKEN"] == "${{ secrets.HCLOUD_TOKEN }}"
     assert step_named(workflow, "test", "Tests")["run"] == "make test"
+
+
+def test_deploy_evaluates_the_prod_hosts_before_pulumi_up() -> None:
+    deploy = load("deploy.yml")
+    job_steps = steps(deploy, "deploy")
+    names = [step.get("name") or step.get("uses") for step in job_steps]
+    evaluate = step_named(deploy, "deploy", "nix eval of every prod host's toplevel")
+    [up] = pulumi_action_steps(deploy, "up")
+    nix = next(i for i, step in enumerate(job_steps) if step.get("uses", "").startswith("cachix/"))
+
+    assert evaluate["run"] == ".ci/nix-eval-hosts.sh prod"
+    # the venv `pulumi install` builds from requirements.txt
+    assert evaluate["env"] == {"PYTHON": ".venv/bin/python"}
+    position = job_steps.index(evaluate)
+    assert nix < position
+    assert names.index("Program dependencies and provider plugins") < position
+    assert position < job_steps.index(up)
+    assert "continue-on-error" not in evaluate and "if" not in evaluate
 
 
 # -- destroy ------------------------------------------------------------------------------------
