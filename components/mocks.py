@@ -172,7 +172,7 @@ def engine_urn(stack: str, project: str, parent: str, type_: str, name: str) -> 
     its URN) is put in front of the resource's type, except when the parent is the root stack:
     `urn:pulumi:dev::nixos-k3s::nixos-k3s:index:Cluster$nixos-k3s:colima:Machine$
     command:local:Command::dev-server-1-vm`. The SDK's MockMonitor keeps only the parent's last
-    type, and the root stack's type too, so its URNs differ from the engine's below one level.
+    type and keeps the root stack's, so none of its URNs below the stack is the engine's.
     """
     type_path = type_
     if parent:
