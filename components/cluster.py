@@ -219,13 +219,15 @@ class Cluster(pulumi.ComponentResource):
         for agent in (h for h in hosts if h.role == "agent"):
             join_gates(agent, nixos_host(agent, [api_ready]))
 
-        endpoint = (
-            pulumi.Output.from_input(cfg.api_endpoint)
+        endpoint_url = (
+            pulumi.Output.from_input(render.api_endpoint(cfg).url)
             if cfg.api_endpoint
-            else machines[bootstrap.name].ssh_host
+            else machines[bootstrap.name].ssh_host.apply(
+                lambda address: render.api_endpoint(cfg, address).url
+            )
         )
         kubeconfig_cmd = k3s.kubeconfig_command(
-            name, admin, endpoint, cfg.name, k3s.gate_options(self, [api_ready])
+            name, admin, endpoint_url, cfg.name, k3s.gate_options(self, [api_ready])
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig_cmd.stdout)
         node_count = config.node_count(cfg)
@@ -238,7 +240,7 @@ class Cluster(pulumi.ComponentResource):
             k3s.gate_options(self, [release.release, *gates]),
         )
 
-        self.api_endpoint = endpoint.apply(lambda ep: f"https://{ep}:{render.API_PORT}")
+        self.api_endpoint = endpoint_url
         self.host_addresses = pulumi.Output.all(
             **{n: m.ssh_host for n, m in machines.items()}
         ).apply(dict)

@@ -147,7 +147,7 @@ def test_managed_flags_refused() -> None:
 def test_flags_with_spaces_refused() -> None:
     data = stack_data("prod")
     data["k3s"]["extraFlags"] = ["--kubelet-arg max-pods=200"]
-    assert "without spaces" in one_problem(data)
+    assert "without whitespace" in one_problem(data)
 
 
 def test_colima_x86_on_vz_refused_with_reason() -> None:
