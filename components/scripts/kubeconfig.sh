@@ -62,7 +62,7 @@ ipv6_ok() {
 
 dns_name_ok() {
   local name=$1 label last=
-  ((${#name} >= 1 && ${#name} <= 253)) || return 1
+  [[ $name =~ ^[A-Za-z0-9.-]{1,253}$ ]] || return 1
   [[ $name != .* && $name != *. && $name != *..* ]] || return 1
   for label in ${name//./ }; do
     ((${#label} <= 63)) && [[ $label =~ ^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?$ ]] || return 1

@@ -90,9 +90,7 @@ def test_corpus_is_large_and_every_file_names_its_field() -> None:
 def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CliRun]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LIMA_HOME", LIMA_HOME)  # the fresh process inherits it
-        return in_fresh_process(
-            run_cli_in_process, INVALID_FILES, tmp_path_factory.mktemp("plans")
-        )
+        return in_fresh_process(run_cli_in_process, INVALID_FILES, tmp_path_factory.mktemp("plans"))
 
 
 @pytest.mark.parametrize("path", INVALID_FILES, ids=lambda p: p.stem)
