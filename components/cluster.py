@@ -68,6 +68,22 @@ def vpn_auth_content(auth_key: str) -> str:
     return f"name=tailscale,joinKey={auth_key}"
 
 
+def colima_machine_args(
+    cfg: ClusterConfig, host: Host, deploy_public_key: pulumi.Input[str]
+) -> ColimaMachineArgs:
+    """The Colima VM of a host: its profile is the host name, <cluster>-<pool>-<n>."""
+    return ColimaMachineArgs(
+        profile=host.name,
+        cpus=cfg.colima.cpus,
+        memory_gib=cfg.colima.memory_gib,
+        disk_gib=cfg.colima.disk_gib,
+        deploy_public_key=deploy_public_key,
+        arch=cfg.colima.arch,
+        vm_type=cfg.colima.vm_type,
+        rosetta=cfg.colima.rosetta,
+    )
+
+
 class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     api_endpoint: pulumi.Output[str]
@@ -291,16 +307,7 @@ class Cluster(pulumi.ComponentResource):
         for host in hosts:
             vm = ColimaMachine(
                 host.name,
-                ColimaMachineArgs(
-                    profile=host.name,  # <cluster>-<pool>-<n>
-                    cpus=cfg.colima.cpus,
-                    memory_gib=cfg.colima.memory_gib,
-                    disk_gib=cfg.colima.disk_gib,
-                    deploy_public_key=deploy_public,
-                    arch=cfg.colima.arch,
-                    vm_type=cfg.colima.vm_type,
-                    rosetta=cfg.colima.rosetta,
-                ),
+                colima_machine_args(cfg, host, deploy_public),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             views[host.name] = MachineView(

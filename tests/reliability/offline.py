@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from components import cilium, config, hostspec, inventory, k3s, mocks, render
-from components.colima import ColimaMachineArgs, validate_machine_args
+from components.cluster import colima_machine_args
+from components.colima import validate_machine_args
 from components.config import ClusterConfig
 from components.hetzner import firewall_rules
 from components.inventory import Host
@@ -71,18 +72,7 @@ def render_stack(
         for slot in host.containers:
             k3s.node_markings(slot.config.labels, slot.config.taints)
         if cfg.provider == "colima":
-            validate_machine_args(
-                ColimaMachineArgs(
-                    profile=host.name,
-                    cpus=cfg.colima.cpus,
-                    memory_gib=cfg.colima.memory_gib,
-                    disk_gib=cfg.colima.disk_gib,
-                    deploy_public_key=deploy_key,
-                    arch=cfg.colima.arch,
-                    vm_type=cfg.colima.vm_type,
-                    rosetta=cfg.colima.rosetta,
-                )
-            )
+            validate_machine_args(colima_machine_args(cfg, host, deploy_key))
     if cfg.provider == "hetzner":
         firewall_rules(cfg)
     # The first server's address as the machine layer gives it (cluster.py: ssh_host).
