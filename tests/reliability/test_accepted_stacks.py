@@ -165,3 +165,16 @@ def test_shipped_stacks_render_as_the_plan_does(stack: str, tmp_path: Path) -> N
     runs = in_fresh_process(run_cli_in_process, [path], tmp_path / "plans")
     assert runs[path.stem].code == 0, runs[path.stem].stderr
     assert_plan_matches_render(parse_cluster(stack_data(stack)), tmp_path / "plans" / path.stem)
+
+
+def test_an_unquoted_yaml_date_stays_a_string(tmp_path: Path) -> None:
+    # YAML 1.1 reads 2026-12-03 as a date, which JSON (how Pulumi hands config over) cannot carry.
+    path = tmp_path / "Pulumi.dated.yaml"
+    path.write_text(
+        "config:\n  nixos-k3s:cluster:\n    name: 2026-12-03\n    provider: colima\n"
+        "    nodePools: [{name: server, role: server, count: 1}]\n",
+        encoding="utf-8",
+    )
+    runs = in_fresh_process(run_cli_in_process, [path], tmp_path / "plans")
+    assert runs[path.stem].code == 0, runs[path.stem].stderr
+    assert (tmp_path / "plans" / path.stem / "hosts" / "2026-12-03-server-1.json").exists()
