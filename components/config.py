@@ -554,7 +554,7 @@ def _pool_problems(cfg: ClusterConfig) -> Iterable[Problem]:
             elif len(f"{longest}-{name}") > 63:
                 yield Problem(
                     f"{path}.containers[{j}].name",
-                    f"node name {longest}-{name!r} would exceed 63 characters",
+                    f"node name {longest + '-' + name!r} would exceed 63 characters",
                 )
         if len(pool.containers) > 63:
             yield Problem(
