@@ -322,20 +322,23 @@ _PROFILE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
 def lima_home(
-    env: Mapping[str, str] = os.environ, is_dir: Callable[[str], bool] = os.path.isdir
+    env: Mapping[str, str] = os.environ,
+    is_dir: Callable[[str], bool] = os.path.isdir,
+    resolve: Callable[[str], str] = os.path.realpath,
 ) -> str:
-    """Where Colima keeps its Lima instances (Colima config/files.go limaDir)."""
-    if env.get("LIMA_HOME"):
-        return env["LIMA_HOME"]
+    """Where Colima keeps its Lima instances (Colima config/files.go limaDir), with symlinks
+    resolved once it exists, as Lima's dirnames.LimaDir does."""
     home = env.get("HOME") or os.path.expanduser("~")
     colima_home = env.get("COLIMA_HOME", "")
-    if colima_home and is_dir(colima_home):
-        base = colima_home
+    if env.get("LIMA_HOME"):
+        lima = env["LIMA_HOME"]
+    elif colima_home and is_dir(colima_home):
+        lima = f"{colima_home}/_lima"
     elif not is_dir(f"{home}/.colima") and env.get("XDG_CONFIG_HOME"):
-        base = f"{env['XDG_CONFIG_HOME']}/colima"
+        lima = f"{env['XDG_CONFIG_HOME']}/colima/_lima"
     else:
-        base = f"{home}/.colima"
-    return f"{base}/_lima"
+        lima = f"{home}/.colima/_lima"
+    return resolve(lima) if is_dir(lima) else lima
 
 
 def lima_socket_path(profile: str, lima_dir: str) -> str:

@@ -442,6 +442,9 @@ def test_lima_home_as_colima_finds_it() -> None:
     xdg = {**env, "XDG_CONFIG_HOME": "/x"}
     assert rules.lima_home(xdg, exists()) == "/x/colima/_lima"
     assert rules.lima_home(xdg, exists("/Users/o/.colima")) == "/Users/o/.colima/_lima"
+    # Lima resolves symlinks in its directory: the socket path is the resolved one's.
+    resolved = rules.lima_home(env, exists("/Users/o/.colima/_lima"), lambda p: "/Volumes/x" + p)
+    assert resolved == "/Volumes/x/Users/o/.colima/_lima"
 
 
 @pytest.mark.parametrize(
