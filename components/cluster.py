@@ -68,6 +68,22 @@ def vpn_auth_content(auth_key: str) -> str:
     return f"name=tailscale,joinKey={auth_key}"
 
 
+def colima_machine_args(
+    cfg: ClusterConfig, host: Host, deploy_public_key: pulumi.Input[str]
+) -> ColimaMachineArgs:
+    """The Colima VM of a host: its profile is the host name, <cluster>-<pool>-<n>."""
+    return ColimaMachineArgs(
+        profile=host.name,
+        cpus=cfg.colima.cpus,
+        memory_gib=cfg.colima.memory_gib,
+        disk_gib=cfg.colima.disk_gib,
+        deploy_public_key=deploy_public_key,
+        arch=cfg.colima.arch,
+        vm_type=cfg.colima.vm_type,
+        rosetta=cfg.colima.rosetta,
+    )
+
+
 class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     api_endpoint: pulumi.Output[str]
@@ -219,13 +235,15 @@ class Cluster(pulumi.ComponentResource):
         for agent in (h for h in hosts if h.role == "agent"):
             join_gates(agent, nixos_host(agent, [api_ready]))
 
-        endpoint = (
-            pulumi.Output.from_input(cfg.api_endpoint)
+        endpoint_url = (
+            pulumi.Output.from_input(render.api_endpoint(cfg).url)
             if cfg.api_endpoint
-            else machines[bootstrap.name].ssh_host
+            else machines[bootstrap.name].ssh_host.apply(
+                lambda address: render.api_endpoint(cfg, address).url
+            )
         )
         kubeconfig_cmd = k3s.kubeconfig_command(
-            name, admin, endpoint, cfg.name, k3s.gate_options(self, [api_ready])
+            name, admin, endpoint_url, cfg.name, k3s.gate_options(self, [api_ready])
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig_cmd.stdout)
         node_count = config.node_count(cfg)
@@ -238,7 +256,7 @@ class Cluster(pulumi.ComponentResource):
             k3s.gate_options(self, [release.release, *gates]),
         )
 
-        self.api_endpoint = endpoint.apply(lambda ep: f"https://{ep}:{render.API_PORT}")
+        self.api_endpoint = endpoint_url
         self.host_addresses = pulumi.Output.all(
             **{n: m.ssh_host for n, m in machines.items()}
         ).apply(dict)
@@ -289,16 +307,7 @@ class Cluster(pulumi.ComponentResource):
         for host in hosts:
             vm = ColimaMachine(
                 host.name,
-                ColimaMachineArgs(
-                    profile=host.name,  # <cluster>-<pool>-<n>
-                    cpus=cfg.colima.cpus,
-                    memory_gib=cfg.colima.memory_gib,
-                    disk_gib=cfg.colima.disk_gib,
-                    deploy_public_key=deploy_public,
-                    arch=cfg.colima.arch,
-                    vm_type=cfg.colima.vm_type,
-                    rosetta=cfg.colima.rosetta,
-                ),
+                colima_machine_args(cfg, host, deploy_public),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             views[host.name] = MachineView(

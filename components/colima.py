@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import local
 
+from components import rules
 from components.scripts import local_invocation
 
 TYPE_TOKEN = "nixos-k3s:colima:Machine"
@@ -29,8 +30,6 @@ SSH_USER = "root"
 MIN_MEMORY_GIB = 2
 # NixOS closure with k3s, two system generations and the Cilium and k3s images.
 MIN_DISK_GIB = 20
-_PROFILE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
-_RESERVED_PROFILES = frozenset({"default", "colima"})
 _PUBLIC_KEY = re.compile(
     r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/=]+( .*)?$"
 )
@@ -142,12 +141,7 @@ class ColimaMachineArgs:
 
 def validate_machine_args(args: ColimaMachineArgs) -> None:
     """Refuse sizes and combinations that cannot host a NixOS k3s node."""
-    reserved = args.profile in _RESERVED_PROFILES or args.profile.startswith("colima-")
-    if not _PROFILE.match(args.profile) or reserved:
-        raise ValueError(
-            f"colima profile {args.profile!r}: use lowercase letters, digits and '-', not "
-            f"{sorted(_RESERVED_PROFILES)} and no 'colima-' prefix (the user's own Colima VMs)"
-        )
+    rules.colima_profile(args.profile, rules.lima_home())
     if args.vm_type != "vz":
         raise ValueError(f"colima profile {args.profile!r}: vm_type {args.vm_type!r}: only 'vz'")
     if args.arch != "aarch64":

@@ -26,29 +26,17 @@ from pydantic import (
     field_validator,
 )
 
-from components import catalog, cilium
+from components import catalog, cilium, rules
 from components.cilium import DEFAULT_VERSION as CILIUM_DEFAULT_VERSION
 from components.cilium import SUPPORTED_VERSIONS as CILIUM_VERSIONS
 from components.hostspec import camel
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DURATION = re.compile(r"^([0-9]+(h|m|s))+$")
-LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SSH_PUBLIC_KEY = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
     r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
 )
 K3S_PACKAGE = re.compile(r"^k3s(_1_[0-9]+)?$")
-
-
-def _dns_label(value: str) -> str:
-    if len(value) > 63 or not DNS_LABEL.match(value):
-        raise ValueError(
-            f"{value!r} is not a DNS-1123 label: lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters"
-        )
-    return value
 
 
 def _cidr(value: str) -> str:
@@ -79,26 +67,10 @@ def _duration(value: str) -> str:
     return value
 
 
-def _label_key(key: str) -> str:
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not LABEL_PREFIX.match(prefix)):
-        raise ValueError(f"label key {key!r}: prefix {prefix!r} is not a DNS subdomain")
-    if len(name) > 63 or not LABEL_NAME.match(name):
-        raise ValueError(
-            f"label key {key!r}: name {name!r} must be at most 63 characters of "
-            "[A-Za-z0-9-_.], starting and ending alphanumeric"
-        )
-    return key
-
-
 def _labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        _label_key(key)
-        if value and (len(value) > 63 or not LABEL_NAME.match(value)):
-            raise ValueError(
-                f"label {key}={value!r}: value must be at most 63 characters of "
-                "[A-Za-z0-9-_.], starting and ending alphanumeric"
-            )
+        rules.label_key(key)
+        rules.label_value(value, f"label {key}: value")
     return labels
 
 
@@ -114,13 +86,17 @@ def _ssh_public_key(value: str) -> str:
     return value
 
 
-DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+DnsLabel = Annotated[str, AfterValidator(rules.dns_label)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
 Ipv4Cidr = Annotated[str, AfterValidator(_ipv4_cidr)]
 Ipv4Address = Annotated[str, AfterValidator(_ipv4_address)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
 SshPublicKey = Annotated[str, AfterValidator(_ssh_public_key)]
+TlsSan = Annotated[str, AfterValidator(rules.tls_san)]
+K3sFlag = Annotated[str, AfterValidator(rules.k3s_flag)]
+AdminUserName = Annotated[str, AfterValidator(rules.admin_user_name)]
+ApiEndpointText = Annotated[str, AfterValidator(rules.api_endpoint)]
 Location = Literal["fsn1", "nbg1", "hel1", "ash", "hil", "sin"]
 NetworkZone = Literal["eu-central", "us-east", "us-west", "ap-southeast"]
 K3sComponent = Literal["coredns", "local-storage", "metrics-server", "servicelb", "traefik"]
@@ -148,7 +124,12 @@ class Taint(Model):
     @field_validator("key")
     @classmethod
     def _key(cls, value: str) -> str:
-        return _label_key(value)
+        return rules.label_key(value)
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str) -> str:
+        return rules.label_value(value, "taint value")
 
     def render(self) -> str:
         """The `key=value:Effect` form k3s --node-taint takes."""
@@ -178,9 +159,7 @@ class EtcdSnapshots(Model):
     @field_validator("schedule_cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"{value!r} is not a 5-field cron expression like '0 */12 * * *'")
-        return value
+        return rules.cron(value)
 
 
 class K3sConfig(Model):
@@ -203,7 +182,7 @@ class K3sConfig(Model):
         description="Host that initialises embedded etcd (clusterInit). Default: the first "
         "server. Set it to another server before removing the first one.",
     )
-    tls_sans: list[str] = Field(
+    tls_sans: list[TlsSan] = Field(
         default_factory=list,
         description="Extra names/addresses in the API certificate (public addresses are added).",
     )
@@ -211,7 +190,7 @@ class K3sConfig(Model):
         default_factory=lambda: list(catalog.K3S_DEFAULT_DISABLED),
         description="Bundled k3s components to turn off (k3s --disable).",
     )
-    extra_flags: list[str] = Field(
+    extra_flags: list[K3sFlag] = Field(
         default_factory=list, description="Further k3s flags, one '--flag=value' per item."
     )
     graceful_shutdown: GracefulShutdown = Field(
@@ -246,10 +225,6 @@ class K3sConfig(Model):
     @classmethod
     def _flags(cls, flags: list[str]) -> list[str]:
         for flag in flags:
-            if not flag.startswith("--") or any(ch.isspace() for ch in flag):
-                raise ValueError(
-                    f"{flag!r}: write each flag as one '--name=value' item without spaces"
-                )
             name = flag.split("=", 1)[0]
             if name in catalog.K3S_MANAGED_FLAGS:
                 raise ValueError(f"{name} is set by nixos-k3s from the stack config; use its field")
@@ -359,10 +334,7 @@ class ContainerConfig(Model):
     @field_validator("name")
     @classmethod
     def _short(cls, value: str) -> str:
-        # nixos-containers refuses names longer than 11 characters (interface name limits).
-        if len(value) > 11:
-            raise ValueError(f"{value!r} is longer than 11 characters (nixos-container limit)")
-        return value
+        return rules.container_name(value)
 
 
 class NodePool(Model):
@@ -467,13 +439,15 @@ class ClusterConfig(Model):
     ssh_keys: list[SshPublicKey] = Field(
         default_factory=list, description="Admins' OpenSSH public keys (root and admin users)."
     )
-    admin_users: list[DnsLabel] = Field(
-        default_factory=list, description="Login users with sudo, each with every sshKeys key."
+    admin_users: list[AdminUserName] = Field(
+        default_factory=list,
+        description="Login users with sudo, each with every sshKeys key (not root or another "
+        "user NixOS creates itself).",
     )
-    api_endpoint: str | None = Field(
+    api_endpoint: ApiEndpointText | None = Field(
         default=None,
-        description="DNS name or address users reach the API at (default: first server's "
-        "public address). Added to the TLS SANs.",
+        description="Where users reach the API, " + rules.API_ENDPOINT_GRAMMAR + " (default: "
+        "the first server's public address). Its host is added to the TLS SANs.",
     )
     k3s: K3sConfig = Field(default_factory=K3sConfig, description="k3s settings.")
     cilium: CiliumConfig = Field(default_factory=CiliumConfig, description="Cilium settings.")
@@ -577,6 +551,11 @@ def _pool_problems(cfg: ClusterConfig) -> Iterable[Problem]:
         for j, name in enumerate(names):
             if name in names[:j]:
                 yield Problem(f"{path}.containers[{j}].name", f"{name!r} is used twice in the pool")
+            elif len(f"{longest}-{name}") > 63:
+                yield Problem(
+                    f"{path}.containers[{j}].name",
+                    f"node name {longest + '-' + name!r} would exceed 63 characters",
+                )
         if len(pool.containers) > 63:
             yield Problem(
                 f"{path}.containers", "at most 63 containers per host (/30 each in a /24)"
@@ -662,6 +641,25 @@ def _colima_problems(cfg: ClusterConfig) -> Iterable[Problem]:
             f"{colima.memory_gib} GiB is below the {catalog.MIN_COLIMA_MEMORY_GIB} GiB a k3s "
             "node with Cilium needs (nixos-anywhere's installer alone needs 1.5 GB)",
         )
+    yield from _colima_profile_problems(cfg)
+
+
+def _colima_profile_problems(cfg: ClusterConfig) -> Iterable[Problem]:
+    """Every host is the Colima profile of its name: Colima's and Lima's rules apply."""
+    if f"{cfg.name}-".startswith(rules.COLIMA_INSTANCE_PREFIX):
+        yield Problem(
+            "name",
+            f"{cfg.name!r}: host names would start with {rules.COLIMA_INSTANCE_PREFIX!r}, which "
+            "Colima strips from profile names (clashing with the user's own Colima VMs)",
+        )
+        return
+    lima_dir = rules.lima_home()
+    for i, pool in enumerate(cfg.node_pools):
+        longest = f"{cfg.name}-{pool.name}-{max(pool.count, 1)}"
+        try:
+            rules.colima_profile(longest, lima_dir)
+        except ValueError as exc:
+            yield Problem(f"nodePools[{i}].name", f"{exc}; use a shorter cluster or pool name")
 
 
 def _firewall_problems(cfg: ClusterConfig) -> Iterable[Problem]:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from components import jsontext
+from components import jsontext, rules
 
 SCHEMA_VERSION = 1
 NIXOS_DIR = Path(__file__).parent.parent / "nixos"
@@ -37,14 +37,7 @@ _TAINT = re.compile(
 _PUBLIC_KEY = re.compile(
     r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+"
 )
-# No whitespace, quotes, '$', '%' or '\\': flags land unquoted in a systemd ExecStart= line.
-_FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*(=[^\s\"'$%\\]*)?$")
-
-
-def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
-        raise ValueError(f"{value!r} is not a DNS-1123 label (lowercase a-z, 0-9, '-', <= 63)")
-    return value
+_FLAG = rules.K3S_FLAG
 
 
 def _absolute_path(value: str) -> str:
@@ -82,29 +75,20 @@ def _public_key(value: str) -> str:
     return value
 
 
-def _taint(value: str) -> str:
-    if not _TAINT.match(value):
-        raise ValueError(f"{value!r} is not a taint 'key[=value]:Effect'")
-    return value
-
-
-def _flag(value: str) -> str:
-    if not _FLAG.match(value):
-        raise ValueError(f"{value!r} is not a single '--flag[=value]' argument")
-    return value
-
-
-DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL.pattern), AfterValidator(_dns_label)]
+DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL.pattern), AfterValidator(rules.dns_label)]
 AbsolutePath = Annotated[str, Field(pattern=r"^/\S*$"), AfterValidator(_absolute_path)]
 Ipv4 = Annotated[str, AfterValidator(_ipv4)]
 Ipv6 = Annotated[str, AfterValidator(_ipv6)]
 IpAddress = Annotated[str, AfterValidator(_ip)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
 PublicKey = Annotated[str, Field(pattern=_PUBLIC_KEY.pattern), AfterValidator(_public_key)]
-Taint = Annotated[str, Field(pattern=_TAINT.pattern), AfterValidator(_taint)]
-Flag = Annotated[str, Field(pattern=_FLAG.pattern), AfterValidator(_flag)]
+Taint = Annotated[str, Field(pattern=_TAINT.pattern), AfterValidator(rules.taint)]
+Flag = Annotated[str, Field(pattern=_FLAG.pattern), AfterValidator(rules.k3s_flag)]
 Port = Annotated[int, Field(ge=1, le=65535)]
-LabelMap = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]+$")], str]
+LabelMap = dict[
+    Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]+$"), AfterValidator(rules.label_key)],
+    Annotated[str, AfterValidator(rules.label_value)],
+]
 DisableComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server"]
 
 
@@ -180,7 +164,9 @@ class Network(_Model):
 
 
 class AdminUser(_Model):
-    name: DnsLabel = Field(description="Login name of a wheel user (passwordless sudo).")
+    name: Annotated[DnsLabel, AfterValidator(rules.admin_user_name)] = Field(
+        description="Login name of a wheel user (passwordless sudo)."
+    )
     authorized_keys: list[PublicKey] = Field(
         min_length=1, description="OpenSSH public keys allowed to log in as this user."
     )
@@ -207,7 +193,7 @@ class GracefulNodeShutdown(_Model):
 
 class EtcdSnapshots(_Model):
     enable: bool = Field(default=True, description="Scheduled etcd snapshots (servers only).")
-    schedule_cron: str = Field(
+    schedule_cron: Annotated[str, AfterValidator(rules.cron)] = Field(
         default="0 */12 * * *",
         pattern=r"^[0-9*/,-]+( [0-9*/,-]+){4}$",
         description="Five-field cron schedule for etcd snapshots.",
@@ -241,9 +227,9 @@ class K3s(_Model):
     cluster_dns: IpAddress = Field(
         default="10.43.0.10", description="CoreDNS service IP, inside serviceCidr."
     )
-    tls_sans: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.:-]+$")]] = Field(
-        default=[], description="Extra names/addresses in the API server certificate."
-    )
+    tls_sans: list[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9.:-]+$"), AfterValidator(rules.tls_san)]
+    ] = Field(default=[], description="Extra names/addresses in the API server certificate.")
     node_ip: IpAddress = Field(description="Address the node advertises (the private IP).")
     node_external_ip: IpAddress | None = Field(
         default=None, description="External address advertised by the node, if any."
@@ -364,7 +350,7 @@ class ContainerCredentials(_Model):
 
 
 class Container(_Model):
-    name: str = Field(
+    name: Annotated[str, AfterValidator(rules.container_name)] = Field(
         pattern=r"^[a-z][a-z0-9-]{0,10}$",
         description="nixos-container name (<= 11 chars: the host veth is 've-<name>').",
     )

@@ -54,6 +54,16 @@ def placeholder_secret(key: str, ciphertext: str | None) -> str:
     return f"offline-placeholder-{key.replace(':', '-')}-{tag}"
 
 
+class _StackYamlLoader(yaml.SafeLoader):
+    """YAML as the Pulumi CLI reads it: go-yaml keeps a date-like scalar (2026-12-03) a string."""
+
+
+_StackYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def read_stack_file(path: Path, stack: str) -> StackFile:
     try:
         text = path.read_text(encoding="utf-8")
@@ -62,7 +72,7 @@ def read_stack_file(path: Path, stack: str) -> StackFile:
             [Problem("", f"cannot read {path}: {exc.strerror}")], str(path)
         ) from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_StackYamlLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -83,6 +93,18 @@ def read_stack_file(path: Path, stack: str) -> StackFile:
             config[key] = placeholder_secret(key, str(value["secure"]))
             secrets.add(key)
         else:
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):  # so would the Pulumi CLI
+                raise StackFileError(
+                    [
+                        Problem(
+                            key,
+                            "holds a value JSON cannot carry (NaN, infinity, !!binary or !!set)",
+                        )
+                    ],
+                    str(path),
+                ) from None
             config[key] = value
     for key in PLACEHOLDER_SECRETS:
         if key not in config:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from components import catalog
+from components import catalog, rules
 from components.config import ClusterConfig
 from components.hostspec import (
     AdminUser,
@@ -32,7 +32,7 @@ SECRETS_DIR = "/var/lib/nixos-k3s/secrets"
 TOKEN_FILE = f"{SECRETS_DIR}/k3s-token"
 VPN_AUTH_FILE = f"{SECRETS_DIR}/k3s-vpn-auth"
 CONTAINER_STATE_ROOT = "/var/lib/nixos-k3s/containers"
-API_PORT = 6443
+API_PORT = rules.API_PORT
 HETZNER_NAMESERVERS: tuple[str, ...] = ("185.12.64.1", "185.12.64.2")
 PUBLIC_NAMESERVERS: tuple[str, ...] = ("1.1.1.1", "9.9.9.9")
 # Colima VMs: Lima's user-mode network (eth0, DHCP) stays the default route; the vmnet NIC
@@ -66,11 +66,25 @@ def _kubelet(cfg: ClusterConfig, host: Host) -> dict:
     return {**cfg.k3s.kubelet, **host.pool.kubelet}
 
 
+def api_endpoint(cfg: ClusterConfig, first_server_address: str | None = None) -> rules.ApiEndpoint:
+    """Where users reach the API: apiEndpoint, else the first server's (public) address.
+
+    The one reading of apiEndpoint: its host goes into the TLS SANs, its URL into the stack
+    output and, through kubeconfig.sh, into the kubeconfig.
+    """
+    if cfg.api_endpoint:
+        return rules.parse_api_endpoint(cfg.api_endpoint)
+    if first_server_address is None:
+        raise ValueError("no apiEndpoint and no first server address")
+    return rules.endpoint_of_address(first_server_address)
+
+
 def _tls_sans(cfg: ClusterConfig, facts: MachineFacts) -> list[str]:
     names = [*cfg.k3s.tls_sans]
     if cfg.api_endpoint:
-        names.append(cfg.api_endpoint)
-    names += [a for a in (facts.public_ipv4, facts.public_ipv6, facts.private_ipv4) if a]
+        names.append(api_endpoint(cfg).tls_san)
+    addresses = (facts.public_ipv4, facts.public_ipv6, facts.private_ipv4)
+    names += [rules.tls_san(a) for a in addresses if a]
     return sorted(set(names))
 
 

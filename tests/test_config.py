@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from components import rules
 from components.config import (
     ConfigError,
     cilium_settings,
@@ -147,7 +149,7 @@ def test_managed_flags_refused() -> None:
 def test_flags_with_spaces_refused() -> None:
     data = stack_data("prod")
     data["k3s"]["extraFlags"] = ["--kubelet-arg max-pods=200"]
-    assert "without spaces" in one_problem(data)
+    assert "without whitespace" in one_problem(data)
 
 
 def test_colima_x86_on_vz_refused_with_reason() -> None:
@@ -310,3 +312,151 @@ def test_cilium_mtu_follows_the_node_link() -> None:
     data = stack_data("prod")
     data["tailscale"] = {"enabled": True}
     assert cilium_settings(parse_cluster(data), "10.0.1.10", 5).mtu == 1280
+
+
+# --- values the host data carries: the stack check refuses what hosts would refuse -----------
+
+
+@pytest.mark.parametrize("user", ["root", "nobody", "sshd", "nixbld1", "systemd-network"])
+def test_reserved_admin_users_refused(user: str) -> None:
+    data = stack_data("prod")
+    data["adminUsers"] = ["ops", user]
+    assert one_problem(data).startswith(f"adminUsers[1]: {user!r} is a user NixOS creates")
+
+
+@pytest.mark.parametrize("user", ["1ops", "ops-", "Ops", "a" * 32])
+def test_admin_users_are_login_names(user: str) -> None:
+    data = stack_data("prod")
+    data["adminUsers"] = [user]
+    assert one_problem(data).startswith(f"adminUsers[0]: {user!r} is not a login name")
+
+
+def test_admin_user_of_31_characters_accepted() -> None:
+    data = stack_data("prod")
+    data["adminUsers"] = ["a" * 31]
+    assert parse_cluster(data).admin_users == ["a" * 31]
+
+
+@pytest.mark.parametrize(
+    ("cron", "why"),
+    [
+        ("0 */6 * *", "4 field(s)"),
+        ("a b c d e", "minute 'a'"),
+        ("60 * * * *", "minute '60' is outside 0-59"),
+        ("0 24 * * *", "hour '24' is outside 0-23"),
+        ("0 0 0 * *", "day of month '0' is outside 1-31"),
+        ("0 0 * 13 *", "month '13' is outside 1-12"),
+        ("0 0 * * 7", "day of week '7' is outside 0-6"),
+        ("*/0 * * * *", "step must be at least 1"),
+        ("30-10 * * * *", "runs backwards"),
+        ("@daily", "1 field(s)"),
+        ("0 0 * JAN *", "month 'JAN'"),
+    ],
+)
+def test_cron_is_checked_field_by_field(cron: str, why: str) -> None:
+    data = stack_data("prod")
+    data["k3s"]["etcdSnapshots"] = {"scheduleCron": cron}
+    message = one_problem(data)
+    assert message.startswith("k3s.etcdSnapshots.scheduleCron: ")
+    assert why in message
+
+
+def test_cron_accepts_ranges_lists_steps_and_extra_spaces() -> None:
+    data = stack_data("prod")
+    data["k3s"]["etcdSnapshots"] = {"scheduleCron": "5,35  1-23/2 1-31 */3 0-6"}
+    cfg = parse_cluster(data)
+    assert cfg.k3s.etcd_snapshots.schedule_cron == "5,35 1-23/2 1-31 */3 0-6"
+
+
+@pytest.mark.parametrize(
+    ("san", "stored"),
+    [("API.example.com", "api.example.com"), ("2001:DB8::1", "2001:db8::1"), ("10.0.0.1", None)],
+)
+def test_tls_sans_are_names_or_addresses(san: str, stored: str | None) -> None:
+    data = stack_data("prod")
+    data["k3s"]["tlsSans"] = [san]
+    assert parse_cluster(data).k3s.tls_sans == [stored or san]
+
+
+@pytest.mark.parametrize("san", ["Bad_Name!", "*.example.com", "[2001:db8::1]", "fe80::1%eth0"])
+def test_tls_san_refused(san: str) -> None:
+    data = stack_data("prod")
+    data["k3s"]["tlsSans"] = ["ok.example.com", san]
+    assert one_problem(data).startswith("k3s.tlsSans[1]: ")
+
+
+@pytest.mark.parametrize("flag", ["--Foo=1", "--node-label=a=$(id)", "--x='a'", "-v", "--a b"])
+def test_extra_flags_are_single_lowercase_flags(flag: str) -> None:
+    data = stack_data("prod")
+    data["k3s"]["extraFlags"] = [flag]
+    assert one_problem(data).startswith("k3s.extraFlags[0]: ")
+
+
+@pytest.mark.parametrize("value", ["a b", "-a", "a" * 64, "x/y"])
+def test_taint_values_are_label_values(value: str) -> None:
+    data = stack_data("prod")
+    data["nodePools"][1]["taints"] = [{"key": "k", "value": value, "effect": "NoSchedule"}]
+    assert one_problem(data).startswith("nodePools[1].taints[0].value: ")
+
+
+def test_container_node_name_fits_a_label() -> None:
+    data = stack_data("prod")
+    data["nodePools"][1]["name"] = "w" * 50  # host prod-www...-2: 57 characters
+    data["nodePools"][1]["containers"] = [{"name": "edge"}, {"name": "e"}]
+    # prod-<50>-2-edge is 62 characters: fine; the longest host name counts.
+    assert parse_cluster(data)
+    data["nodePools"][1]["containers"] = [{"name": "edgeagent"}]
+    assert one_problem(data).startswith("nodePools[1].containers[0].name: node name")
+
+
+def test_colima_cluster_may_not_be_named_colima() -> None:
+    data = stack_data("dev")
+    data["name"] = "colima"
+    assert one_problem(data).startswith("name: 'colima': host names would start with 'colima-'")
+
+
+def test_colima_profile_length_follows_lima_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    lima = "/Users/operator/.colima/_lima"  # 29 characters: profiles up to 40
+    monkeypatch.setenv("LIMA_HOME", lima)
+    data = stack_data("dev")
+    data["nodePools"][0]["name"] = "s" * 34  # dev-sss...-1: 40 characters
+    assert parse_cluster(data)
+    socket = rules.lima_socket_path("dev-" + "s" * 34 + "-1", lima)
+    assert len(socket) == rules.MACOS_UNIX_PATH_MAX - 1
+    data["nodePools"][0]["name"] = "s" * 35
+    message = one_problem(data)
+    assert message.startswith("nodePools[0].name: colima profile 'dev-sss")
+    assert "macOS allows 103" in message and "at most 40 characters" in message
+
+
+def test_lima_home_as_colima_finds_it() -> None:
+    def exists(*dirs: str) -> Callable[[str], bool]:
+        return lambda path: path in dirs
+
+    env = {"HOME": "/Users/o"}
+    assert rules.lima_home(env, exists()) == "/Users/o/.colima/_lima"
+    assert rules.lima_home({**env, "LIMA_HOME": "/l"}, exists()) == "/l"
+    assert rules.lima_home({**env, "COLIMA_HOME": "/c"}, exists("/c")) == "/c/_lima"
+    # COLIMA_HOME counts only when it exists (Colima config/files.go).
+    assert rules.lima_home({**env, "COLIMA_HOME": "/c"}, exists()) == "/Users/o/.colima/_lima"
+    xdg = {**env, "XDG_CONFIG_HOME": "/x"}
+    assert rules.lima_home(xdg, exists()) == "/x/colima/_lima"
+    assert rules.lima_home(xdg, exists("/Users/o/.colima")) == "/Users/o/.colima/_lima"
+    # Lima resolves symlinks in its directory: the socket path is the resolved one's.
+    resolved = rules.lima_home(env, exists("/Users/o/.colima/_lima"), lambda p: "/Volumes/x" + p)
+    assert resolved == "/Volumes/x/Users/o/.colima/_lima"
+
+
+@pytest.mark.parametrize(
+    ("profile", "message"),
+    [
+        ("default", "user's own Colima"),
+        ("colima", "user's own Colima"),
+        ("colima-dev", "user's own Colima"),
+        ("Dev", "lowercase"),
+        ("d" * 70, "longer than 76"),
+    ],
+)
+def test_colima_profile_rules(profile: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rules.colima_profile(profile, "/l")
