@@ -40,21 +40,18 @@ def test_a_resource_without_a_rule_is_named(table: deploy_model.StepTable) -> No
         deploy_model.timed_resources(plan_doc, table)
 
 
-def test_a_bad_table_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("rule", "error"),
+    [
+        ("{step: x, type: 'tls:', seconds: [5, 1], source: guess}", r"steps\[0\]\.seconds"),
+        ("{step: x, type: 'tls:', seconds: [1, 2]}", r"steps\[0\]\.source"),
+        ("{step: x, type: 'tls:', seconds: [1, 2], source: s, role: boss}", r"steps\[0\]\.role"),
+    ],
+)
+def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
     bad = tmp_path / "steps.yaml"
-    bad.write_text(
-        "engine: {parallel: 8, cliDefault: 8}\n"
-        "steps:\n  - {step: x, type: 'tls:', seconds: [5, 1], source: guess}\n",
-        encoding="utf-8",
-    )
-    with pytest.raises(deploy_model.StepTableError, match=r"steps\[0\]\.seconds"):
-        deploy_model.load_steps(bad)
-    bad.write_text(
-        "engine: {parallel: 8, cliDefault: 8}\n"
-        "steps:\n  - {step: x, type: 'tls:', seconds: [1, 2]}\n",
-        encoding="utf-8",
-    )
-    with pytest.raises(deploy_model.StepTableError, match=r"steps\[0\]\.source"):
+    bad.write_text(f"engine: {{parallel: 8, cliDefault: 8}}\nsteps:\n  - {rule}\n", "utf-8")
+    with pytest.raises(deploy_model.StepTableError, match=error):
         deploy_model.load_steps(bad)
 
 
