@@ -1,7 +1,7 @@
 """The Cluster component: the only thing __main__.py builds.
 
 stack config -> machines (Hetzner or Colima) -> host data -> NixOS hosts (install, secrets,
-push) -> k3s gates -> kubeconfig -> Cilium -> nodes-Ready gate.
+build, push) -> k3s gates -> kubeconfig -> Cilium -> nodes-Ready gate.
 """
 
 from __future__ import annotations
