@@ -406,3 +406,11 @@ def test_timer_rollback_of_the_releasing_push_holds_k3s_again(
         assert host.fire_timer().returncode == 0
     assert host.current_system() == host.initial_system
     assert not (host.state / "k3s-released").exists()
+
+
+def test_an_unknown_mode_is_refused_before_anything_runs(host: FakeHost, tmp_path: Path) -> None:
+    env = deploy_env(host.server, make_nixos_source(tmp_path))
+    result = run_operator_script("deploy.sh", env, host.server.client_key.read_bytes(), args=["x"])
+    assert result.returncode == 2
+    assert "unknown mode x" in result.stderr
+    assert host.calls() == []
