@@ -252,11 +252,15 @@ k3s_held() {
   [[ ! -e $RELEASED && ! -e $STATE/current-release ]]
 }
 
-# Lets k3s start from now on; remembers that this release did it, so a rollback holds it again.
+# Lets k3s start from now on. On a held host, remembers that this release did it, so a rollback
+# holds it again. A host deployed before the hold existed runs k3s without the file: it gets the
+# file too (or its next system would skip k3s), and a rollback leaves k3s as it was, running.
 release_k3s() {
   local id=$1
-  k3s_held || return 0
-  write_atomically "$RELEASE_PENDING" "$id"
+  [[ ! -e $RELEASED ]] || return 0
+  if k3s_held; then
+    write_atomically "$RELEASE_PENDING" "$id"
+  fi
   write_atomically "$RELEASED" "released by $id at $(date -u +%s)"
   say "k3s released by release $id"
 }

@@ -414,3 +414,24 @@ def test_an_unknown_mode_is_refused_before_anything_runs(host: FakeHost, tmp_pat
     assert result.returncode == 2
     assert "unknown mode x" in result.stderr
     assert host.calls() == []
+
+
+def test_a_host_deployed_before_the_hold_gets_released_and_keeps_k3s(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """A host with a confirmed release but no release file (deployed before k3s was held):
+    its next push creates the file, or the new system's k3s.service would be skipped, and a
+    rollback of that push does not stop k3s."""
+    old = make_nixos_source(tmp_path / "old")
+    assert deploy(host, old).returncode == 0
+    (host.state / "k3s-released").unlink()
+    unhealthy = make_nixos_source(tmp_path / "unhealthy", {"units": "k3s.service failed\n"})
+    assert deploy(host, unhealthy).returncode == 1
+    assert (host.state / "k3s-released").exists()
+    assert "systemctl\tstop k3s.service" not in host.calls()
+    (host.state / "k3s-released").unlink()
+    new = make_nixos_source(tmp_path / "new", {"note": "a release other than old"})
+    assert deploy(host, new).returncode == 0
+    assert_deployed(host, new)
+    assert release_of(host, new) in (host.state / "k3s-released").read_text()
+    assert not (host.state / "k3s-release-pending").exists()
