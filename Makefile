@@ -51,7 +51,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## bench: offline plan at 3/30/100/300 nodes against a bare-SDK baseline -> build/bench.json
+## bench: offline plan at 3/30/100/300 nodes against a bare-SDK baseline, and the modelled
+## first-deploy time (bench/deploy_steps.yaml) -> build/bench.json
 bench: $(STAMP)
 	$(PY) -m bench
 

@@ -4,18 +4,12 @@ Hetzner Cloud servers (prod) or Colima VMs on a Mac (dev) get NixOS, their rende
 configuration, k3s with embedded etcd and Cilium; the stack exports a kubeconfig.
 """
 
-import gc
-
 import pulumi
 
 from components.cluster import Cluster, ClusterArgs
 from components.config import load_config
 
 stack = load_config()
-# Everything alive now (modules, model schemas, the validated stack) lives as long as the
-# program. Freezing it keeps the cyclic collector from walking it again in every full
-# collection while the SDK churns through Outputs and tasks.
-gc.freeze()
 cluster = Cluster(
     stack.cluster.name,
     ClusterArgs(config=stack.cluster, tailscale_auth_key=stack.tailscale_auth_key),

@@ -6,7 +6,9 @@ resources bare (same SDK classes, required inputs only, same mocks: the SDK's ow
 bench/bare.py); for reference, a floor of as many property-less resources and a replay of the
 plan's resources with the same inputs as plain values. Medians over --runs.
 Also from the plans: the critical path of the deploy graph, the blast radius of a label change
-and of a shared-module change, and byte-for-byte determinism of two runs. Writes a table to
+and of a shared-module change, and byte-for-byte determinism of two runs; and the modelled
+minutes of a first deploy to the kubeconfig and to all nodes Ready (bench/deploy.py, step
+times in bench/deploy_steps.yaml) beside hetzner-k3s's published figures. Writes a table to
 stdout and build/bench.json.
 
 Exit status: 0 when every structural check passes (critical path, blast radius, determinism),
@@ -25,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench import measure, report, runner, shapes
+from bench import deploy, measure, report, runner, shapes
 
 DEFAULT_SIZES = (3, 30, 100, 300)
 OVERHEAD_TARGET = 1.5
@@ -61,6 +63,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-blast", action="store_true", help="skip the blast-radius plans (faster)"
+    )
+    parser.add_argument(
+        "--deploy-only",
+        action="store_true",
+        help="only the deploy-time model (no timed plans)",
     )
     parser.add_argument(
         "--profile",
@@ -199,27 +206,33 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="nixos-k3s-bench-") as tmp:
         work = Path(tmp)
-        copies = (
-            runner.project_copy(work / "project-pristine", edit_shared_module=False),
-            runner.project_copy(work / "project-edited", edit_shared_module=True),
-        )
-        for nodes in args.sizes:
-            print(f"bench: {nodes} nodes ...", file=sys.stderr, flush=True)
-            results.append(
-                measure.size(nodes, args.runs, work / f"n{nodes}", copies, not args.no_blast)
+        if not args.deploy_only:
+            copies = (
+                runner.project_copy(work / "project-pristine", edit_shared_module=False),
+                runner.project_copy(work / "project-edited", edit_shared_module=True),
             )
-    found = checks(results, before["cpus"])
+            for nodes in args.sizes:
+                print(f"bench: {nodes} nodes ...", file=sys.stderr, flush=True)
+                results.append(
+                    measure.size(nodes, args.runs, work / f"n{nodes}", copies, not args.no_blast)
+                )
+        print("bench: deploy-time model ...", file=sys.stderr, flush=True)
+        deploy_model = deploy.run(work / "deploy")
+    found = checks(results, before["cpus"]) + deploy.checks(deploy_model)
     document = {
         "machineBefore": before,
         "machineAfter": machine(),
         "runs": args.runs,
         "targets": {"overheadRatio": OVERHEAD_TARGET, f"plan{LARGE_N}Seconds": LARGE_N_SECONDS},
         "sizes": results,
+        "deployModel": deploy_model,
         "checks": found,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-    sys.stdout.write(report.render(document))
+    if not args.deploy_only:
+        sys.stdout.write(report.render(document) + "\n")
+    sys.stdout.write(deploy.render(deploy_model))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(c["pass"] for c in found if not c["timing"]) else 1
 

@@ -60,8 +60,9 @@ def _under_mocks(register: Callable[[], int], clock: Clock) -> int:
     pulumi.runtime.set_mocks(
         mocks.FakeProviders(), project="nixos-k3s", stack="bench", preview=False
     )
-    # The plan's executor setup (components.plan.run_program): same threads, loops closed.
-    with mocks.monitor_threads():
+    # The plan's GC and executor setup (components.plan.run_program): the collector frozen
+    # at the same point (after the imports, before any resource), same threads, loops closed.
+    with mocks.frozen_collector(), mocks.monitor_threads():
         count = register()
         _sync_await(wait_for_rpcs())
     clock.lap("program")

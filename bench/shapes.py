@@ -54,13 +54,18 @@ class Shape:
         return ", ".join(parts)
 
 
-def shape(nodes: int) -> Shape:
-    """The layout of a stack with `nodes` Kubernetes nodes (see the module docstring)."""
+def shape(nodes: int, servers: int | None = None, plain_cap: int = PLAIN_AGENT_CAP) -> Shape:
+    """The layout of a stack with `nodes` Kubernetes nodes (see the module docstring).
+
+    `servers` and `plain_cap` override the server count and the cap on plain agent hosts (the
+    deploy-time model uses 5 servers, and 50 agents as 50 hosts).
+    """
     if nodes < 1:
         raise ValueError(f"a cluster needs at least 1 node, not {nodes}")
-    servers = min(MAX_SERVERS, nodes if nodes % 2 else nodes - 1)
+    if servers is None:
+        servers = min(MAX_SERVERS, nodes if nodes % 2 else nodes - 1)
     rest = nodes - servers
-    plain = min(rest, PLAIN_AGENT_CAP)
+    plain = min(rest, plain_cap)
     dense_nodes = rest - plain
     per_host = 0
     dense_hosts = 0
@@ -123,7 +128,9 @@ def pools(layout: Shape) -> list[dict[str, Any]]:
     return result
 
 
-def cluster_config(nodes: int) -> dict[str, Any]:
+def cluster_config(
+    nodes: int, servers: int | None = None, plain_cap: int = PLAIN_AGENT_CAP
+) -> dict[str, Any]:
     """The `nixos-k3s:cluster` value of a prod-like stack with `nodes` Kubernetes nodes."""
     return {
         "name": CLUSTER_NAME,
@@ -140,7 +147,7 @@ def cluster_config(nodes: int) -> dict[str, Any]:
         "firewall": {"sshSources": ["198.51.100.0/24"], "apiSources": ["198.51.100.0/24"]},
         "k3s": {"tlsSans": ["k8s.bench.example.com"]},
         "cilium": {"hubble": {"enabled": True}},
-        "nodePools": pools(shape(nodes)),
+        "nodePools": pools(shape(nodes, servers, plain_cap)),
     }
 
 

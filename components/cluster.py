@@ -1,7 +1,7 @@
 """The Cluster component: the only thing __main__.py builds.
 
 stack config -> machines (Hetzner or Colima) -> host data -> NixOS hosts (install, secrets,
-push) -> k3s gates -> kubeconfig -> Cilium -> nodes-Ready gate.
+build, push) -> k3s gates -> kubeconfig -> Cilium -> nodes-Ready gate.
 """
 
 from __future__ import annotations
@@ -138,10 +138,6 @@ class Cluster(pulumi.ComponentResource):
             for host in hosts
         }
         host_json = {n: spec.apply(hostspec.host_json) for n, spec in specs.items()}
-        install_json = {
-            n: spec.apply(lambda s: hostspec.host_json(render.install_spec(s)))
-            for n, spec in specs.items()
-        }
         content_hash = hostspec.content_hasher()
         hashes = {n: text.apply(content_hash) for n, text in host_json.items()}
 
@@ -157,7 +153,6 @@ class Cluster(pulumi.ComponentResource):
                     host_key=host_keys[host.name],
                     deploy_key=deploy_key,
                     host_json=host_json[host.name],
-                    install_json=install_json[host.name],
                     content_hash=hashes[host.name],
                     secrets=secret_set(host),
                     machine_id=machine.machine_id,

@@ -11,6 +11,7 @@ COVERED_WITHOUT_DELETE: dict[str, str] = {
     "-install": "writes only to its own machine's disk; deleting the server or VM removes it",
     "-secrets": "writes 0600 files on its own machine only; they go with the machine",
     "-wake": "starts its own VM only (idempotent create); the VM's -vm resource deletes it",
+    "-build": "uploads and builds a configuration on its own machine only; goes with it",
     "-push": "uploads and activates a configuration on its own machine only; goes with it",
     "-api-ready": "read-only check of the API, changes nothing",
     "-kubeconfig": "reads k3s.yaml, changes nothing (the output lives only in Pulumi state)",

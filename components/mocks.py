@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import ipaddress
 import json
@@ -259,8 +260,12 @@ def redact(value: Any, path: str, secrets: dict[str, Any]) -> Any:
     return value
 
 
+# Threads per degree of --parallel in Pulumi's Python language host (pulumi/pulumi#20362).
+LANGUAGE_HOST_THREADS_PER_WORKER = 4
+
+
 @contextlib.contextmanager
-def monitor_threads() -> Iterator[None]:
+def monitor_threads(parallel: int | None = None) -> Iterator[None]:
     """Run the SDK's monitor calls on threads whose event loops are closed afterwards.
 
     The SDK calls the monitor from its event loop's default executor, and the mock monitor
@@ -268,6 +273,10 @@ def monitor_threads() -> Iterator[None]:
     interpreter shutdown, such a loop can be finalized after its self-pipe sockets and print
     "Exception ignored in BaseEventLoop.__del__" with a traceback. Here every executor thread
     gets its loop when it starts, and the loops are closed once the threads are done.
+
+    `parallel` sizes the pool as Pulumi's Python language host does for `--parallel P`
+    (pulumi-language-python-exec, `_set_default_executor`: max(P, 1) * 4 threads); a blocking
+    RegisterResource holds one thread until the engine has created the resource.
     """
     loops: list[asyncio.AbstractEventLoop] = []
     lock = threading.Lock()
@@ -279,7 +288,8 @@ def monitor_threads() -> Iterator[None]:
             loops.append(loop)
 
     # The same pool the event loop would make itself (asyncio's default size), plus the loops.
-    executor = ThreadPoolExecutor(thread_name_prefix="mock-monitor", initializer=start)
+    workers = None if parallel is None else max(parallel, 1) * LANGUAGE_HOST_THREADS_PER_WORKER
+    executor = ThreadPoolExecutor(workers, thread_name_prefix="mock-monitor", initializer=start)
     _ensure_event_loop().set_default_executor(executor)
     try:
         yield
@@ -287,3 +297,20 @@ def monitor_threads() -> Iterator[None]:
         executor.shutdown(wait=True)
         for loop in loops:
             loop.close()
+
+
+@contextlib.contextmanager
+def frozen_collector() -> Iterator[None]:
+    """Freeze the cyclic collector's view of everything alive now, for the duration.
+
+    Modules, pydantic schemas and the SDK live as long as a program run; freezing them keeps
+    every full collection from walking them again while the SDK churns through Outputs and
+    tasks. The benchmark runs its baseline, floor and replay inside this too (bench/child.py),
+    so the plan and what it is compared with share one GC setup. Afterwards everything is
+    collectable again: the process goes on (writing the plan, or another run in tests).
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

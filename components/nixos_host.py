@@ -1,11 +1,16 @@
-"""One NixOS host: install once, deliver secret files, push and activate its configuration.
+"""One NixOS host: install once, deliver secret files, build, then push and activate.
 
 install  nixos-anywhere (kexec + disko) from the operator's machine; runs again only when the
-         machine is replaced. Carries the pre-generated SSH host key, so every later
-         connection pins it instead of trusting on first use.
+         machine is replaced. It installs the host's final system, with k3s held back until
+         the push releases it (nixosK3s.k3s.holdUntil). Carries the pre-generated SSH host key,
+         so every later connection pins it instead of trusting on first use.
 secrets  the host's 0600 secret files, written on the host from stdin.
-push     upload nixos/ + the host JSON and activate with an on-host rollback timer; replaced
-         (re-run) only when the host's content hash changes.
+build    upload nixos/ + the host JSON and build the system on the host, activating nothing.
+         Depends only on the machine being installed, so every host builds at once; on a
+         first deploy it finds the install's system already built.
+push     activate the built release with an on-host rollback timer, confirm over a fresh
+         connection (and release k3s on its first run); the only step the deploy's gates
+         order. Build and push are replaced (re-run) only when the host's content hash changes.
 """
 
 from __future__ import annotations
@@ -93,7 +98,6 @@ class NixosHostArgs:
     host_key: HostKey
     deploy_key: DeployKey
     host_json: pulumi.Input[str]
-    install_json: pulumi.Input[str]
     content_hash: pulumi.Input[str]
     secrets: SecretSet
     machine_id: pulumi.Input[str]
@@ -132,6 +136,7 @@ def connection(
 class NixosHost(pulumi.ComponentResource):
     install: command.local.Command
     secrets: command.remote.Command
+    build: command.local.Command
     push: command.local.Command
     connection: command.remote.ConnectionArgs
 
@@ -159,8 +164,9 @@ class NixosHost(pulumi.ComponentResource):
             environment={
                 **base_env,
                 "TARGET_USER": args.install_user,
-                # k3s off: it starts with the push, in the order the gates set.
-                "HOST_JSON": args.install_json,
+                # The final system, built once here; k3s is held back until the push releases
+                # it, in the order the gates set (nixos/modules/k3s.nix, holdUntil).
+                "HOST_JSON": args.host_json,
             },
             stdin=pulumi.Output.secret(install_stdin),
             update=ALREADY_INSTALLED,
@@ -197,14 +203,30 @@ class NixosHost(pulumi.ComponentResource):
             ),
         )
 
+        release_env = {
+            **base_env,
+            "TARGET_USER": args.ssh_user,
+            "HOST_JSON": args.host_json,
+            "RELEASE_ID": args.content_hash,
+        }
+        # Not gated: every host builds as soon as it is installed (a no-op on a first deploy).
+        self.build = command.local.Command(
+            f"{name}-build",
+            create=local_invocation("deploy.sh", "build"),
+            environment=release_env,
+            stdin=args.deploy_key.private_openssh,
+            triggers=[args.content_hash],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[installed], additional_secret_outputs=["stderr"]
+            ),
+        )
+
         self.push = command.local.Command(
             f"{name}-push",
             create=local_invocation("deploy.sh"),
             environment={
-                **base_env,
-                "TARGET_USER": args.ssh_user,
-                "HOST_JSON": args.host_json,
-                "RELEASE_ID": args.content_hash,
+                **release_env,
                 "HEALTH_UNITS": " ".join(args.health_units),
                 "ROLLBACK_TIMEOUT": str(args.rollback_timeout_seconds),
             },
@@ -213,7 +235,7 @@ class NixosHost(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.secrets, *args.push_after],
+                depends_on=[self.secrets, self.build, *args.push_after],
                 additional_secret_outputs=["stderr"],
             ),
         )

@@ -8,7 +8,6 @@ DIR/hosts/<host>.json (each host's data exactly as pushed) and a tree on stdout.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import hmac
 import json
@@ -143,10 +142,20 @@ def _resolve_outputs(root: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return values, secrets
 
 
-def run_program(stack_file: StackFile, program: Path = PROJECT_DIR / "__main__.py") -> PlanResult:
-    """Run the Pulumi program under mocks and return everything it registered."""
+def run_program(
+    stack_file: StackFile,
+    program: Path = PROJECT_DIR / "__main__.py",
+    *,
+    providers: mocks.FakeProviders | None = None,
+    parallel: int | None = None,
+) -> PlanResult:
+    """Run the Pulumi program under mocks and return everything it registered.
+
+    `providers` replaces the fake provider outputs (tests: slow providers); `parallel` sizes
+    the SDK's thread pool as `pulumi up --parallel P` does (mocks.monitor_threads).
+    """
     settings.ROOT.set(None)  # a fresh root stack for every run in this process
-    providers = mocks.FakeProviders()
+    providers = providers or mocks.FakeProviders()
     monitor = mocks.RecordingMonitor(providers)
     pulumi.runtime.set_all_config(_runtime_config(stack_file), list(stack_file.secret_keys))
     pulumi.runtime.set_mocks(
@@ -154,7 +163,7 @@ def run_program(stack_file: StackFile, program: Path = PROJECT_DIR / "__main__.p
     )
     sys.path.insert(0, str(program.parent))
     try:
-        with mocks.monitor_threads():
+        with mocks.frozen_collector(), mocks.monitor_threads(parallel):
             # As `pulumi up` runs it, as __main__. Executed directly rather than through runpy: the
             # SDK records the call stack of every resource, and each frame costs per resource.
             code = compile(program.read_bytes(), str(program), "exec")
@@ -167,9 +176,6 @@ def run_program(stack_file: StackFile, program: Path = PROJECT_DIR / "__main__.p
             outputs, output_secrets = _resolve_outputs(root)
     finally:
         sys.path.remove(str(program.parent))
-        # __main__.py freezes what it holds before it registers resources (gc.freeze); this
-        # process goes on (writing the plan, or another run in tests): let it all be collected.
-        gc.unfreeze()
     registrations = sorted(monitor.registrations.values(), key=lambda r: r.urn)
     return PlanResult(
         stack=stack_file.stack,

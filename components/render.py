@@ -226,17 +226,6 @@ def host_spec(
     )
 
 
-def install_spec(spec: HostSpec) -> HostSpec:
-    """What nixos-anywhere installs: the host without k3s (and its nspawn agents).
-
-    All machines install in parallel; k3s starts only with the push, whose order the
-    dependency graph sets (first server, API ready, one server at a time, then agents).
-    """
-    return spec.model_copy(
-        update={"k3s": spec.k3s.model_copy(update={"enable": False}), "containers": []}
-    )
-
-
 def secret_files(cfg: ClusterConfig, host: Host) -> list[str]:
     """Paths of the secret files a host needs (their content comes from Pulumi secrets)."""
     files = [TOKEN_FILE]

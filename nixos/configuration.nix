@@ -110,6 +110,8 @@ in
         nodeExternalIp = h.k3s.nodeExternalIp;
         gracefulNodeShutdown = h.k3s.gracefulNodeShutdown;
         etcdSnapshots = h.k3s.etcdSnapshots;
+        # Installed with the final system, k3s waits for the deploy's go (host-activate.sh).
+        holdUntil = "/var/lib/nixos-k3s/k3s-released";
       };
 
       nixosK3s.tailscale = {

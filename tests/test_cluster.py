@@ -15,6 +15,7 @@ from components.mocks import (
     fake_ssh_public_key,
 )
 from components.render import TOKEN_FILE
+from components.scripts import PROJECT_DIR
 from tests.conftest import Plan, stack_data
 
 HOSTS = ["prod-control-1", "prod-control-2", "prod-control-3", "prod-workers-1", "prod-workers-2"]
@@ -223,18 +224,21 @@ def test_tunnel_port_follows_the_tunnel_protocol(plan_of) -> None:
     assert host["firewall"]["privateUdpPorts"] == [6081]
 
 
-def test_install_brings_nixos_up_without_k3s(prod_plan: Plan) -> None:
-    # All installs run in parallel; k3s must start only with the ordered pushes.
+def test_install_puts_the_final_system_on_the_disk_with_k3s_held(prod_plan: Plan) -> None:
+    # Build once: the install gets the pushed host data; k3s waits for the ordered pushes.
     for host in HOSTS:
-        installed = json.loads(prod_plan[f"{host}-install"].inputs["environment"]["HOST_JSON"])
-        pushed = json.loads(prod_plan[f"{host}-push"].inputs["environment"]["HOST_JSON"])
-        assert installed["k3s"]["enable"] is False and installed["containers"] == []
-        assert pushed["k3s"]["enable"] is True
-        assert {**installed, "k3s": None, "containers": None} == {
-            **pushed,
-            "k3s": None,
-            "containers": None,
-        }
+        installed = prod_plan[f"{host}-install"].inputs["environment"]["HOST_JSON"]
+        pushed = prod_plan[f"{host}-push"].inputs["environment"]["HOST_JSON"]
+        assert installed == pushed
+        assert json.loads(installed)["k3s"]["enable"] is True
+    # The hold: k3s.service needs the file host-activate.sh writes when it releases k3s.
+    nix = (PROJECT_DIR / "nixos" / "configuration.nix").read_text(encoding="utf-8")
+    assert 'holdUntil = "/var/lib/nixos-k3s/k3s-released";' in nix
+    module = (PROJECT_DIR / "nixos" / "modules" / "k3s.nix").read_text(encoding="utf-8")
+    assert "ConditionPathExists = cfg.holdUntil;" in module
+    script = (PROJECT_DIR / "components" / "scripts" / "host-activate.sh").read_text()
+    assert "readonly STATE=${NIXOS_K3S_STATE_DIR:-/var/lib/nixos-k3s}" in script
+    assert "readonly RELEASED=$STATE/k3s-released" in script
 
 
 def test_replacements_delete_first(prod_plan: Plan) -> None:

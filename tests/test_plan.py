@@ -244,8 +244,8 @@ print(len(result.registrations), len(open_loops), gc.get_freeze_count())
 def test_plan_leaves_no_event_loop_open_and_nothing_frozen() -> None:
     """Loops left to interpreter shutdown print 'Exception ignored in BaseEventLoop.__del__'
     now and then; the monitor's threads must close theirs (mocks.monitor_threads). The
-    program freezes the collector's view of its long-lived objects (gc.freeze in __main__.py);
-    after the plan, everything is collectable again."""
+    plan runner freezes the collector's view of its long-lived objects while the program runs
+    (mocks.frozen_collector); after the plan, everything is collectable again."""
     proc = subprocess.run(
         [sys.executable, "-c", LOOPS_AFTER_PLAN],
         cwd=PROJECT_DIR,

@@ -2,7 +2,10 @@
 # deploy.sh: push one host's NixOS configuration and activate it with magic rollback.
 #
 # Runs on the OPERATOR machine (pulumi_command.local.Command, cwd = project root):
-#   bash components/scripts/deploy.sh
+#   bash components/scripts/deploy.sh          push and activate (the gated step)
+#   bash components/scripts/deploy.sh build    push and build only, nothing activated: every
+#                                              host builds as soon as it answers; the later
+#                                              activation reuses the build
 # Env:
 #   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root)
 #   HOST_NAME        nixosConfigurations name (required)
@@ -19,8 +22,9 @@
 # Portable to the bash 3.2 and BSD tools of macOS.
 # Exit codes: 0 deployed and confirmed; 1 any failure (the message and the last lines of the
 #   on-host log say which); 2 bad environment.
-# Flow: receive (atomic upload) -> activate (build, arm rollback timer, nixos-rebuild test)
-#   -> confirm over a FRESH connection (health, disarm, nixos-rebuild switch).
+# Flow: receive (atomic upload) -> activate (build unless built, arm rollback timer,
+#   nixos-rebuild test) -> confirm over a FRESH connection (health, disarm, nixos-rebuild switch).
+#   `build`: receive -> build; exit 1 when the build fails (nothing is activated).
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -86,6 +90,8 @@ print_host_status() {
 }
 
 main() {
+  local mode=${1:-activate}
+  [[ $mode == activate || $mode == build ]] || bad_input "unknown mode $mode (build, or no argument to activate)"
   setup
   assemble_release
   local sha
@@ -95,6 +101,12 @@ main() {
   wait_for_ssh || fail "cannot reach $TARGET:$TARGET_PORT with the pinned host key"
   on_host receive "$RELEASE_ID" "$sha" <"$WORK/release.tar" ||
     fail "upload of release $RELEASE_ID failed (the host keeps no partial release)"
+  if [[ $mode == build ]]; then
+    on_host build "$RELEASE_ID" "$HOST_NAME" </dev/null ||
+      fail "build of release $RELEASE_ID failed on $HOST_NAME; nothing was activated"
+    printf 'deploy.sh: %s: release %s built\n' "$HOST_NAME" "$RELEASE_ID" >&2
+    return 0
+  fi
 
   local activated_at status=0
   activated_at=$(date +%s)

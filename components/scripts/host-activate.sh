@@ -4,6 +4,7 @@
 # Runs ON THE HOST as root, sent inline by deploy.sh (`bash -c '<this text>' host-activate.sh ...`).
 # Usage:
 #   host-activate.sh receive  RELEASE_ID SHA256        stdin: tar of the flake dir
+#   host-activate.sh build    RELEASE_ID HOST_NAME     build only (activate reuses the result)
 #   host-activate.sh activate RELEASE_ID HOST_NAME ROLLBACK_TIMEOUT
 #   host-activate.sh confirm  RELEASE_ID HOST_NAME HEALTH_TIMEOUT [UNIT...]
 #   host-activate.sh rollback [RELEASE_ID]             (what the on-host timer runs)
@@ -17,6 +18,10 @@
 # Layout: $STATE/releases/<id>/{flake/,result}, $STATE/pending (armed, unconfirmed activation),
 #   $STATE/activated (id of the pending release once `nixos-rebuild test` succeeded),
 #   $STATE/current-release, $STATE/deploy.log, $STATE/host-activate.sh (copy the timer runs).
+# k3s hold: the install puts the final system on the disk with k3s.service held back
+#   (ConditionPathExists=$STATE/k3s-released, nixos/modules/k3s.nix) until the first activation
+#   releases it in the order the deploy's gates set. $STATE/k3s-release-pending names the
+#   release whose activation released it; a rollback of that activation holds k3s again.
 set -euo pipefail
 
 readonly STATE=${NIXOS_K3S_STATE_DIR:-/var/lib/nixos-k3s}
@@ -27,6 +32,9 @@ readonly PENDING=$STATE/pending
 readonly ACTIVATED=$STATE/activated
 readonly LOG=$STATE/deploy.log
 readonly ROLLBACK_UNIT=nixos-k3s-rollback
+readonly HELD_UNIT=k3s.service
+readonly RELEASED=$STATE/k3s-released
+readonly RELEASE_PENDING=$STATE/k3s-release-pending
 readonly KEEP_RELEASES=3
 readonly CONFIRM_MARGIN=5
 readonly LOG_MAX_BYTES=1048576
@@ -64,7 +72,7 @@ die() {
 }
 
 usage() {
-  printf 'usage: host-activate.sh receive|activate|confirm|rollback|status ...\n' >&2
+  printf 'usage: host-activate.sh receive|build|activate|confirm|rollback|status ...\n' >&2
   exit 2
 }
 
@@ -209,6 +217,7 @@ rollback_pending() {
   say "rolling back release $release to $previous"
   local status=0
   run_logged "$previous/bin/switch-to-configuration" test || status=$?
+  hold_k3s_again
   rm -f "$PENDING" "$ACTIVATED"
   write_atomically "$STATE/last-rollback" "release=$release previous=$previous at=$(date -u +%s)"
   disarm_rollback
@@ -235,6 +244,69 @@ restore_boot_profile() {
     run_logged "$previous/bin/switch-to-configuration" boot ||
       say "warning: could not restore the boot entry of $previous"
   fi
+}
+
+# True when k3s has never been released on this host: no marker and no confirmed release yet
+# (a host deployed before the hold existed runs k3s without the marker; it is not held).
+k3s_held() {
+  [[ ! -e $RELEASED && ! -e $STATE/current-release ]]
+}
+
+# Lets k3s start from now on. On a held host, remembers that this release did it, so a rollback
+# holds it again. A host deployed before the hold existed runs k3s without the file: it gets the
+# file too (or its next system would skip k3s), and a rollback leaves k3s as it was, running.
+release_k3s() {
+  local id=$1
+  [[ ! -e $RELEASED ]] || return 0
+  if k3s_held; then
+    write_atomically "$RELEASE_PENDING" "$id"
+  fi
+  write_atomically "$RELEASED" "released by $id at $(date -u +%s)"
+  say "k3s released by release $id"
+}
+
+# After the activation that released k3s: start it (activation leaves unchanged units alone).
+start_released_k3s() {
+  [[ -f $RELEASE_PENDING ]] || return 0
+  run_logged systemctl start --no-block "$HELD_UNIT" || say "warning: could not start $HELD_UNIT"
+}
+
+# Part of a rollback: the host goes back to k3s held, as it was before the activation.
+hold_k3s_again() {
+  [[ -f $RELEASE_PENDING ]] || return 0
+  say "holding k3s again (released by $(<"$RELEASE_PENDING"))"
+  rm -f "$RELEASED"
+  run_logged systemctl stop "$HELD_UNIT" || say "warning: could not stop $HELD_UNIT"
+  rm -f "$RELEASE_PENDING"
+}
+
+# Builds release ID (a no-op when an earlier build step left its result); prints nothing.
+build_release() {
+  local id=$1 name=$2 dir=$RELEASES/$1 built
+  built=$(resolve "$dir/result")
+  if [[ -n $built && -x $built/bin/switch-to-configuration ]]; then
+    say "release $id already built: $built"
+    return 0
+  fi
+  say "building $(flake_ref "$id" "$name")"
+  (cd "$dir" && run_logged nixos-rebuild build --no-reexec --flake "$(flake_ref "$id" "$name")") ||
+    die 3 "build of release $id failed; nothing was activated"
+  built=$(resolve "$dir/result")
+  [[ -x $built/bin/switch-to-configuration ]] || die 3 "build of release $id produced no system"
+}
+
+cmd_build() {
+  (($# == 2)) || usage
+  local id=$1 name=$2
+  valid_release_id "$id" || die 2 "invalid release id: $id"
+  valid_host_name "$name" || die 2 "invalid host name: $name"
+  RELEASE=$id
+  prepare_state
+  take_lock
+  [[ -d $RELEASES/$id/flake ]] || die 1 "release $id was not received"
+  touch "$RELEASES/$id"
+  build_release "$id" "$name"
+  say "release $id built; nothing activated"
 }
 
 already_current() {
@@ -266,12 +338,9 @@ cmd_activate() {
   [[ -x $previous/bin/switch-to-configuration ]] ||
     die 1 "no previous generation at $SYSTEM_PROFILE to roll back to"
 
-  say "building $(flake_ref "$id" "$name")"
-  (cd "$dir" && run_logged nixos-rebuild build --no-reexec --flake "$(flake_ref "$id" "$name")") ||
-    die 3 "build of release $id failed; nothing was activated"
+  build_release "$id" "$name"
   local built
   built=$(resolve "$dir/result")
-  [[ -x $built/bin/switch-to-configuration ]] || die 3 "build of release $id produced no system"
 
   rm -f "$ACTIVATED"
   write_atomically "$PENDING" "release=$id
@@ -283,6 +352,7 @@ deadline=$(($(date +%s) + 10#$timeout))"
     rm -f "$PENDING"
     die 1 "cannot arm the rollback timer; nothing was activated"
   }
+  release_k3s "$id"
   say "activating $built (rollback to $previous in ${timeout}s unless confirmed)"
   if ! (cd "$dir" && run_logged nixos-rebuild test --no-reexec --flake "$(flake_ref "$id" "$name")"); then
     rollback_pending || true
@@ -292,6 +362,7 @@ deadline=$(($(date +%s) + 10#$timeout))"
     rollback_pending || true
     die 4 "after activation $CURRENT_SYSTEM is not $built; rolled back to $previous"
   fi
+  start_released_k3s
   write_atomically "$ACTIVATED" "$id"
   say "release $id activated; waiting for confirmation"
 }
@@ -369,7 +440,7 @@ cmd_confirm() {
     die 1 "persisting release $id to the boot profile failed; rolled back to the previous generation"
   fi
   write_atomically "$STATE/current-release" "$id"
-  rm -f "$PENDING" "$ACTIVATED"
+  rm -f "$PENDING" "$ACTIVATED" "$RELEASE_PENDING"
   say "release $id confirmed and persisted"
   prune_releases "$id"
 }
@@ -415,6 +486,7 @@ cmd_status() {
   printf 'current-release: %s\n' "$(cat "$STATE/current-release" 2>/dev/null || true)"
   printf 'pending-release: %s\n' "$(pending_get release)"
   printf 'last-rollback: %s\n' "$(cat "$STATE/last-rollback" 2>/dev/null || true)"
+  printf 'k3s-released: %s\n' "$(cat "$RELEASED" 2>/dev/null || echo 'no (held)')"
   printf -- '--- last 30 lines of %s ---\n' "$LOG"
   tail -n 30 "$LOG" 2>/dev/null || true
 }
@@ -425,6 +497,7 @@ main() {
   umask 077
   case $SUBCOMMAND in
   receive) cmd_receive "$@" ;;
+  build) cmd_build "$@" ;;
   activate) cmd_activate "$@" ;;
   confirm) cmd_confirm "$@" ;;
   rollback) cmd_rollback "$@" ;;

@@ -209,6 +209,18 @@ in
       default = [ ];
       description = "Further k3s flags, one `--flag[=value]` per item.";
     };
+
+    holdUntil = lib.mkOption {
+      type = lib.types.nullOr (lib.types.strMatching "/[^[:space:]]+");
+      default = null;
+      example = "/var/lib/nixos-k3s/k3s-released";
+      description = ''
+        When set, k3s.service starts only once this file exists (ConditionPathExists=): an
+        installed host boots with k3s held back, and the deploy creates the file when the host's
+        turn to join comes (components/scripts/host-activate.sh), so servers still join etcd one
+        at a time although every host is installed with its final system.
+      '';
+    };
   };
 
   config = lib.mkIf cfg.enable {
@@ -230,6 +242,10 @@ in
         message = "nixosK3s.k3s.vpnAuthFile needs tailscale in runtimePackages (nixosK3s.tailscale.wrapK3s).";
       }
     ];
+
+    systemd.services.k3s.unitConfig = lib.mkIf (cfg.holdUntil != null) {
+      ConditionPathExists = cfg.holdUntil;
+    };
 
     services.k3s = {
       enable = true;

@@ -39,7 +39,7 @@ def test_kubeconfig_waits_only_for_the_bootstrap_server(prod: dict[str, Any]) ->
     paths = graph.critical_paths(prod)
     assert paths.kubeconfig.names == (
         "prod-control-1-install",
-        "prod-control-1-secrets",
+        "prod-control-1-build",
         "prod-control-1-push",
         "prod-api-ready",
         "prod-kubeconfig",
@@ -99,6 +99,65 @@ def test_shared_module_change_redeploys_every_host(prod: dict[str, Any], tmp_pat
     assert graph.changed_pushes(prod, edited) == hosts
     # Nothing but the pushes: the host data itself did not change.
     changed = {r["urn"]: r["name"] for r in edited["resources"]}
-    assert sorted(changed[u] for u in graph.changed_resources(prod, edited)) == [
-        f"{host}-push" for host in hosts
-    ]
+    assert sorted(changed[u] for u in graph.changed_resources(prod, edited)) == sorted(
+        f"{host}-{step}" for host in hosts for step in ("build", "push")
+    )
+
+
+def command_ancestors(doc: dict[str, Any], name: str) -> set[str]:
+    """Names of every command resource `name` waits for, directly or through others."""
+    deploy = graph.DeployGraph(doc)
+    (start,) = deploy.urn_of(name)
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for dep in deploy.dependencies(todo.pop()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return {
+        deploy.resources[u]["name"]
+        for u in seen
+        if deploy.resources[u]["type"].startswith(graph.COMMAND_PREFIX)
+    }
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_builds_are_off_the_gated_chain(stack: str) -> None:
+    """Every host builds once its own machine is installed: no API, join or other host."""
+    doc = document(stack_data(stack))
+    hosts = sorted(graph.push_triggers(doc))
+    assert len(hosts) >= 2
+    for host in hosts:
+        # Machines (a Colima VM: an agent's data names the first server's address) are no gate.
+        waits_for = {n for n in command_ancestors(doc, f"{host}-build") if not n.endswith("-vm")}
+        assert waits_for <= {f"{host}-install", f"{host}-wake"}, waits_for
+        assert f"{host}-install" in waits_for
+        # Only the push (activation, confirm, k3s release) is gated, and it activates this build.
+        push_waits_for = command_ancestors(doc, f"{host}-push")
+        assert f"{host}-build" in push_waits_for
+
+
+def test_only_pushes_wait_for_the_joins(prod: dict[str, Any]) -> None:
+    """Servers after the first activate one at a time, each after the previous one joined;
+    their builds ran long before."""
+    assert "prod-api-ready" in command_ancestors(prod, "prod-control-2-push")
+    assert "prod-control-2-joined" in command_ancestors(prod, "prod-control-3-push")
+    for host in ("prod-control-2", "prod-control-3", "prod-workers-1"):
+        assert not {n for n in command_ancestors(prod, f"{host}-build") if "joined" in n}
+        assert "prod-api-ready" not in command_ancestors(prod, f"{host}-build")
+
+
+def test_the_install_puts_the_final_system_on_the_disk(prod: dict[str, Any]) -> None:
+    """Build once: the install gets the same host data as the push, so the first push only
+    activates (k3s is held back by nixosK3s.k3s.holdUntil until then)."""
+    by_name = {r["name"]: r for r in prod["resources"] if r["type"].startswith("command:")}
+    for host in graph.push_triggers(prod):
+        install = by_name[f"{host}-install"]["inputs"]["environment"]
+        build = by_name[f"{host}-build"]["inputs"]
+        push = by_name[f"{host}-push"]["inputs"]
+        assert install["HOST_JSON"] == push["environment"]["HOST_JSON"]
+        assert build["environment"]["HOST_JSON"] == push["environment"]["HOST_JSON"]
+        assert build["triggers"] == push["triggers"]
+        assert build["create"] == "bash components/scripts/deploy.sh build"
+        assert push["create"] == "bash components/scripts/deploy.sh"

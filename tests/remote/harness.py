@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,11 +317,11 @@ def deploy_env(server: SshServer, source: Path, **overrides: str) -> dict[str, s
 
 
 def run_operator_script(
-    name: str, env: Mapping[str, str], stdin: bytes, timeout: float = 120
+    name: str, env: Mapping[str, str], stdin: bytes, timeout: float = 120, args: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
     """Runs an operator-side script exactly as a local.Command would (shell, project cwd)."""
     result = subprocess.run(
-        local_invocation(name),
+        local_invocation(name, *args),
         shell=True,
         cwd=PROJECT_DIR,
         env=dict(env),

@@ -318,3 +318,120 @@ def test_failed_activation_without_its_client_is_not_confirmed(
     assert "connection lost during activation" in result.stderr
     assert_rolled_back(host)
     assert not [c for c in host.calls("nixos-rebuild") if c.startswith("switch")]
+
+
+def build_only(host: FakeHost, source: Path) -> subprocess.CompletedProcess[str]:
+    env = deploy_env(host.server, source)
+    key = host.server.client_key.read_bytes()
+    return run_operator_script("deploy.sh", env, key, args=["build"])
+
+
+def test_build_mode_builds_and_activates_nothing(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    result = build_only(host, source)
+    assert result.returncode == 0, result.stderr
+    assert "built" in result.stderr
+    release = release_of(host, source)
+    assert built_system(host, release).name.endswith(f"-nixos-system-{HOST_NAME}")
+    assert host.current_system() == host.initial_system
+    assert host.boot_profile() == host.initial_system
+    assert [c.split()[0] for c in host.calls("nixos-rebuild")] == ["build"]
+    assert host.calls("systemd-run") == []
+    assert not (host.state / "pending").exists()
+    assert not (host.state / "k3s-released").exists(), "a build must not release k3s"
+
+
+def test_the_push_after_a_build_only_activates(host: FakeHost, tmp_path: Path) -> None:
+    """Build once: the gated push reuses the build step's result."""
+    source = make_nixos_source(tmp_path)
+    assert build_only(host, source).returncode == 0
+    result = deploy(host, source)
+    assert result.returncode == 0, result.stderr
+    assert "already built" in result.stderr
+    assert_deployed(host, source)
+    assert [c.split()[0] for c in host.calls("nixos-rebuild")] == ["build", "test", "switch"]
+
+
+def test_build_mode_failure_activates_nothing(host: FakeHost, tmp_path: Path) -> None:
+    broken = make_nixos_source(tmp_path / "broken", {"build-fails": ""})
+    result = build_only(host, broken)
+    assert result.returncode == 1
+    assert "build of release" in result.stderr and "nothing was activated" in result.stderr
+    assert host.current_system() == host.initial_system
+    assert host.calls("systemd-run") == []
+
+
+def test_first_push_releases_the_held_k3s(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    assert deploy(host, source).returncode == 0
+    assert_deployed(host, source)
+    assert release_of(host, source) in (host.state / "k3s-released").read_text()
+    assert not (host.state / "k3s-release-pending").exists()
+    calls = host.calls()
+    test = next(i for i, c in enumerate(calls) if c.startswith("nixos-rebuild\ttest"))
+    start = calls.index("systemctl\tstart --no-block k3s.service")
+    assert test < start < next(i for i, c in enumerate(calls) if "is-active" in c)
+
+
+def test_rollback_of_the_releasing_push_holds_k3s_again(host: FakeHost, tmp_path: Path) -> None:
+    """As strong as before: the host goes back to where it was, k3s held and stopped."""
+    unhealthy = make_nixos_source(tmp_path / "unhealthy", {"units": "k3s.service failed\n"})
+    result = deploy(host, unhealthy)
+    assert result.returncode == 1
+    assert_rolled_back(host)
+    assert not (host.state / "k3s-released").exists()
+    assert not (host.state / "k3s-release-pending").exists()
+    assert "systemctl\tstop k3s.service" in host.calls()
+
+
+def test_rollback_of_a_later_push_keeps_k3s_released(host: FakeHost, tmp_path: Path) -> None:
+    good = make_nixos_source(tmp_path / "good")
+    assert deploy(host, good).returncode == 0
+    released = (host.state / "k3s-released").read_text()
+    unhealthy = make_nixos_source(tmp_path / "unhealthy", {"units": "k3s.service failed\n"})
+    assert deploy(host, unhealthy).returncode == 1
+    assert (host.state / "k3s-released").read_text() == released
+    assert "systemctl\tstop k3s.service" not in host.calls()
+    assert host.current_system() == built_system(host, release_of(host, good))
+
+
+def test_timer_rollback_of_the_releasing_push_holds_k3s_again(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """Connection lost after activation: the on-host timer rolls back and holds k3s again."""
+    source = make_nixos_source(tmp_path, {"breaks-ssh": ""})
+    result = deploy(host, source, ROLLBACK_TIMEOUT="3")
+    assert result.returncode == 1
+    if host.timer().exists():
+        assert host.fire_timer().returncode == 0
+    assert host.current_system() == host.initial_system
+    assert not (host.state / "k3s-released").exists()
+
+
+def test_an_unknown_mode_is_refused_before_anything_runs(host: FakeHost, tmp_path: Path) -> None:
+    env = deploy_env(host.server, make_nixos_source(tmp_path))
+    result = run_operator_script("deploy.sh", env, host.server.client_key.read_bytes(), args=["x"])
+    assert result.returncode == 2
+    assert "unknown mode x" in result.stderr
+    assert host.calls() == []
+
+
+def test_a_host_deployed_before_the_hold_gets_released_and_keeps_k3s(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """A host with a confirmed release but no release file (deployed before k3s was held):
+    its next push creates the file, or the new system's k3s.service would be skipped, and a
+    rollback of that push does not stop k3s."""
+    old = make_nixos_source(tmp_path / "old")
+    assert deploy(host, old).returncode == 0
+    (host.state / "k3s-released").unlink()
+    unhealthy = make_nixos_source(tmp_path / "unhealthy", {"units": "k3s.service failed\n"})
+    assert deploy(host, unhealthy).returncode == 1
+    assert (host.state / "k3s-released").exists()
+    assert "systemctl\tstop k3s.service" not in host.calls()
+    (host.state / "k3s-released").unlink()
+    new = make_nixos_source(tmp_path / "new", {"note": "a release other than old"})
+    assert deploy(host, new).returncode == 0
+    assert_deployed(host, new)
+    assert release_of(host, new) in (host.state / "k3s-released").read_text()
+    assert not (host.state / "k3s-release-pending").exists()

@@ -1,0 +1,276 @@
+"""Modelled time of a first deploy, from a plan's resource graph and a table of step times.
+
+Every resource of plan.json gets a time from bench/deploy_steps.yaml (first matching rule). The
+graph is then scheduled as Pulumi's engine runs it: a resource starts once every resource it
+depends on has finished (dependencies as bench.graph reads them: a component means all of its
+children) and a worker is free; at most `parallel` resource operations run at once (the
+engine's --parallel: one worker per degree of parallelism, pkg/resource/deploy/step_executor.go).
+Ready resources take free workers in the order they became ready.
+
+The result: minutes to the kubeconfig and to the nodes-Ready gate, with the critical path that
+decided each, step by step, once with every step's low time and once with every high time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import graph
+
+STEPS_FILE = Path(__file__).with_name("deploy_steps.yaml")
+ROLES = ("bootstrap", "server", "agent", "container")
+BOUNDS = ("low", "high")
+
+
+class StepTableError(ValueError):
+    """The step table is malformed, or a resource of the plan matches none of its rules."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    step: str
+    type: str
+    suffix: str
+    role: str | None
+    seconds: tuple[float, float]
+    source: str
+
+    def matches(self, res: Mapping[str, Any], role: str | None) -> bool:
+        return (
+            res["type"].startswith(self.type)
+            and res["name"].endswith(self.suffix)
+            and (self.role is None or self.role == role)
+        )
+
+
+@dataclass(frozen=True)
+class StepTable:
+    parallel: int
+    cli_default: int
+    rules: tuple[Rule, ...]
+
+
+def _rule(index: int, entry: Any) -> Rule:
+    where = f"steps[{index}]"
+    if not isinstance(entry, Mapping):
+        raise StepTableError(f"{where}: a rule is a mapping")
+    unknown = set(entry) - {"step", "type", "suffix", "role", "seconds", "source"}
+    if unknown:
+        raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
+    seconds = entry.get("seconds")
+    if (
+        not isinstance(seconds, list)
+        or len(seconds) != 2
+        or not all(isinstance(s, int | float) and s >= 0 for s in seconds)
+        or seconds[0] > seconds[1]
+    ):
+        raise StepTableError(f"{where}.seconds: want [low, high], 0 <= low <= high; got {seconds}")
+    role = entry.get("role")
+    if role is not None and role not in ROLES:
+        raise StepTableError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
+    if not str(entry.get("source", "")).strip():
+        raise StepTableError(f"{where}.source: say where the time comes from or why it is a guess")
+    if not entry.get("type"):
+        raise StepTableError(f"{where}.type: required (a resource type or type prefix)")
+    if not str(entry.get("step", "")).strip():
+        raise StepTableError(f"{where}.step: required (a short name for the step)")
+    suffix = str(entry.get("suffix", ""))
+    return Rule(
+        step=str(entry["step"]),
+        type=str(entry["type"]),
+        suffix=suffix,
+        role=role,
+        seconds=(float(seconds[0]), float(seconds[1])),
+        source=" ".join(str(entry["source"]).split()),
+    )
+
+
+def load_steps(path: Path = STEPS_FILE) -> StepTable:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    engine = data.get("engine", {})
+    parallel, default = engine.get("parallel"), engine.get("cliDefault")
+    for key, value in (("engine.parallel", parallel), ("engine.cliDefault", default)):
+        if not isinstance(value, int) or value < 1:
+            raise StepTableError(f"{key}: want a positive integer, got {value!r}")
+    assert isinstance(parallel, int) and isinstance(default, int)
+    rules = tuple(_rule(i, entry) for i, entry in enumerate(data.get("steps") or []))
+    if not rules:
+        raise StepTableError("steps: the table has no rules")
+    return StepTable(parallel=parallel, cli_default=default, rules=rules)
+
+
+def host_roles(plan: Mapping[str, Any]) -> dict[str, str]:
+    """Host name -> bootstrap/server/agent, from the host JSON the deploy commands carry."""
+    roles: dict[str, str] = {}
+    for res in plan["resources"]:
+        env = res.get("inputs", {}).get("environment")
+        if not isinstance(env, Mapping) or "HOST_JSON" not in env or "HOST_NAME" not in env:
+            continue
+        k3s = json.loads(env["HOST_JSON"]).get("k3s", {})
+        roles[env["HOST_NAME"]] = "bootstrap" if k3s.get("clusterInit") else k3s.get("role", "")
+    return roles
+
+
+def resource_role(name: str, roles: Mapping[str, str]) -> str | None:
+    """The role of the host a resource belongs to; `container` for a container's node gate."""
+    owner = max((h for h in roles if name == h or name.startswith(f"{h}-")), key=len, default=None)
+    if owner is None:
+        return None
+    rest = name[len(owner) :]
+    if rest.endswith("-joined") and rest != "-joined":
+        return "container"
+    return roles[owner]
+
+
+@dataclass(frozen=True)
+class Timed:
+    urn: str
+    name: str
+    step: str
+    seconds: tuple[float, float]
+
+
+def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Timed]:
+    roles = host_roles(plan)
+    out: dict[str, Timed] = {}
+    for res in plan["resources"]:
+        role = resource_role(res["name"], roles)
+        rule = next((r for r in table.rules if r.matches(res, role)), None)
+        if rule is None:
+            raise StepTableError(
+                f"no step in {STEPS_FILE.name} for {res['type']} {res['name']!r}"
+                f" (role {role or 'none'}): add a rule"
+            )
+        out[res["urn"]] = Timed(res["urn"], res["name"], rule.step, rule.seconds)
+    return out
+
+
+@dataclass(frozen=True)
+class Slot:
+    start: float
+    end: float
+
+
+def schedule(
+    deps: Mapping[str, set[str]], durations: Mapping[str, float], parallel: int
+) -> dict[str, Slot]:
+    """Start and end of every resource with at most `parallel` running at once.
+
+    A resource of zero duration takes no worker (nothing to wait for). Ties are broken by URN,
+    so the schedule is deterministic.
+    """
+    waiting = {urn: set(d) for urn, d in deps.items()}
+    dependents: dict[str, list[str]] = {}
+    for urn, ds in deps.items():
+        for dep in ds:
+            dependents.setdefault(dep, []).append(urn)
+    ready: list[tuple[float, str]] = [(0.0, urn) for urn, ds in waiting.items() if not ds]
+    heapq.heapify(ready)
+    running: list[tuple[float, str]] = []
+    slots: dict[str, Slot] = {}
+    now = 0.0
+
+    def finish(urn: str, at: float) -> None:
+        for dependent in dependents.get(urn, []):
+            waiting[dependent].discard(urn)
+            if not waiting[dependent]:
+                heapq.heappush(ready, (at, dependent))
+
+    while ready or running:
+        deferred: list[tuple[float, str]] = []
+        while ready:
+            item = heapq.heappop(ready)
+            urn = item[1]
+            if durations[urn] == 0:
+                slots[urn] = Slot(now, now)
+                finish(urn, now)
+            elif len(running) < parallel:
+                slots[urn] = Slot(now, now + durations[urn])
+                heapq.heappush(running, (now + durations[urn], urn))
+            else:
+                deferred.append(item)
+        for item in deferred:
+            heapq.heappush(ready, item)
+        if not running:
+            continue
+        now, urn = heapq.heappop(running)
+        finish(urn, now)
+        while running and running[0][0] == now:
+            finish(heapq.heappop(running)[1], now)
+    if len(slots) != len(deps):
+        stuck = sorted(set(deps) - set(slots))[:5]
+        raise ValueError(f"dependency cycle or unknown dependency around {stuck}")
+    return slots
+
+
+def _critical_path(
+    target: str,
+    deps: Mapping[str, set[str]],
+    slots: Mapping[str, Slot],
+    timed: Mapping[str, Timed],
+) -> list[dict[str, Any]]:
+    """Back from `target`: at each step the dependency that finished last (what it waited for)."""
+    path = []
+    urn: str | None = target
+    while urn is not None:
+        slot = slots[urn]
+        if slot.end > slot.start or urn == target:
+            path.append(
+                {
+                    "resource": timed[urn].name,
+                    "step": timed[urn].step,
+                    "startMinutes": round(slot.start / 60, 2),
+                    "endMinutes": round(slot.end / 60, 2),
+                }
+            )
+        before = [d for d in deps[urn] if slots[d].end > 0]
+        urn = max(before, key=lambda d: (slots[d].end, d), default=None)
+        if urn is not None and slots[urn].end < slot.start:
+            # Started later than its last dependency finished: it waited for a free worker.
+            path[-1]["waitedForWorkerMinutes"] = round((slot.start - slots[urn].end) / 60, 2)
+    return list(reversed(path))
+
+
+def model(plan: Mapping[str, Any], table: StepTable, parallel: int | None = None) -> dict[str, Any]:
+    """Minutes to the kubeconfig and to all nodes Ready, low and high, with critical paths."""
+    parallel = table.parallel if parallel is None else parallel
+    deploy = graph.DeployGraph(plan)
+    timed = timed_resources(plan, table)
+    deps = {urn: deploy.dependencies(urn) for urn in deploy.resources}
+    targets = {
+        "kubeconfig": deploy.urn_of("-kubeconfig"),
+        "nodesReady": deploy.urn_of("-nodes-ready"),
+    }
+    if not all(targets.values()):
+        raise ValueError("plan has no -kubeconfig or -nodes-ready command")
+    result: dict[str, Any] = {"parallel": parallel}
+    for index, bound in enumerate(BOUNDS):
+        durations = {urn: t.seconds[index] for urn, t in timed.items()}
+        slots = schedule(deps, durations, parallel)
+        peak = _peak_concurrency(slots)
+        entry: dict[str, Any] = {"peakRunning": peak}
+        for key, urns in targets.items():
+            last = max(urns, key=lambda u: (slots[u].end, u))
+            entry[f"{key}Minutes"] = round(slots[last].end / 60, 2)
+            entry[f"{key}Path"] = _critical_path(last, deps, slots, timed)
+        result[bound] = entry
+    return result
+
+
+def _peak_concurrency(slots: Mapping[str, Slot]) -> int:
+    events = sorted(
+        [(s.start, 1) for s in slots.values() if s.end > s.start]
+        + [(s.end, -1) for s in slots.values() if s.end > s.start]
+    )
+    peak = running = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak

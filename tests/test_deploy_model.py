@@ -1,0 +1,116 @@
+"""The deploy-time model of `make bench`: step table, schedule with a worker limit, paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import deploy, deploy_model
+from components import plan
+from tests.conftest import run_plan, stack_data
+
+
+def document(stack: str) -> dict[str, Any]:
+    return json.loads(json.dumps(plan.plan_document(run_plan(stack_data(stack), stack=stack))))
+
+
+@pytest.fixture(scope="module")
+def table() -> deploy_model.StepTable:
+    return deploy_model.load_steps()
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_resource_of_a_plan_has_a_step(stack: str, table: deploy_model.StepTable) -> None:
+    timed = deploy_model.timed_resources(document(stack), table)
+    assert len(timed) == len(document(stack)["resources"])
+
+
+def test_every_rule_says_where_its_time_comes_from(table: deploy_model.StepTable) -> None:
+    for rule in table.rules:
+        assert rule.source and rule.step
+        assert 0 <= rule.seconds[0] <= rule.seconds[1]
+
+
+def test_a_resource_without_a_rule_is_named(table: deploy_model.StepTable) -> None:
+    plan_doc = {"resources": [{"urn": "u", "type": "aws:ec2/instance:Instance", "name": "web-1"}]}
+    with pytest.raises(deploy_model.StepTableError, match="web-1"):
+        deploy_model.timed_resources(plan_doc, table)
+
+
+@pytest.mark.parametrize(
+    ("rule", "error"),
+    [
+        ("{step: x, type: 'tls:', seconds: [5, 1], source: guess}", r"steps\[0\]\.seconds"),
+        ("{step: x, type: 'tls:', seconds: [1, 2]}", r"steps\[0\]\.source"),
+        ("{step: x, type: 'tls:', seconds: [1, 2], source: s, role: boss}", r"steps\[0\]\.role"),
+    ],
+)
+def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
+    bad = tmp_path / "steps.yaml"
+    bad.write_text(f"engine: {{parallel: 8, cliDefault: 8}}\nsteps:\n  - {rule}\n", "utf-8")
+    with pytest.raises(deploy_model.StepTableError, match=error):
+        deploy_model.load_steps(bad)
+
+
+def test_schedule_runs_at_most_parallel_operations_at_once() -> None:
+    deps: dict[str, set[str]] = {f"t{i}": set() for i in range(4)}
+    deps["after"] = {"t0", "t1", "t2", "t3"}
+    durations = {**{f"t{i}": 10.0 for i in range(4)}, "after": 1.0}
+    wide = deploy_model.schedule(deps, durations, parallel=4)
+    narrow = deploy_model.schedule(deps, durations, parallel=2)
+    assert wide["after"].end == 11.0
+    assert narrow["after"].end == 21.0
+    assert sorted(s.start for k, s in narrow.items() if k != "after") == [0, 0, 10, 10]
+
+
+def test_zero_time_resources_take_no_worker() -> None:
+    deps: dict[str, set[str]] = {"long": set(), "free": set(), "next": {"free"}}
+    slots = deploy_model.schedule(deps, {"long": 10.0, "free": 0.0, "next": 1.0}, parallel=1)
+    # `free` does not wait for `long`; `next` waits only for the one worker.
+    assert slots["free"].end == 0.0
+    assert slots["next"].start in (0.0, 10.0)
+
+
+def test_roles_come_from_the_host_data() -> None:
+    roles = deploy_model.host_roles(document("prod"))
+    assert roles == {
+        "prod-control-1": "bootstrap",
+        "prod-control-2": "server",
+        "prod-control-3": "server",
+        "prod-workers-1": "agent",
+        "prod-workers-2": "agent",
+    }
+    assert deploy_model.resource_role("prod-workers-1-push", roles) == "agent"
+    assert deploy_model.resource_role("prod-workers-1-edge-joined", roles) == "container"
+    assert deploy_model.resource_role("prod-workers-1-joined", roles) == "agent"
+    assert deploy_model.resource_role("prod-kubeconfig", roles) is None
+
+
+def test_model_of_prod_follows_the_server_joins(table: deploy_model.StepTable) -> None:
+    result = deploy_model.model(document("prod"), table)
+    for bound in deploy_model.BOUNDS:
+        entry = result[bound]
+        assert 0 < entry["kubeconfigMinutes"] < entry["nodesReadyMinutes"]
+        names = [step["resource"] for step in entry["nodesReadyPath"]]
+        assert names[-1] == "prod-nodes-ready"
+        assert names.index("prod-control-3-joined") > names.index("prod-control-2-joined")
+        ends = [step["endMinutes"] for step in entry["nodesReadyPath"]]
+        assert ends == sorted(ends) and ends[-1] == entry["nodesReadyMinutes"]
+    assert result["low"]["nodesReadyMinutes"] < result["high"]["nodesReadyMinutes"]
+
+
+def test_fewer_workers_never_make_a_deploy_faster(table: deploy_model.StepTable) -> None:
+    doc = document("prod")
+    wide = deploy_model.model(doc, table, parallel=64)
+    narrow = deploy_model.model(doc, table, parallel=2)
+    assert narrow["high"]["nodesReadyMinutes"] >= wide["high"]["nodesReadyMinutes"]
+    assert narrow["high"]["peakRunning"] <= 2
+
+
+def test_deploy_report_names_the_anchors() -> None:
+    assert any("500" in sc.anchor for sc in deploy.SCENARIOS)
+    labels = [sc.label for sc in deploy.SCENARIOS]
+    assert {"hetzner 3+2", "hetzner 3+50", "hetzner 5+200", "colima 1+1 (dev)"} <= set(labels)
