@@ -66,7 +66,6 @@ def render_stack(
             authorized_keys=[deploy_key, *cfg.ssh_keys],
         )
         pushed[host.name] = hostspec.host_json(spec)
-        hostspec.host_json(render.install_spec(spec))
         render.secret_files(cfg, host)
         k3s.node_markings(host.pool.labels, host.pool.taints)
         for slot in host.containers:
