@@ -103,6 +103,7 @@ in
           kubeletConfig
           vpnAuthFile
           extraFlags
+          cni
           ;
         package = pkgs.${h.k3s.package};
         nodeName = h.name;
@@ -125,6 +126,8 @@ in
         enable = h.containers != [ ];
         package = h.k3s.package;
         tunnelUdpPorts = h.firewall.privateUdpPorts;
+        inherit (h.k3s) cni;
+        inherit (h.firewall) trustedInterfaces;
         containers = lib.listToAttrs (
           map (c: {
             inherit (c) name;
@@ -137,6 +140,7 @@ in
                 nameservers
                 stateDir
                 credentials
+                mode
                 ;
               k3s = removeAttrs c.k3s [ "role" ];
             };
