@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from components.hostspec import (
     AdminUser,
+    Cilium,
     Container,
     ContainerCredentials,
     ContainerK3s,
@@ -134,6 +135,35 @@ def container_host() -> HostSpec:
     )
 
 
+def flannel_container_host() -> HostSpec:
+    """A flannel cluster's agent with the seed's unprivileged (user-namespaced) containers."""
+    containers = [container("k3s-agent-1", 1, True), container("k3s-agent-2", 2, False)]
+    return HostSpec(
+        name="prod-host-2",
+        cluster_name="prod",
+        system="x86_64-linux",
+        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        network=hetzner_network(
+            "10.0.1.9", "86:00:00:aa:bb:09", "203.0.113.19", "2001:db8:19::1", ("10.250.0.0/16",)
+        ),
+        ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
+        k3s=K3s(
+            role="agent",
+            server_addr="https://10.0.1.2:6443",
+            token_file=f"{SECRETS}/k3s-token",
+            node_ip="10.0.1.9",
+            cni="flannel",
+        ),
+        firewall=Firewall(
+            private_tcp_ports=[6443, 10250],
+            private_udp_ports=[8472],
+            trusted_interfaces=["cni0", "flannel.1"],
+        ),
+        cilium=Cilium(host_prerequisites=False),
+        containers=[c.model_copy(update={"mode": "user-namespace"}) for c in containers],
+    )
+
+
 def colima_server() -> HostSpec:
     return HostSpec(
         name="dev-server-1",
@@ -159,6 +189,7 @@ SAMPLES = {
     "hetzner-server": first_server,
     "hetzner-agent": agent,
     "hetzner-containers": container_host,
+    "hetzner-flannel-containers": flannel_container_host,
     "colima-server": colima_server,
 }
 
