@@ -1,0 +1,214 @@
+"""Real-kernel drill: each container mode's namespaces and capabilities do what its CNI needs.
+
+For every mode in nixos/modules/k3s-container-modes.json (the file k3s-containers.nix renders the
+nspawn containers from) the drill rebuilds the container's namespaces with `unshare` (a user
+namespace exactly when the mode's privateUsers is not "no") and its capability bounding set with
+`capsh --drop` (systemd-nspawn's default set plus the mode's capabilities, nothing else), then
+runs what the CNI does on a node:
+
+- host-users (Cilium): mount bpffs and cgroup2, create a veth pair, add a clsact qdisc, load a
+  tc BPF program with bpf(), pin it in the bpffs and attach it to the veth; write
+  /proc/sys/net (loose rp_filter).
+- user-namespace (flannel): create flannel's VXLAN device, the cni0 bridge and a veth pair.
+- the refused combination: in the user namespace, bpf(BPF_PROG_LOAD) fails with EPERM.
+
+Runs as root (here and in CI). Skips only where the kernel or the machine lacks a feature, and
+says which.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components import containermodes
+
+HERE = Path(__file__).parent
+BPF_PROG = HERE / "bpf_prog.py"
+TOOLS = ("unshare", "capsh", "ip", "tc", "mount")
+# What the container's namespaces are: nspawn gives every container its own mount, pid, uts,
+# ipc, cgroup and (privateNetwork) network namespace; the user namespace depends on the mode.
+NAMESPACES = ("--mount", "--pid", "--fork", "--net", "--uts", "--ipc", "--cgroup")
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the drill needs root (namespaces, BPF)"),
+    pytest.mark.skipif(
+        any(shutil.which(tool) is None for tool in TOOLS),
+        reason="needs "
+        + ", ".join(t for t in TOOLS if shutil.which(t) is None)
+        + " (Debian: util-linux, libcap2-bin, iproute2)",
+    ),
+]
+
+
+def kernel_capabilities() -> list[str]:
+    """Every capability this kernel knows, as capsh names them (cap_chown, ...)."""
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text(encoding="utf-8"))
+    decoded = subprocess.run(
+        ["capsh", f"--decode={(1 << (last + 1)) - 1:#x}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return decoded.split("=", 1)[1].split(",")
+
+
+def own_bounding_set() -> set[str]:
+    """The capabilities this test process may pass on (a sandbox may hold fewer than all)."""
+    status = Path("/proc/self/status").read_text(encoding="utf-8")
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("CapBnd:")).split()[1], 16
+    )
+    return {name for bit, name in enumerate(kernel_capabilities()) if mask >> bit & 1}
+
+
+def mode_capabilities(mode: str) -> set[str]:
+    """The mode's bounding set, from the same data file the NixOS module renders it from."""
+    return {cap.lower() for cap in containermodes.bounding_set(containermodes.modes()[mode])}
+
+
+def run_in_container(mode: str, script: str, *, without: frozenset[str] = frozenset()) -> str:
+    """Run `script` (bash) as root inside the mode's namespaces and capability bounding set.
+
+    `without` removes capabilities from the mode's set (to show they are needed). Returns
+    stdout+stderr; the script's own failure shows in the output (it runs with `set -e` off).
+    """
+    spec = containermodes.modes()[mode]
+    keep = mode_capabilities(mode) - {cap.lower() for cap in without}
+    unknown = keep - set(kernel_capabilities())
+    if unknown:
+        pytest.skip(f"kernel lacks capabilities {sorted(unknown)} that mode {mode} grants")
+    drop = [cap for cap in kernel_capabilities() if cap not in keep]
+    userns = ["--user", "--map-root-user"] if spec.user_namespaced else []
+    command = [
+        "unshare",
+        *userns,
+        *NAMESPACES,
+        "--propagation",
+        "private",
+        "--",
+        "capsh",
+        f"--drop={','.join(drop)}",
+        "--",
+        "-c",
+        script,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    return done.stdout + done.stderr
+
+
+def bounding_mask_line(output: str) -> int:
+    line = next(line for line in output.splitlines() if line.startswith("CapBnd:"))
+    return int(line.split()[1], 16)
+
+
+def names_of(mask: int) -> set[str]:
+    return {name for bit, name in enumerate(kernel_capabilities()) if mask >> bit & 1}
+
+
+def require_kernel(feature: str, script: str) -> None:
+    """Skip (naming the feature) when even full root in a fresh netns cannot do `script`."""
+    probe = subprocess.run(
+        ["unshare", "--net", "--mount", "--", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"kernel lacks {feature}: {probe.stderr.strip()[:200]}")
+
+
+CILIUM_NODE = f"""
+grep CapBnd /proc/self/status
+bpffs=$(mktemp -d) cgroup=$(mktemp -d)
+mount -t bpf bpf "$bpffs" && echo "bpffs mounted"
+mount -t cgroup2 none "$cgroup" && echo "cgroup2 mounted"
+ip link add lxc-drill type veth peer name eth-drill && ip link set lxc-drill up \\
+  && echo "veth created"
+tc qdisc add dev lxc-drill clsact && echo "clsact added"
+{sys.executable} {BPF_PROG} "$bpffs/cil_from_container"
+tc filter add dev lxc-drill ingress bpf direct-action object-pinned "$bpffs/cil_from_container" \\
+  && echo "tc program attached"
+tc filter show dev lxc-drill ingress
+echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter && echo "rp_filter loose"
+"""
+
+FLANNEL_NODE = f"""
+grep CapBnd /proc/self/status
+ip link add flannel.1 type vxlan id 1 dstport 8472 nolearning && echo "vxlan created"
+ip link add cni0 type bridge && ip link set cni0 up && echo "bridge created"
+ip link add veth-pod type veth peer name eth0-pod && ip link set veth-pod master cni0 \\
+  && echo "veth created"
+ip -d link show flannel.1
+echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter && echo "rp_filter loose"
+{sys.executable} {BPF_PROG}
+"""
+
+
+def test_drill_capabilities_come_from_the_rendered_data() -> None:
+    host_users = mode_capabilities("host-users")
+    assert {"cap_bpf", "cap_net_admin", "cap_perfmon", "cap_sys_admin"} <= host_users
+    assert "cap_sys_rawio" not in host_users and "cap_sys_time" not in host_users
+    assert mode_capabilities("user-namespace") == {
+        cap.lower() for cap in containermodes.nspawn_default_capabilities()
+    } | {"cap_net_admin"}
+
+
+def test_host_users_mode_runs_what_cilium_needs() -> None:
+    require_kernel("veth", "ip link add drill0 type veth peer name drill1")
+    require_kernel(
+        "the clsact qdisc",
+        "ip link add drill0 type veth peer name drill1 && tc qdisc add dev drill0 clsact",
+    )
+    require_kernel("BPF (CONFIG_BPF_SYSCALL)", f"{sys.executable} {BPF_PROG}")
+    output = run_in_container("host-users", CILIUM_NODE)
+    held = names_of(bounding_mask_line(output))
+    # Exactly the mode's set, less what this machine's own bounding set lacks.
+    assert held == mode_capabilities("host-users") & own_bounding_set(), output
+    for step in (
+        "bpffs mounted",
+        "cgroup2 mounted",
+        "veth created",
+        "clsact added",
+        "loaded",
+        "pinned",
+        "tc program attached",
+        "rp_filter loose",
+    ):
+        assert step in output, output
+    assert "direct-action" in output, output
+
+
+def test_bpf_load_needs_the_capabilities_the_mode_grants() -> None:
+    require_kernel("BPF (CONFIG_BPF_SYSCALL)", f"{sys.executable} {BPF_PROG}")
+    output = run_in_container(
+        "host-users",
+        f"{sys.executable} {BPF_PROG}",
+        without=frozenset({"CAP_BPF", "CAP_SYS_ADMIN"}),
+    )
+    assert "load: EPERM" in output, output
+
+
+def test_user_namespace_mode_runs_flannel_and_cannot_load_bpf() -> None:
+    require_kernel("user namespaces", "unshare --user --map-root-user true")
+    require_kernel("VXLAN", "ip link add drill0 type vxlan id 1 dstport 8472")
+    require_kernel("bridges", "ip link add drill0 type bridge")
+    output = run_in_container("user-namespace", FLANNEL_NODE)
+    held = names_of(bounding_mask_line(output))
+    # A new user namespace hands its root every capability inside it, whatever this process's
+    # own bounding set lacks: the set is exactly the mode's.
+    assert held == mode_capabilities("user-namespace"), output
+    for step in ("vxlan created", "bridge created", "veth created", "rp_filter loose"):
+        assert step in output, output
+    assert "vxlan id 1" in output and "dstport 8472" in output, output
+    # The refused combination: Cilium in a user-namespaced container. The kernel checks BPF
+    # capabilities against the initial user namespace, so the load fails however many
+    # capabilities the container's root holds in its own namespace.
+    assert "load: EPERM" in output, output
+    assert "loaded" not in output, output
