@@ -51,6 +51,9 @@ ALLOWED_VALUES = {
     "typo-pool-key": ["did you mean 'serverType'", "locations", "taints"],
     "server-type-not-in-location": ["offered in: fsn1, nbg1, hel1"],
     "location-outside-network-zone": ["its locations: fsn1, nbg1, hel1"],
+    "unknown-cni": ["'cilium'", "'flannel'"],
+    "unknown-container-mode": ["'host-users'", "'user-namespace'"],
+    "cilium-user-namespace-container": ["EPERM", "allowed with cilium: 'host-users'"],
 }
 
 
