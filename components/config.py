@@ -245,7 +245,8 @@ class K3sConfig(Model):
         if isinstance(value, list) and "flannel" in value:
             raise ValueError(
                 "'flannel' is not a k3s --disable component; k3s.cni chooses the pod network "
-                "(cilium replaces it with --flannel-backend=none). Allowed: " + ", ".join(catalog.K3S_DISABLABLE)
+                "(cilium replaces it with --flannel-backend=none). Allowed: "
+                + ", ".join(catalog.K3S_DISABLABLE)
             )
         return value
 

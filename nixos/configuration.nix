@@ -126,7 +126,6 @@ in
         enable = h.containers != [ ];
         package = h.k3s.package;
         tunnelUdpPorts = h.firewall.privateUdpPorts;
-        inherit (h.k3s) cni;
         inherit (h.firewall) trustedInterfaces;
         containers = lib.listToAttrs (
           map (c: {

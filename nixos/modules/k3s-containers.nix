@@ -12,6 +12,9 @@ let
   # The real-kernel drill (tests/test_container_drill.py) reads the same file.
   modeData = lib.importJSON ./k3s-container-modes.json;
   modeOf = c: modeData.modes.${c.mode};
+  # The cluster's CNI (the host's k3s runs the same): decides which modes can work, and the
+  # container's firewall.
+  inherit (config.nixosK3s.k3s) cni;
 
   # Inside a container, systemd hands the credentials nspawn loaded to the k3s unit
   # (LoadCredential=ID without a path imports the system credential of that name).
@@ -172,7 +175,7 @@ let
         };
         firewall = {
           enable = true;
-          allowedTCPPorts = innerTcpPorts.${cfg.cni};
+          allowedTCPPorts = innerTcpPorts.${cni};
           allowedUDPPorts = cfg.tunnelUdpPorts;
           # The CNI's own devices (cilium_host, lxc+, ... or cni0, flannel.1): pod traffic.
           inherit (cfg) trustedInterfaces;
@@ -281,15 +284,6 @@ in
       '';
     };
 
-    cni = lib.mkOption {
-      type = lib.types.enum [
-        "cilium"
-        "flannel"
-      ];
-      default = "cilium";
-      description = "The cluster's CNI: decides which container modes can work and the inner firewall.";
-    };
-
     trustedInterfaces = lib.mkOption {
       type = lib.types.listOf lib.types.str;
       default = [ ];
@@ -318,9 +312,9 @@ in
           message = "nixosK3s.k3sContainers: container name ${name} must match [a-z][a-z0-9-]* and have at most 11 characters.";
         }
         {
-          assertion = lib.elem cfg.cni (modeOf c).cnis;
-          message = "nixosK3s.k3sContainers.${name}: mode ${c.mode} cannot run ${cfg.cni}: ${
-            modeData.refusals."${cfg.cni}/${c.mode}" or "not supported"
+          assertion = lib.elem cni (modeOf c).cnis;
+          message = "nixosK3s.k3sContainers.${name}: mode ${c.mode} cannot run ${cni}: ${
+            modeData.refusals."${cni}/${c.mode}" or "not supported"
           }.";
         }
         {

@@ -136,31 +136,22 @@ def container_host() -> HostSpec:
 
 
 def flannel_container_host() -> HostSpec:
-    """A flannel cluster's agent with the seed's unprivileged (user-namespaced) containers."""
-    containers = [container("k3s-agent-1", 1, True), container("k3s-agent-2", 2, False)]
-    return HostSpec(
-        name="prod-host-2",
-        cluster_name="prod",
-        system="x86_64-linux",
-        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
-        network=hetzner_network(
-            "10.0.1.9", "86:00:00:aa:bb:09", "203.0.113.19", "2001:db8:19::1", ("10.250.0.0/16",)
-        ),
-        ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
-        k3s=K3s(
-            role="agent",
-            server_addr="https://10.0.1.2:6443",
-            token_file=f"{SECRETS}/k3s-token",
-            node_ip="10.0.1.9",
-            cni="flannel",
-        ),
-        firewall=Firewall(
-            private_tcp_ports=[6443, 10250],
-            private_udp_ports=[8472],
-            trusted_interfaces=["cni0", "flannel.1"],
-        ),
-        cilium=Cilium(host_prerequisites=False),
-        containers=[c.model_copy(update={"mode": "user-namespace"}) for c in containers],
+    """container_host in a flannel cluster, with the seed's unprivileged (user-namespaced) boxes."""
+    base = container_host()
+    return base.model_copy(
+        update={
+            "name": "prod-host-2",
+            "k3s": base.k3s.model_copy(update={"cni": "flannel"}),
+            "firewall": Firewall(
+                private_tcp_ports=[6443, 10250],
+                private_udp_ports=[8472],
+                trusted_interfaces=["cni0", "flannel.1"],
+            ),
+            "cilium": Cilium(host_prerequisites=False),
+            "containers": [
+                c.model_copy(update={"mode": "user-namespace"}) for c in base.containers
+            ],
+        }
     )
 
 
