@@ -127,6 +127,7 @@ in
         package = h.k3s.package;
         tunnelUdpPorts = h.firewall.privateUdpPorts;
         inherit (h.firewall) trustedInterfaces;
+        nodeTcpPorts = h.firewall.privateTcpPorts;
         containers = lib.listToAttrs (
           map (c: {
             inherit (c) name;

@@ -290,6 +290,15 @@ in
       description = "The CNI's devices, trusted by the firewall inside every container.";
     };
 
+    nodeTcpPorts = lib.mkOption {
+      type = lib.types.listOf lib.types.port;
+      default = [ ];
+      description = ''
+        TCP ports this host's node serves to other nodes (the private interface's), opened on the
+        veths too: the containers' nodes reach it through them.
+      '';
+    };
+
     stateVersion = lib.mkOption {
       type = lib.types.str;
       default = config.system.stateVersion;
@@ -342,9 +351,10 @@ in
       enable = true;
       internalInterfaces = [ "ve-+" ];
     };
-    # Agents on this host may join a server on this host: its API and overlay must answer on the veths.
+    # The containers are nodes too, and reach this host's node through their veths: its API
+    # (when a server), kubelet, CNI health checks and Hubble, and the overlay must answer there.
     networking.firewall.interfaces."ve-+" = {
-      allowedTCPPorts = [ 6443 ];
+      allowedTCPPorts = lib.unique ([ 6443 ] ++ cfg.nodeTcpPorts);
       allowedUDPPorts = cfg.tunnelUdpPorts;
     };
 

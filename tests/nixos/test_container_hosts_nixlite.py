@@ -107,6 +107,10 @@ def test_containers_are_rendered_from_the_mode_data(evaluated: dict) -> None:
         cilium = evaluated["cni"] == "cilium"
         assert (4244 in firewall["allowedTCPPorts"]) == cilium
         assert 10250 in firewall["allowedTCPPorts"]
+    # The container nodes reach this host's node through their veths.
+    veths = report["host"]["firewall"]["interfaces"]["ve-+"]
+    assert set(host["firewall"]["privateTcpPorts"]) <= set(veths["allowedTCPPorts"])
+    assert set(host["firewall"]["privateUdpPorts"]) <= set(veths["allowedUDPPorts"])
     # A kubelet outside a user namespace cannot write /proc/sys: the host sets its tunables,
     # with or without Cilium's host settings.
     sysctl = report["host"]["sysctl"]
