@@ -1,5 +1,10 @@
 """Real-kernel drill: each container mode's namespaces and capabilities do what its CNI needs.
 
+Twice: with `unshare` + `capsh` (namespaces and bounding set only), and under the real
+systemd-nspawn with the flags k3s-containers.nix renders for the mode (its seccomp filter, the
+mode's --capability=, --system-call-filter= and binds, private network and users) where
+systemd-nspawn runs.
+
 For every mode in nixos/modules/k3s-container-modes.json (the file k3s-containers.nix renders the
 nspawn containers from) the drill rebuilds the container's namespaces with `unshare` (a user
 namespace exactly when the mode's privateUsers is not "no") and its capability bounding set with
@@ -22,6 +27,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -124,7 +131,8 @@ def require_kernel(feature: str, script: str) -> None:
         pytest.skip(f"kernel lacks {feature}: {probe.stderr.strip()[:200]}")
 
 
-CILIUM_NODE = f"""
+def cilium_node(python: str, prog: str) -> str:
+    return f"""
 grep CapBnd /proc/self/status
 bpffs=$(mktemp -d) cgroup=$(mktemp -d)
 mount -t bpf bpf "$bpffs" && echo "bpffs mounted"
@@ -132,14 +140,16 @@ mount -t cgroup2 none "$cgroup" && echo "cgroup2 mounted"
 ip link add lxc-drill type veth peer name eth-drill && ip link set lxc-drill up \\
   && echo "veth created"
 tc qdisc add dev lxc-drill clsact && echo "clsact added"
-{sys.executable} {BPF_PROG} "$bpffs/cil_from_container"
+{python} {prog} "$bpffs/cil_from_container"
 tc filter add dev lxc-drill ingress bpf direct-action object-pinned "$bpffs/cil_from_container" \\
   && echo "tc program attached"
 tc filter show dev lxc-drill ingress
 echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter && echo "rp_filter loose"
 """
 
-FLANNEL_NODE = f"""
+
+def flannel_node(python: str, prog: str) -> str:
+    return f"""
 grep CapBnd /proc/self/status
 ip link add flannel.1 type vxlan id 1 dstport 8472 nolearning && echo "vxlan created"
 ip link add cni0 type bridge && ip link set cni0 up && echo "bridge created"
@@ -147,8 +157,12 @@ ip link add veth-pod type veth peer name eth0-pod && ip link set veth-pod master
   && echo "veth created"
 ip -d link show flannel.1
 echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter && echo "rp_filter loose"
-{sys.executable} {BPF_PROG}
+{python} {prog}
 """
+
+
+CILIUM_NODE = cilium_node(sys.executable, str(BPF_PROG))
+FLANNEL_NODE = flannel_node(sys.executable, str(BPF_PROG))
 
 
 def test_drill_capabilities_come_from_the_rendered_data() -> None:
@@ -212,3 +226,120 @@ def test_user_namespace_mode_runs_flannel_and_cannot_load_bpf() -> None:
     # capabilities the container's root holds in its own namespace.
     assert "load: EPERM" in output, output
     assert "loaded" not in output, output
+
+
+# --- the same under the real systemd-nspawn -------------------------------------------------
+
+NSPAWN = shutil.which("systemd-nspawn")
+# Inside the nspawn tree: the host's /usr (merged-/usr Debian) and this directory.
+NSPAWN_PYTHON = "/usr/bin/python3"
+NSPAWN_PROG = "/drill/bpf_prog.py"
+
+needs_nspawn = pytest.mark.skipif(
+    NSPAWN is None or not Path(NSPAWN_PYTHON).exists(),
+    reason="needs systemd-nspawn (Debian: systemd-container) and /usr/bin/python3",
+)
+
+
+def nspawn_tree(root: Path) -> Path:
+    """A minimal container root: the host's /usr bound read-only, merged-/usr symlinks.
+
+    World-traversable (0755), as a container root is: a user-namespaced root is nobody on the
+    host and must still reach its own /proc.
+    """
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    for name in ("usr", "etc", "proc", "sys", "dev", "run", "tmp", "var", "root", "drill"):
+        (root / name).mkdir(mode=0o755)
+    for link in ("bin", "sbin", "lib", "lib64"):
+        (root / link).symlink_to(f"usr/{link}")
+    (root / "etc" / "os-release").write_text(Path("/etc/os-release").read_text(encoding="utf-8"))
+    (root / "etc" / "machine-id").touch()
+    return root
+
+
+def nspawn_flags(mode: str) -> list[str]:
+    """The nspawn flags k3s-containers.nix renders for the mode, from the same data."""
+    spec = containermodes.modes()[mode]
+    flags = ["--private-network", f"--private-users={spec.private_users}"]
+    if spec.user_namespaced:
+        # The drill's tree is owned by the host's root; nixos-containers idmaps its binds instead.
+        flags.append("--private-users-ownership=off")
+    flags.append("--capability=" + ",".join(sorted(spec.capabilities)))
+    flags += [f"--system-call-filter={call}" for call in sorted(spec.system_call_filter)]
+    for path, access in sorted(spec.binds.items()):
+        if Path(path).exists():  # a machine without /dev/fuse cannot hand it in
+            flags.append(f"--bind-ro={path}" if access == "ro" else f"--bind={path}")
+    return flags
+
+
+@pytest.fixture
+def nspawn_root() -> Iterator[Path]:
+    # Not under pytest's tmp_path: its parents are 0700, closed to a user-namespaced root.
+    parent = Path(tempfile.mkdtemp(prefix="nixos-k3s-drill-"))
+    parent.chmod(0o755)
+    try:
+        yield parent / "root"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def run_in_nspawn(mode: str, script: str, root: Path) -> str:
+    assert NSPAWN is not None
+    command = [
+        NSPAWN,
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        f"--directory={nspawn_tree(root)}",
+        "--bind-ro=/usr",
+        f"--bind-ro={HERE}:/drill",
+        *nspawn_flags(mode),
+        "/bin/bash",
+        "-c",
+        script,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if "CapBnd:" not in done.stdout:
+        pytest.skip(f"systemd-nspawn does not start a container here: {done.stderr.strip()[:300]}")
+    return done.stdout + done.stderr
+
+
+ISOLATION_KEPT = """
+(echo 1 > /proc/sys/kernel/panic_on_oops) 2>/dev/null || echo "kernel sysctls read-only"
+(touch /sys/kernel/drill) 2>/dev/null || echo "sysfs read-only"
+timeout 2 head -n 1 /dev/kmsg >/dev/null && echo "kmsg readable"
+"""
+
+
+@needs_nspawn
+def test_host_users_mode_under_systemd_nspawn(nspawn_root: Path) -> None:
+    output = run_in_nspawn(
+        "host-users", cilium_node(NSPAWN_PYTHON, NSPAWN_PROG) + ISOLATION_KEPT, nspawn_root
+    )
+    held = names_of(bounding_mask_line(output))
+    assert held == mode_capabilities("host-users") & own_bounding_set(), output
+    for step in (
+        "bpffs mounted",
+        "cgroup2 mounted",
+        "veth created",
+        "clsact added",
+        "loaded",
+        "pinned",
+        "tc program attached",
+        "rp_filter loose",
+        "kernel sysctls read-only",
+        "sysfs read-only",
+        "kmsg readable",
+    ):
+        assert step in output, output
+    assert "direct-action" in output, output
+
+
+@needs_nspawn
+def test_user_namespace_mode_under_systemd_nspawn(nspawn_root: Path) -> None:
+    output = run_in_nspawn("user-namespace", flannel_node(NSPAWN_PYTHON, NSPAWN_PROG), nspawn_root)
+    assert names_of(bounding_mask_line(output)) == mode_capabilities("user-namespace"), output
+    for step in ("vxlan created", "bridge created", "veth created", "rp_filter loose"):
+        assert step in output, output
+    assert "load: EPERM" in output and "loaded" not in output, output
