@@ -180,3 +180,18 @@ def test_cilium_host_data_puts_containers_in_the_host_user_namespace() -> None:
     assert host["k3s"]["cni"] == "cilium" and host["cilium"] == {"hostPrerequisites": True}
     assert {c["mode"] for c in host["containers"]} == {"host-users"}
     assert 4244 in host["firewall"]["privateTcpPorts"]
+
+
+# Read by the chart's templates/cilium-configmap.yaml (`devices: {{ join " " .Values.devices |
+# quote }}`, `bpf-lb-sock-hostns-only: {{ $socketLB.hostNamespaceOnly | quote }}`) although the
+# values schema of some versions leaves them undeclared (additional properties are allowed).
+TEMPLATE_KEYS_OUTSIDE_SCHEMA = {"devices", "socketLB.hostNamespaceOnly"}
+
+
+@pytest.mark.parametrize("version", cilium.SUPPORTED_VERSIONS)
+def test_nested_values_outside_a_schema_are_keys_the_chart_reads(version: str) -> None:
+    data = with_containers()
+    data["cilium"] = {**data.get("cilium", {}), "version": version}
+    cfg = parse_cluster(data)
+    values = cilium.render_values(cilium_settings(cfg, "10.0.1.10", 9))
+    assert set(cilium.unknown_value_paths(values, version)) <= TEMPLATE_KEYS_OUTSIDE_SCHEMA
