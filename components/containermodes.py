@@ -2,8 +2,8 @@
 
 `nixos/modules/k3s-container-modes.json` holds each mode's privateUsers, capabilities, system
 calls, devices and binds, and which CNIs a mode can run. The stack check (config.py), the host
-data (render.py) and the real-kernel drill (tests/test_container_drill.py) all read it here, so
-they cannot drift from what nixos/modules/k3s-containers.nix renders.
+data (render.py) and the real-kernel drill (tests/kernel/test_container_drill.py) all read it
+here, so they cannot drift from what nixos/modules/k3s-containers.nix renders.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ let
   cfg = config.nixosK3s.k3sContainers;
 
   # Per mode: privateUsers, capabilities, system calls, devices and binds, each with its reason.
-  # The real-kernel drill (tests/test_container_drill.py) reads the same file.
+  # The real-kernel drill (tests/kernel/test_container_drill.py) reads the same file.
   modeData = lib.importJSON ./k3s-container-modes.json;
   modeOf = c: modeData.modes.${c.mode};
   # The cluster's CNI (the host's k3s runs the same): decides which modes can work, and the
@@ -44,11 +44,17 @@ let
       "--bind=${c.stateDir}/etc-rancher:/etc/rancher${idmap}"
     ];
 
+  # A bpffs instance of each container's own, mounted on the host (every bpf mount is a new
+  # instance) and bound to the container's /sys/fs/bpf: nspawn's /sys is a read-only tmpfs
+  # without fs/bpf, and the container's Cilium pins its node's maps apart from the host agent's.
+  bpffsDir = name: "/run/nixos-k3s/bpffs/${name}";
+
   bindFlags =
-    c:
+    name: c:
     lib.mapAttrsToList (
       path: access: if access == "ro" then "--bind-ro=${path}" else "--bind=${path}"
-    ) (modeOf c).binds;
+    ) (modeOf c).binds
+    ++ lib.optional (modeOf c).bpffs "--bind=${bpffsDir name}:/sys/fs/bpf";
 
   # Ports the agent serves inside the container, by CNI: the kubelet everywhere; Cilium's
   # health checks (4240) and Hubble (4244) on Cilium nodes.
@@ -185,17 +191,6 @@ let
       };
       services.resolved.enable = true;
 
-      # A bpffs instance of the container's own: Cilium pins this node's maps there, apart from
-      # the host agent's maps in the host's /sys/fs/bpf.
-      systemd.mounts = lib.optional (modeOf c).bpffs {
-        what = "bpffs";
-        where = "/sys/fs/bpf";
-        type = "bpf";
-        options = "rw,nosuid,nodev,noexec,relatime,mode=700";
-        wantedBy = [ "local-fs.target" ];
-        before = [ "k3s.service" ];
-      };
-
       boot.kernel.sysctl."net.ipv4.ip_forward" = 1;
 
       nixosK3s.k3s = {
@@ -243,7 +238,7 @@ let
       additionalCapabilities = lib.attrNames mode.capabilities;
       # EXTRA_NSPAWN_FLAGS is split on whitespace: no flag may contain a space.
       extraFlags =
-        bindFlags c
+        bindFlags name c
         ++ map (call: "--system-call-filter=${call}") (lib.attrNames mode.systemCallFilter)
         ++ [ "--load-credential=k3s-token:${c.credentials.k3sToken}" ]
         ++ lib.optional c.tailscale "--load-credential=tailscale-key:${c.credentials.tailscaleAuthKey}"
@@ -378,6 +373,15 @@ in
       "kernel.keys.root_maxkeys" = lib.mkOverride 900 1000000;
       "kernel.keys.root_maxbytes" = lib.mkOverride 900 25000000;
     };
+
+    systemd.mounts = lib.mapAttrsToList (name: _: {
+      what = "bpffs";
+      where = bpffsDir name;
+      type = "bpf";
+      options = "rw,nosuid,nodev,noexec,relatime,mode=700";
+      before = [ "container@${name}.service" ];
+      requiredBy = [ "container@${name}.service" ];
+    }) (lib.filterAttrs (_: c: (modeOf c).bpffs) cfg.containers);
 
     systemd.tmpfiles.settings."10-nixos-k3s-containers" = lib.mkMerge (
       lib.mapAttrsToList (

@@ -131,11 +131,16 @@ def require_kernel(feature: str, script: str) -> None:
         pytest.skip(f"kernel lacks {feature}: {probe.stderr.strip()[:200]}")
 
 
-def cilium_node(python: str, prog: str) -> str:
+# The node's bpffs: mounted by the drill itself, or (nspawn) the instance the host bound in.
+MOUNT_OWN_BPFFS = 'bpffs=$(mktemp -d) && mount -t bpf bpf "$bpffs" && echo "bpffs mounted"'
+HOST_BOUND_BPFFS = 'bpffs=/sys/fs/bpf && findmnt -t bpf "$bpffs" >/dev/null && echo "bpffs mounted"'
+
+
+def cilium_node(python: str, prog: str, bpffs: str = MOUNT_OWN_BPFFS) -> str:
     return f"""
 grep CapBnd /proc/self/status
-bpffs=$(mktemp -d) cgroup=$(mktemp -d)
-mount -t bpf bpf "$bpffs" && echo "bpffs mounted"
+{bpffs}
+cgroup=$(mktemp -d)
 mount -t cgroup2 none "$cgroup" && echo "cgroup2 mounted"
 ip link add lxc-drill type veth peer name eth-drill && ip link set lxc-drill up \\
   && echo "veth created"
@@ -258,8 +263,11 @@ def nspawn_tree(root: Path) -> Path:
     return root
 
 
-def nspawn_flags(mode: str) -> list[str]:
-    """The nspawn flags k3s-containers.nix renders for the mode, from the same data."""
+def nspawn_flags(mode: str, bpffs: Path | None = None) -> list[str]:
+    """The nspawn flags k3s-containers.nix renders for the mode, from the same data.
+
+    `bpffs`: the host directory holding the container's own bpffs instance (modes with bpffs).
+    """
     spec = containermodes.modes()[mode]
     flags = ["--private-network", f"--private-users={spec.private_users}"]
     if spec.user_namespaced:
@@ -270,6 +278,9 @@ def nspawn_flags(mode: str) -> list[str]:
     for path, access in sorted(spec.binds.items()):
         if Path(path).exists():  # a machine without /dev/fuse cannot hand it in
             flags.append(f"--bind-ro={path}" if access == "ro" else f"--bind={path}")
+    if spec.bpffs:
+        assert bpffs is not None
+        flags.append(f"--bind={bpffs}:/sys/fs/bpf")
     return flags
 
 
@@ -286,6 +297,24 @@ def nspawn_root() -> Iterator[Path]:
 
 def run_in_nspawn(mode: str, script: str, root: Path) -> str:
     assert NSPAWN is not None
+    bpffs = None
+    if containermodes.modes()[mode].bpffs:
+        # As the host's systemd mount unit does: a fresh bpffs instance for this container.
+        bpffs = root.parent / "bpffs"
+        bpffs.mkdir(mode=0o700)
+        subprocess.run(["mount", "-t", "bpf", "bpffs", str(bpffs)], check=True)
+    try:
+        output = _run_in_nspawn(mode, script, root, bpffs)
+        if bpffs is not None:
+            output += f"\nhost-side bpffs of the container: {sorted(os.listdir(bpffs))}\n"
+        return output
+    finally:
+        if bpffs is not None:
+            subprocess.run(["umount", str(bpffs)], check=False)
+
+
+def _run_in_nspawn(mode: str, script: str, root: Path, bpffs: Path | None) -> str:
+    assert NSPAWN is not None
     command = [
         NSPAWN,
         "--quiet",
@@ -294,7 +323,7 @@ def run_in_nspawn(mode: str, script: str, root: Path) -> str:
         f"--directory={nspawn_tree(root)}",
         "--bind-ro=/usr",
         f"--bind-ro={HERE}:/drill",
-        *nspawn_flags(mode),
+        *nspawn_flags(mode, bpffs),
         "/bin/bash",
         "-c",
         script,
@@ -314,9 +343,8 @@ timeout 2 head -n 1 /dev/kmsg >/dev/null && echo "kmsg readable"
 
 @needs_nspawn
 def test_host_users_mode_under_systemd_nspawn(nspawn_root: Path) -> None:
-    output = run_in_nspawn(
-        "host-users", cilium_node(NSPAWN_PYTHON, NSPAWN_PROG) + ISOLATION_KEPT, nspawn_root
-    )
+    script = cilium_node(NSPAWN_PYTHON, NSPAWN_PROG, HOST_BOUND_BPFFS) + ISOLATION_KEPT
+    output = run_in_nspawn("host-users", script, nspawn_root)
     held = names_of(bounding_mask_line(output))
     assert held == mode_capabilities("host-users") & own_bounding_set(), output
     for step in (
@@ -334,6 +362,8 @@ def test_host_users_mode_under_systemd_nspawn(nspawn_root: Path) -> None:
     ):
         assert step in output, output
     assert "direct-action" in output, output
+    # The program was pinned in the container's own bpffs instance, bound in from the host.
+    assert "host-side bpffs of the container: [" in output and "'cil_from_container'" in output
 
 
 @needs_nspawn

@@ -93,6 +93,8 @@ def test_containers_are_rendered_from_the_mode_data(evaluated: dict) -> None:
         assert {f"{node} {access}" for node, access in mode.devices.items()} <= set(
             box["deviceAllow"]
         )
+        bpffs = f"--bind=/run/nixos-k3s/bpffs/{spec['name']}:/sys/fs/bpf"
+        assert (bpffs in conf) == mode.bpffs, conf
         idmapped = ":idmap" in conf
         assert idmapped == (spec["ephemeral"] and mode.user_namespaced), conf
         inner = box["inner"]
