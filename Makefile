@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := nix-bin openssh-server shellcheck
+DEBIAN_PACKAGES := nix-bin openssh-server shellcheck iproute2 libcap2-bin systemd-container
 STACK ?= dev
 
 .PHONY: venv plan plan-prod test lint format bench system-deps schema dev-up dev-destroy clean
@@ -26,7 +26,7 @@ plan: $(STAMP)
 plan-prod: $(STAMP)
 	$(PY) -m components plan --stack prod
 
-## system-deps: Debian packages the tests need (nix-instantiate, sshd, shellcheck); root only
+## system-deps: Debian packages the tests need (nix-instantiate, sshd, shellcheck, ip/tc, capsh, nspawn); root only
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

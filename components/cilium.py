@@ -65,6 +65,10 @@ class CiliumSettings:
     hubble_ui: bool | None = None
     operator_replicas: int | None = None
     extra_values: Mapping[str, Any] = field(default_factory=dict)
+    # Nodes nested in nspawn containers on other nodes (k3s-containers.nix, mode host-users).
+    nested_nodes: bool = False
+    # Interface name patterns ('+' is Cilium's wildcard) the agents attach to; () = detect.
+    devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_version(self.version)
@@ -192,6 +196,15 @@ def _base_values(settings: CiliumSettings) -> dict[str, Any]:
         values["autoDirectNodeRoutes"] = True
     if settings.mtu is not None:
         values["MTU"] = settings.mtu
+    if settings.nested_nodes:
+        # The host's agent attaches socket-LB programs to the host's cgroup root, which the
+        # containers' cgroups inherit, and "the LB BPF maps cannot be shared" between agents on
+        # one machine (cilium/cilium#14951). Kept to the host namespace (bpf-lb-sock-hostns-only),
+        # an agent's programs leave other namespaces' sockets alone; pods there use the tc
+        # service LB at their interface.
+        values["socketLB"] = {"hostNamespaceOnly": True}
+    if settings.devices:
+        values["devices"] = list(settings.devices)
     return values
 
 

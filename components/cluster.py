@@ -242,13 +242,19 @@ class Cluster(pulumi.ComponentResource):
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig_cmd.stdout)
         node_count = config.node_count(cfg)
-        release = k3s.cilium_release(name, cfg, self.kubeconfig, bootstrap_ip, node_count, child)
+        # Nodes turn Ready once their CNI runs: Cilium from its release, flannel inside k3s.
+        cni_ready: list[pulumi.Resource] = []
+        if cfg.k3s.cni == "cilium":
+            release = k3s.cilium_release(
+                name, cfg, self.kubeconfig, bootstrap_ip, node_count, child
+            )
+            cni_ready.append(release.release)
         k3s.nodes_ready_gate(
             name,
             admin,
             node_count,
             cfg.deploy.nodes_ready_timeout_seconds,
-            k3s.gate_options(self, [release.release, *gates]),
+            k3s.gate_options(self, [*cni_ready, *gates]),
         )
 
         self.api_endpoint = endpoint_url

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, cast, get_args, get_origin
 
 import pulumi
 from pydantic import (
@@ -26,7 +26,7 @@ from pydantic import (
     field_validator,
 )
 
-from components import catalog, cilium, rules
+from components import catalog, cilium, containermodes, rules
 from components.cilium import DEFAULT_VERSION as CILIUM_DEFAULT_VERSION
 from components.cilium import SUPPORTED_VERSIONS as CILIUM_VERSIONS
 from components.hostspec import camel
@@ -100,6 +100,8 @@ ApiEndpointText = Annotated[str, AfterValidator(rules.api_endpoint)]
 Location = Literal["fsn1", "nbg1", "hel1", "ash", "hil", "sin"]
 NetworkZone = Literal["eu-central", "us-east", "us-west", "ap-southeast"]
 K3sComponent = Literal["coredns", "local-storage", "metrics-server", "servicelb", "traefik"]
+Cni = Literal["cilium", "flannel"]
+ContainerModeName = Literal["host-users", "user-namespace"]
 
 
 class Model(BaseModel):
@@ -203,6 +205,11 @@ class K3sConfig(Model):
     etcd_snapshots: EtcdSnapshots = Field(
         default_factory=EtcdSnapshots, description="Embedded etcd snapshot schedule."
     )
+    cni: Cni = Field(
+        default="cilium",
+        description="Pod network: 'cilium' (Helm release, no kube-proxy) or 'flannel' (k3s's "
+        "own flannel with VXLAN; no Cilium release, containers may stay unprivileged).",
+    )
 
     @field_validator("package")
     @classmethod
@@ -216,8 +223,9 @@ class K3sConfig(Model):
     def _no_flannel(cls, value: Any) -> Any:
         if isinstance(value, list) and "flannel" in value:
             raise ValueError(
-                "'flannel' is not a k3s --disable component; it is always replaced by Cilium "
-                "(--flannel-backend=none). Allowed: " + ", ".join(catalog.K3S_DISABLABLE)
+                "'flannel' is not a k3s --disable component; k3s.cni chooses the pod network "
+                "(cilium replaces it with --flannel-backend=none). Allowed: "
+                + ", ".join(catalog.K3S_DISABLABLE)
             )
         return value
 
@@ -330,6 +338,12 @@ class ContainerConfig(Model):
         default=False, description="Fresh root on every start; k3s state kept on the host."
     )
     tailscale: bool = Field(default=False, description="Run tailscale inside the container.")
+    mode: ContainerModeName | None = Field(
+        default=None,
+        description="'host-users' (the host's user namespace with the capabilities Cilium "
+        "needs) or 'user-namespace' (unprivileged, privateUsers pick; flannel only). Default: "
+        "user-namespace with k3s.cni flannel, host-users with cilium.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -768,7 +782,30 @@ def _address_problems(cfg: ClusterConfig) -> Iterable[Problem]:
 MIN_CONTAINER_K3S_MINOR = 34
 
 
+def container_mode(cfg: ClusterConfig, container: ContainerConfig) -> ContainerModeName:
+    """The container's mode: its own choice, else the CNI's default."""
+    if container.mode is not None:
+        return container.mode
+    default = containermodes.default_mode(cfg.k3s.cni)
+    if default not in get_args(ContainerModeName):
+        raise ValueError(f"{containermodes.DATA_PATH}: unknown container mode {default!r}")
+    return cast(ContainerModeName, default)
+
+
 def _container_problems(cfg: ClusterConfig) -> Iterable[Problem]:
+    for i, pool in enumerate(cfg.node_pools):
+        for j, container in enumerate(pool.containers):
+            mode = container_mode(cfg, container)
+            reason = containermodes.refusal(cfg.k3s.cni, mode)
+            if reason is not None:
+                allowed = [
+                    m for m, data in containermodes.modes().items() if cfg.k3s.cni in data.cnis
+                ]
+                yield Problem(
+                    f"nodePools[{i}].containers[{j}].mode",
+                    f"{mode!r} cannot run k3s.cni {cfg.k3s.cni!r}: {reason}; allowed with "
+                    f"{cfg.k3s.cni}: {', '.join(repr(m) for m in allowed)}",
+                )
     pinned = re.fullmatch(r"k3s_1_([0-9]+)", cfg.k3s.package)
     has_containers = any(pool.containers for pool in cfg.node_pools)
     if has_containers and pinned and int(pinned.group(1)) < MIN_CONTAINER_K3S_MINOR:
@@ -800,6 +837,32 @@ def _node_link_mtu(cfg: ClusterConfig) -> int | None:
     return catalog.HETZNER_PRIVATE_MTU if cfg.provider == "hetzner" else None
 
 
+# Cilium's devices on clusters with nested nodes, by provider ('+' is Cilium's wildcard): the
+# hosts' NICs (Hetzner: public en*/eth*, private enp7s0; Colima: Lima's eth0 and col0, see
+# render.py) and each container's eth0. Not the hosts' ve-* veths to their containers: those
+# belong to the container nodes, whose own agents manage them from the inside.
+NESTED_NODE_DEVICES: dict[str, tuple[str, ...]] = {
+    "hetzner": ("en+", "eth+"),
+    "colima": ("col0", "eth+"),
+}
+
+
+def has_nested_nodes(cfg: ClusterConfig) -> bool:
+    """Some host carries a container node outside a user namespace (it runs its own agent)."""
+    return any(
+        not containermodes.modes()[container_mode(cfg, c)].user_namespaced
+        for pool in cfg.node_pools
+        if pool.count
+        for c in pool.containers
+    )
+
+
+def _cilium_devices(cfg: ClusterConfig) -> tuple[str, ...]:
+    if not has_nested_nodes(cfg):
+        return ()
+    return NESTED_NODE_DEVICES[cfg.provider] + (("tailscale0",) if cfg.tailscale.enabled else ())
+
+
 def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> cilium.CiliumSettings:
     c = cfg.cilium
     return cilium.CiliumSettings(
@@ -815,6 +878,8 @@ def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> cilium.Cil
         hubble_ui=c.hubble.ui,
         operator_replicas=c.operator_replicas,
         extra_values=c.values,
+        nested_nodes=has_nested_nodes(cfg),
+        devices=_cilium_devices(cfg),
     )
 
 
@@ -834,6 +899,15 @@ def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -
             "cilium.values.k8sServiceHost",
             "is set by nixos-k3s to the first server's private address; without kube-proxy the "
             "agents need a real API address (use apiEndpoint for the kubeconfig's address)",
+        )
+    if (
+        has_nested_nodes(cfg)
+        and (values.get("socketLB") or {}).get("hostNamespaceOnly") is not True
+    ):
+        yield Problem(
+            "cilium.values.socketLB.hostNamespaceOnly",
+            "must stay true while container nodes run their own agents: the host's socket-LB "
+            "programs would otherwise translate the containers' connections with the host's maps",
         )
     replicas = (values.get("operator") or {}).get("replicas")
     if isinstance(replicas, int) and replicas > nodes:
@@ -878,6 +952,16 @@ def semantic_problems(cfg: ClusterConfig) -> list[Problem]:
         *_address_problems(cfg),
         *_container_problems(cfg),
     ]
+    if cfg.k3s.cni == "flannel":
+        if cfg.cilium.model_fields_set:
+            problems.append(
+                Problem(
+                    "cilium",
+                    "applies to k3s.cni 'cilium' only; with 'flannel' no Cilium is installed "
+                    "(remove the cilium section or set k3s.cni: cilium)",
+                )
+            )
+        return problems
     # The chart values are checked only once the cilium fields themselves are sound, so one
     # mistake is not reported twice (once here, once by the values check).
     if not any(p.path.startswith("cilium") for p in problems):

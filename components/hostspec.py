@@ -254,6 +254,11 @@ class K3s(_Model):
         description="0600 file for k3s --vpn-auth-file, content "
         "'name=tailscale,joinKey=<key>' (k3s runs 'tailscale up' itself), or null.",
     )
+    cni: Literal["cilium", "flannel"] = Field(
+        default="cilium",
+        description="The cluster's CNI: 'cilium' (servers run without flannel, kube-proxy and "
+        "network policy) or 'flannel' (k3s's own flannel with VXLAN).",
+    )
 
     @model_validator(mode="after")
     def _role_consistent(self) -> K3s:
@@ -372,6 +377,12 @@ class Container(_Model):
     state_dir: AbsolutePath = Field(
         description="Host directory bind-mounted for k3s/kubelet state (used when ephemeral)."
     )
+    mode: Literal["host-users", "user-namespace"] = Field(
+        default="host-users",
+        description="How the container runs (nixos/modules/k3s-container-modes.json): "
+        "'host-users' shares the host's user namespace with the capabilities Cilium needs; "
+        "'user-namespace' is unprivileged (privateUsers pick) and runs flannel only.",
+    )
 
     @model_validator(mode="after")
     def _tailscale_key(self) -> Container:
@@ -399,7 +410,7 @@ class HostSpec(_Model):
     tailscale: Tailscale = Field(default=Tailscale(), description="Tailscale on the host.")
     persistence: Persistence = Field(default=Persistence(), description="Kept state paths.")
     containers: list[Container] = Field(
-        default=[], description="k3s agents in unprivileged nspawn containers on this host."
+        default=[], description="k3s agents in nspawn containers on this host."
     )
 
     @model_validator(mode="after")

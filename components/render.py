@@ -10,9 +10,10 @@ import ipaddress
 from dataclasses import dataclass
 
 from components import catalog, rules
-from components.config import ClusterConfig
+from components.config import ClusterConfig, container_mode
 from components.hostspec import (
     AdminUser,
+    Cilium,
     Container,
     ContainerCredentials,
     ContainerK3s,
@@ -120,6 +121,7 @@ def _k3s(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str)
         ),
         extra_flags=list(cfg.k3s.extra_flags),
         vpn_auth_file=VPN_AUTH_FILE if cfg.tailscale.enabled else None,
+        cni=cfg.k3s.cni,
     )
 
 
@@ -148,6 +150,7 @@ def _containers(
                 tailscale_auth_key=VPN_AUTH_FILE if slot.config.tailscale else None,
             ),
             state_dir=f"{CONTAINER_STATE_ROOT}/{slot.config.name}",
+            mode=container_mode(cfg, slot.config),
         )
         for slot in host.containers
     ]
@@ -157,7 +160,27 @@ def _containers(
 TUNNEL_UDP_PORTS = {"vxlan": [8472], "geneve": [6081]}
 
 
+# k3s's flannel: VXLAN on UDP 8472 between nodes; pods hang off cni0, the overlay is flannel.1.
+FLANNEL_VXLAN_PORT = 8472
+FLANNEL_INTERFACES = ["cni0", "flannel.1"]
+# Without Cilium: no health checks (4240) and no Hubble (4244) between nodes.
+FLANNEL_PRIVATE_TCP_PORTS = [API_PORT, 10250]
+
+
+def _flannel_firewall(cfg: ClusterConfig) -> Firewall:
+    public_tcp = [22, API_PORT] + ([80, 443] if cfg.firewall and cfg.firewall.ingress else [])
+    trusted = [*FLANNEL_INTERFACES] + (["tailscale0"] if cfg.tailscale.enabled else [])
+    return Firewall(
+        public_tcp_ports=public_tcp,
+        private_tcp_ports=FLANNEL_PRIVATE_TCP_PORTS,
+        private_udp_ports=[FLANNEL_VXLAN_PORT],
+        trusted_interfaces=trusted,
+    )
+
+
 def _firewall(cfg: ClusterConfig) -> Firewall:
+    if cfg.k3s.cni == "flannel":
+        return _flannel_firewall(cfg)
     public_tcp = [22, API_PORT] + ([80, 443] if cfg.firewall and cfg.firewall.ingress else [])
     tunnelled = cfg.cilium.routing_mode == "tunnel"
     tunnel = TUNNEL_UDP_PORTS[cfg.cilium.tunnel_protocol] if tunnelled else []
@@ -221,6 +244,8 @@ def host_spec(
         ),
         k3s=_k3s(cfg, host, facts, bootstrap_ip),
         firewall=_firewall(cfg),
+        # Cilium's kernel modules and sysctls; a flannel cluster needs none of them.
+        cilium=Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),
         tailscale=Tailscale(enable=tailscale_on, auth_key_file=None, wrap_k3s=tailscale_on),
         containers=_containers(cfg, host, facts, bootstrap_ip),
     )

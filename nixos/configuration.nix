@@ -103,6 +103,7 @@ in
           kubeletConfig
           vpnAuthFile
           extraFlags
+          cni
           ;
         package = pkgs.${h.k3s.package};
         nodeName = h.name;
@@ -127,6 +128,8 @@ in
         enable = h.containers != [ ];
         package = h.k3s.package;
         tunnelUdpPorts = h.firewall.privateUdpPorts;
+        inherit (h.firewall) trustedInterfaces;
+        nodeTcpPorts = h.firewall.privateTcpPorts;
         containers = lib.listToAttrs (
           map (c: {
             inherit (c) name;
@@ -139,6 +142,7 @@ in
                 nameservers
                 stateDir
                 credentials
+                mode
                 ;
               k3s = removeAttrs c.k3s [ "role" ];
             };

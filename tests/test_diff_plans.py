@@ -96,3 +96,18 @@ def test_secret_change_shown_without_values(
         assert code == 1
         assert "changed (secret)" in out
         assert SECRET_A not in out and SECRET_B not in out
+
+
+def test_switching_to_flannel_removes_cilium_and_redeploys_every_host(
+    before: Path, tmp_path: Path
+) -> None:
+    data = base()
+    data["k3s"] = {**data.get("k3s", {}), "cni": "flannel"}
+    data.pop("cilium", None)
+    new = write(tmp_path, "flannel", data)
+    plan_diff = diff.diff_plans(diff.load_plan(before), diff.load_plan(new))
+    removed = {c.name for c in plan_diff.resources if c.kind == "remove"}
+    assert {"prod-cilium", "prod-k8s"} <= removed
+    assert not [c for c in plan_diff.resources if c.kind == "add"]
+    # Every host's k3s flags, firewall and Cilium host settings follow the CNI.
+    assert sorted(plan_diff.redeployed_hosts) == sorted(diff.load_plan(before).hosts)

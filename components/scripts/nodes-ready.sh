@@ -4,30 +4,41 @@
 # Runs ON A SERVER as root (remote.Command: `bash -c '<this text>' nodes-ready.sh COUNT TIMEOUT`).
 # Args: EXPECTED_COUNT  nodes that must report Ready; TIMEOUT  seconds to wait.
 # Env: POLL_INTERVAL seconds between tries (2).
-# Exit codes: 0 enough nodes Ready; 1 not in time (the message lists every node's Ready status);
-#   2 usage.
+# Exit codes: 0 enough nodes Ready; 1 not in time (the message names every node that is not
+#   Ready with its Ready condition's reason and message, e.g. the CNI not initialised, and how
+#   many nodes never registered); 2 usage.
 set -euo pipefail
 
 readonly POLL_INTERVAL=${POLL_INTERVAL:-2}
-# One "NAME<TAB>STATUS" line per node; STATUS is the Ready condition (True, False, Unknown).
-readonly READY_JSONPATH='{range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}'
+# One "NAME<TAB>STATUS<TAB>REASON<TAB>MESSAGE" line per node, from its Ready condition; STATUS
+# is True, False or Unknown, and all three are empty before the kubelet first reports.
+readonly READY_JSONPATH='{range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\t"}{.status.conditions[?(@.type=="Ready")].reason}{"\t"}{.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}'
 
 main() {
   if (($# != 2)) || ! [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]]; then
     printf 'usage: nodes-ready.sh EXPECTED_COUNT TIMEOUT_SECONDS\n' >&2
     exit 2
   fi
-  local expected=$((10#$1)) timeout=$2 end listing ready summary
+  local expected=$((10#$1)) timeout=$2 end listing listed ready registered summary not_ready
   end=$((SECONDS + 10#$timeout))
   while :; do
     ready=0
+    listed=0
+    registered=0
     summary=""
+    not_ready=""
     if listing=$(k3s kubectl --request-timeout=5s get nodes -o "jsonpath=$READY_JSONPATH" 2>&1); then
-      local name status
-      while IFS=$'\t' read -r name status; do
+      listed=1
+      local name status reason message
+      while IFS=$'\t' read -r name status reason message; do
         [[ -n $name ]] || continue
+        registered=$((registered + 1))
         summary+="$name=${status:-Unknown} "
-        [[ $status != True ]] || ready=$((ready + 1))
+        if [[ $status == True ]]; then
+          ready=$((ready + 1))
+        else
+          not_ready+=$'\n'"  $name: Ready=${status:-Unknown} (${reason:-no reason reported}: ${message:-no message})"
+        fi
       done <<<"$listing"
     else
       summary=${listing//$'\n'/ }
@@ -37,8 +48,12 @@ main() {
       return 0
     fi
     if ((SECONDS >= end)); then
-      printf 'nodes-ready.sh: only %d of %d nodes Ready on %s after %ss: %s\n' "$ready" \
-        "$expected" "$(uname -n)" "$timeout" "${summary% }" >&2
+      printf 'nodes-ready.sh: only %d of %d nodes Ready on %s after %ss: %s%s\n' "$ready" \
+        "$expected" "$(uname -n)" "$timeout" "${summary% }" "$not_ready" >&2
+      if ((listed && registered < expected)); then
+        printf '  %d of %d expected nodes never registered\n' "$((expected - registered))" \
+          "$expected" >&2
+      fi
       return 1
     fi
     sleep "$POLL_INTERVAL"

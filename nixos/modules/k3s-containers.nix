@@ -1,4 +1,4 @@
-# k3s agents in unprivileged systemd-nspawn NixOS containers (idmapped, secrets passed as credentials).
+# k3s agents in systemd-nspawn NixOS containers, run the way the cluster's CNI needs (k3s-container-modes.json).
 {
   config,
   lib,
@@ -8,23 +8,64 @@
 let
   cfg = config.nixosK3s.k3sContainers;
 
+  # Per mode: privateUsers, capabilities, system calls, devices and binds, each with its reason.
+  # The real-kernel drill (tests/kernel/test_container_drill.py) reads the same file.
+  modeData = lib.importJSON ./k3s-container-modes.json;
+  modeOf = c: modeData.modes.${c.mode};
+  # The cluster's CNI (the host's k3s runs the same): decides which modes can work, and the
+  # container's firewall.
+  inherit (config.nixosK3s.k3s) cni;
+
   # Inside a container, systemd hands the credentials nspawn loaded to the k3s unit
   # (LoadCredential=ID without a path imports the system credential of that name).
   credentialDir = "/run/credentials/k3s.service";
 
-  # Kubelet settings an unprivileged container needs: it cannot own /dev/kmsg or set
-  # oom_score_adj below its parent's; the systemd driver matches the container's PID 1.
-  nspawnKubeletConfig = {
-    featureGates.KubeletInUserNamespace = true;
-    cgroupDriver = "systemd";
-  };
+  # The systemd cgroup driver matches the container's PID 1. A user-namespaced kubelet cannot
+  # own /dev/kmsg or set oom_score_adj below its parent's: KubeletInUserNamespace tolerates that.
+  nspawnKubeletConfig =
+    c:
+    {
+      cgroupDriver = "systemd";
+    }
+    // lib.optionalAttrs (modeOf c).kubeletInUserNamespace {
+      featureGates.KubeletInUserNamespace = true;
+    };
 
-  # k3s state lives outside an ephemeral container's root, on the host, mapped to the container's root user.
-  stateBinds = c: [
-    "--bind=${c.stateDir}/rancher:/var/lib/rancher:idmap"
-    "--bind=${c.stateDir}/kubelet:/var/lib/kubelet:idmap"
-    "--bind=${c.stateDir}/etc-rancher:/etc/rancher:idmap"
-  ];
+  # k3s state lives outside an ephemeral container's root, on the host; in a user namespace the
+  # bind is idmapped to the container's root user (idmap needs a user namespace).
+  stateBinds =
+    c:
+    let
+      idmap = lib.optionalString ((modeOf c).privateUsers != "no") ":idmap";
+    in
+    [
+      "--bind=${c.stateDir}/rancher:/var/lib/rancher${idmap}"
+      "--bind=${c.stateDir}/kubelet:/var/lib/kubelet${idmap}"
+      "--bind=${c.stateDir}/etc-rancher:/etc/rancher${idmap}"
+    ];
+
+  # A bpffs instance of each container's own, mounted on the host (every bpf mount is a new
+  # instance) and bound to the container's /sys/fs/bpf: nspawn's /sys is a read-only tmpfs
+  # without fs/bpf, and the container's Cilium pins its node's maps apart from the host agent's.
+  bpffsDir = name: "/run/nixos-k3s/bpffs/${name}";
+
+  bindFlags =
+    name: c:
+    lib.mapAttrsToList (
+      path: access: if access == "ro" then "--bind-ro=${path}" else "--bind=${path}"
+    ) (modeOf c).binds
+    ++ lib.optional (modeOf c).bpffs "--bind=${bpffsDir name}:/sys/fs/bpf";
+
+  # Ports the agent serves inside the container, by CNI: the kubelet everywhere; Cilium's
+  # health checks (4240) and Hubble (4244) on Cilium nodes.
+  innerTcpPorts = {
+    cilium = [
+      10250
+      4240
+      4244
+    ];
+    flannel = [ 10250 ];
+  };
 
   containerOptions =
     { name, ... }:
@@ -42,6 +83,15 @@ let
           type = lib.types.bool;
           default = false;
           description = "Start from an empty root each time; k3s state is bind-mounted from stateDir.";
+        };
+        mode = lib.mkOption {
+          type = lib.types.enum (lib.attrNames modeData.modes);
+          default = "host-users";
+          description = ''
+            How the container runs (k3s-container-modes.json): `host-users` shares the host's user
+            namespace with the capabilities Cilium needs; `user-namespace` is unprivileged
+            (privateUsers = "pick") and can run flannel only.
+          '';
         };
         tailscale = lib.mkOption {
           type = lib.types.bool;
@@ -131,12 +181,12 @@ let
         };
         firewall = {
           enable = true;
-          allowedTCPPorts = [
-            6443
-            10250
-            4240
-          ];
+          allowedTCPPorts = innerTcpPorts.${cni};
           allowedUDPPorts = cfg.tunnelUdpPorts;
+          # The CNI's own devices (cilium_host, lxc+, ... or cni0, flannel.1): pod traffic.
+          inherit (cfg) trustedInterfaces;
+          # The CNI answers for addresses routed over other devices; strict rpfilter drops that.
+          checkReversePath = "loose";
         };
       };
       services.resolved.enable = true;
@@ -155,8 +205,10 @@ let
           ;
         tokenFile = "${credentialDir}/k3s-token";
         nodeName = c.k3s.nodeName;
+        # The veth address: without it k3s could pick tailscale0's or another address.
+        nodeIp = c.localAddress;
         nodeExternalIp = c.k3s.nodeExternalIp;
-        kubeletConfig = lib.recursiveUpdate nspawnKubeletConfig c.k3s.kubeletConfig;
+        kubeletConfig = lib.recursiveUpdate (nspawnKubeletConfig c) c.k3s.kubeletConfig;
         vpnAuthFile = if c.tailscale then "${credentialDir}/tailscale-key" else null;
       };
       nixosK3s.tailscale = {
@@ -169,41 +221,38 @@ let
       ++ lib.optional c.tailscale "tailscale-key";
     };
 
-  nspawnContainer = name: c: {
-    autoStart = true;
-    privateUsers = "pick";
-    privateNetwork = true;
-    inherit (c) hostAddress localAddress ephemeral;
-    enableTun = true;
-    # EXTRA_NSPAWN_FLAGS is split on whitespace: no flag may contain a space.
-    extraFlags = [
-      "--bind-ro=/sys/module"
-      "--bind=/dev/fuse"
-      "--system-call-filter=bpf"
-      "--system-call-filter=@keyring"
-      "--system-call-filter=@mount"
-      "--load-credential=k3s-token:${c.credentials.k3sToken}"
-    ]
-    ++ lib.optional c.tailscale "--load-credential=tailscale-key:${c.credentials.tailscaleAuthKey}"
-    ++ lib.optionals c.ephemeral (stateBinds c);
-    allowedDevices = [
-      {
-        node = "/dev/fuse";
-        modifier = "rwm";
-      }
-      {
-        node = "/dev/kmsg";
-        modifier = "rw";
-      }
-    ];
-    config = containerConfig name c;
-  };
+  nspawnContainer =
+    name: c:
+    let
+      mode = modeOf c;
+    in
+    {
+      autoStart = true;
+      inherit (mode) privateUsers;
+      # privateNetwork also leaves /proc/sys/net writable (nspawn's MOUNT_APPLY_APIVFS_NETNS).
+      privateNetwork = true;
+      inherit (c) hostAddress localAddress ephemeral;
+      # The mode's capabilities and devices are listed in full (CAP_NET_ADMIN, /dev/net/tun),
+      # so enableTun, which adds the same two, stays off.
+      enableTun = false;
+      additionalCapabilities = lib.attrNames mode.capabilities;
+      # EXTRA_NSPAWN_FLAGS is split on whitespace: no flag may contain a space.
+      extraFlags =
+        bindFlags name c
+        ++ map (call: "--system-call-filter=${call}") (lib.attrNames mode.systemCallFilter)
+        ++ [ "--load-credential=k3s-token:${c.credentials.k3sToken}" ]
+        ++ lib.optional c.tailscale "--load-credential=tailscale-key:${c.credentials.tailscaleAuthKey}"
+        ++ lib.optionals c.ephemeral (stateBinds c);
+      allowedDevices = lib.mapAttrsToList (node: modifier: { inherit node modifier; }) mode.devices;
+      config = containerConfig name c;
+    };
 
   hasSpace = s: builtins.match ".*[[:space:]].*" s != null;
+  hostUsersContainers = lib.any (c: (modeOf c).privateUsers == "no") (lib.attrValues cfg.containers);
 in
 {
   options.nixosK3s.k3sContainers = {
-    enable = lib.mkEnableOption "k3s agents in unprivileged nixos-containers";
+    enable = lib.mkEnableOption "k3s agents in nixos-containers";
 
     containers = lib.mkOption {
       type = lib.types.attrsOf (lib.types.submodule containerOptions);
@@ -230,6 +279,21 @@ in
       '';
     };
 
+    trustedInterfaces = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      description = "The CNI's devices, trusted by the firewall inside every container.";
+    };
+
+    nodeTcpPorts = lib.mkOption {
+      type = lib.types.listOf lib.types.port;
+      default = [ ];
+      description = ''
+        TCP ports this host's node serves to other nodes (the private interface's), opened on the
+        veths too: the containers' nodes reach it through them.
+      '';
+    };
+
     stateVersion = lib.mkOption {
       type = lib.types.str;
       default = config.system.stateVersion;
@@ -250,6 +314,12 @@ in
         {
           assertion = builtins.stringLength name <= 11 && builtins.match "[a-z][a-z0-9-]*" name != null;
           message = "nixosK3s.k3sContainers: container name ${name} must match [a-z][a-z0-9-]* and have at most 11 characters.";
+        }
+        {
+          assertion = lib.elem cni (modeOf c).cnis;
+          message = "nixosK3s.k3sContainers.${name}: mode ${c.mode} cannot run ${cni}: ${
+            modeData.refusals."${cni}/${c.mode}" or "not supported"
+          }.";
         }
         {
           assertion = c.tailscale -> c.credentials.tailscaleAuthKey != null;
@@ -276,9 +346,10 @@ in
       enable = true;
       internalInterfaces = [ "ve-+" ];
     };
-    # Agents on this host may join a server on this host: its API and overlay must answer on the veths.
+    # The containers are nodes too, and reach this host's node through their veths: its API
+    # (when a server), kubelet, CNI health checks and Hubble, and the overlay must answer there.
     networking.firewall.interfaces."ve-+" = {
-      allowedTCPPorts = [ 6443 ];
+      allowedTCPPorts = lib.unique ([ 6443 ] ++ cfg.nodeTcpPorts);
       allowedUDPPorts = cfg.tunnelUdpPorts;
     };
 
@@ -288,7 +359,29 @@ in
       "br_netfilter"
     ];
     # mkOverride 900, as in cilium-host.nix: above nixpkgs' mkDefault sysctls, below a host's own.
-    boot.kernel.sysctl."net.netfilter.nf_conntrack_max" = lib.mkOverride 900 131072;
+    boot.kernel.sysctl = {
+      "net.netfilter.nf_conntrack_max" = lib.mkOverride 900 131072;
+    }
+    # A kubelet outside a user namespace fails to start when one of its kernel tunables differs
+    # and it cannot write it (/proc/sys is read-only in the container): the host sets them first.
+    # 901 yields to cilium-host.nix's 900 definitions of the same keys and values.
+    // lib.optionalAttrs hostUsersContainers {
+      "vm.overcommit_memory" = lib.mkOverride 901 1;
+      "kernel.panic" = lib.mkOverride 901 10;
+      "kernel.panic_on_oops" = lib.mkOverride 901 1;
+      "vm.panic_on_oom" = lib.mkOverride 900 0;
+      "kernel.keys.root_maxkeys" = lib.mkOverride 900 1000000;
+      "kernel.keys.root_maxbytes" = lib.mkOverride 900 25000000;
+    };
+
+    systemd.mounts = lib.mapAttrsToList (name: _: {
+      what = "bpffs";
+      where = bpffsDir name;
+      type = "bpf";
+      options = "rw,nosuid,nodev,noexec,relatime,mode=700";
+      before = [ "container@${name}.service" ];
+      requiredBy = [ "container@${name}.service" ];
+    }) (lib.filterAttrs (_: c: (modeOf c).bpffs) cfg.containers);
 
     systemd.tmpfiles.settings."10-nixos-k3s-containers" = lib.mkMerge (
       lib.mapAttrsToList (

@@ -1,4 +1,4 @@
-# k3s node for a Cilium cluster: nixpkgs services.k3s with flannel, kube-proxy and network policy off.
+# k3s node: nixpkgs services.k3s, with flannel, kube-proxy and network policy off for Cilium or k3s's own flannel.
 {
   config,
   lib,
@@ -43,22 +43,31 @@ let
 
   # Server-only flags. Agents inherit flannel backend, kube-proxy and network policy settings
   # from the server's control config, and `k3s agent` rejects these flags.
-  serverFlags = [
-    "--flannel-backend=none"
-    "--disable-network-policy"
-    "--disable-kube-proxy"
-    "--disable-cloud-controller"
-    "--cluster-cidr=${cfg.clusterCidr}"
-    "--service-cidr=${cfg.serviceCidr}"
-    "--cluster-dns=${cfg.clusterDns}"
-    "--write-kubeconfig-mode=0600"
-  ]
-  ++ map (san: "--tls-san=${san}") cfg.tlsSans
-  ++ lib.optionals usesEtcd etcdFlags;
+  cniFlags = {
+    # Cilium replaces flannel, kube-proxy and k3s's network policy controller.
+    cilium = [
+      "--flannel-backend=none"
+      "--disable-network-policy"
+      "--disable-kube-proxy"
+    ];
+    # k3s's embedded flannel over VXLAN (UDP 8472), with kube-proxy and its policy controller.
+    flannel = [ "--flannel-backend=vxlan" ];
+  };
+  serverFlags =
+    cniFlags.${cfg.cni}
+    ++ [
+      "--disable-cloud-controller"
+      "--cluster-cidr=${cfg.clusterCidr}"
+      "--service-cidr=${cfg.serviceCidr}"
+      "--cluster-dns=${cfg.clusterDns}"
+      "--write-kubeconfig-mode=0600"
+    ]
+    ++ map (san: "--tls-san=${san}") cfg.tlsSans
+    ++ lib.optionals usesEtcd etcdFlags;
 in
 {
   options.nixosK3s.k3s = {
-    enable = lib.mkEnableOption "a k3s node prepared for Cilium (no flannel, no kube-proxy)";
+    enable = lib.mkEnableOption "a k3s node of a Cilium (no flannel, no kube-proxy) or flannel cluster";
 
     package = lib.mkPackageOption pkgs "k3s" { };
 
@@ -201,6 +210,18 @@ in
       description = ''
         0600 file with `name=tailscale,joinKey=<key>` for k3s --vpn-auth-file; needs tailscale
         in `runtimePackages`.
+      '';
+    };
+
+    cni = lib.mkOption {
+      type = lib.types.enum [
+        "cilium"
+        "flannel"
+      ];
+      default = "cilium";
+      description = ''
+        The cluster's CNI. `cilium`: servers run without flannel, kube-proxy and network policy
+        (Cilium, installed with Helm, replaces them). `flannel`: k3s's own flannel with VXLAN.
       '';
     };
 

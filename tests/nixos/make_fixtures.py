@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from components.hostspec import (
     AdminUser,
+    Cilium,
     Container,
     ContainerCredentials,
     ContainerK3s,
@@ -134,6 +135,26 @@ def container_host() -> HostSpec:
     )
 
 
+def flannel_container_host() -> HostSpec:
+    """container_host in a flannel cluster, with the seed's unprivileged (user-namespaced) boxes."""
+    base = container_host()
+    return base.model_copy(
+        update={
+            "name": "prod-host-2",
+            "k3s": base.k3s.model_copy(update={"cni": "flannel"}),
+            "firewall": Firewall(
+                private_tcp_ports=[6443, 10250],
+                private_udp_ports=[8472],
+                trusted_interfaces=["cni0", "flannel.1"],
+            ),
+            "cilium": Cilium(host_prerequisites=False),
+            "containers": [
+                c.model_copy(update={"mode": "user-namespace"}) for c in base.containers
+            ],
+        }
+    )
+
+
 def colima_server() -> HostSpec:
     return HostSpec(
         name="dev-server-1",
@@ -159,6 +180,7 @@ SAMPLES = {
     "hetzner-server": first_server,
     "hetzner-agent": agent,
     "hetzner-containers": container_host,
+    "hetzner-flannel-containers": flannel_container_host,
     "colima-server": colima_server,
 }
 

@@ -54,6 +54,9 @@ ALLOWED_VALUES = {
     "admin-user-root": ["nixbld*", "systemd-network"],
     "api-endpoint-ipv6-unbracketed": ["[https://]HOST[:PORT]", "[2001:db8::1]"],
     "colima-host-name-too-long": ["macOS allows 103", "at most 40 characters"],
+    "unknown-cni": ["'cilium'", "'flannel'"],
+    "unknown-container-mode": ["'host-users'", "'user-namespace'"],
+    "cilium-user-namespace-container": ["EPERM", "allowed with cilium: 'host-users'"],
 }
 # Colima limits depend on where Lima keeps its instances: the corpus runs with a typical Mac's.
 LIMA_HOME = "/Users/operator/.colima/_lima"

@@ -215,6 +215,50 @@ def test_nodes_ready_counts_ready_nodes(host: FakeHost) -> None:
     assert "agent-1=False" in short.stderr
 
 
+CNI_NOT_READY = (
+    "False\nKubeletNotReady\ncontainer runtime network not ready: NetworkReady=false "
+    "reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized"
+)
+
+
+def test_nodes_ready_names_each_not_ready_node_with_reason_and_message(host: FakeHost) -> None:
+    set_nodes(
+        host,
+        {
+            "server-1": "True\nKubeletReady\nkubelet is posting ready status",
+            "agent-1-edge": CNI_NOT_READY,
+            "agent-2": "Unknown\nNodeStatusUnknown\nKubelet stopped posting node status.",
+            "agent-3": "",
+        },
+    )
+    failed = host.server.ssh(remote_invocation("nodes-ready.sh", "5", "1", env=FAST))
+    assert failed.returncode == 1
+    lines = failed.stderr.splitlines()
+    assert lines[0].startswith("nodes-ready.sh: only 1 of 5 nodes Ready on "), failed.stderr
+    assert (
+        "  agent-1-edge: Ready=False (KubeletNotReady: container runtime network not ready: "
+        "NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: "
+        "cni plugin not initialized)"
+    ) in lines
+    assert (
+        "  agent-2: Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)"
+        in lines
+    )
+    assert "  agent-3: Ready=Unknown (no reason reported: no message)" in lines
+    assert "  1 of 5 expected nodes never registered" in lines
+    # The Ready node is counted, not explained.
+    assert not any(line.startswith("  server-1:") for line in lines)
+
+
+def test_nodes_ready_reports_an_unreachable_api_without_node_lines(host: FakeHost) -> None:
+    (host.root / "k3s").mkdir(parents=True, exist_ok=True)
+    (host.root / "k3s" / "api-down").touch()
+    failed = host.server.ssh(remote_invocation("nodes-ready.sh", "1", "1", env=FAST))
+    assert failed.returncode == 1
+    assert "was refused" in failed.stderr
+    assert "never registered" not in failed.stderr
+
+
 def gate_client(
     host: FakeHost, *args: str, port: int | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
