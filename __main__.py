@@ -18,7 +18,11 @@ stack = load_config()
 gc.freeze()
 cluster = Cluster(
     stack.cluster.name,
-    ClusterArgs(config=stack.cluster, tailscale_auth_key=stack.tailscale_auth_key),
+    ClusterArgs(
+        config=stack.cluster,
+        tailscale_auth_key=stack.tailscale_auth_key,
+        hcloud_token=stack.hcloud_token,
+    ),
 )
 
 pulumi.export("kubeconfig", cluster.kubeconfig)

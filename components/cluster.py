@@ -14,10 +14,10 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components import config, hostspec, inventory, k3s, render
+from components import config, hcloud_addons, hostspec, inventory, k3s, render
 from components.colima import ColimaMachine, ColimaMachineArgs
 from components.config import ClusterConfig
-from components.hetzner import HetznerMachines, HetznerMachinesArgs
+from components.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
 from components.hostspec import HostSpec
 from components.inventory import Host
 from components.nixos_host import (
@@ -36,6 +36,8 @@ from components.scripts import local_invocation
 class ClusterArgs:
     config: ClusterConfig
     tailscale_auth_key: pulumi.Input[str] | None = None
+    # Hetzner API token for the in-cluster cloud controller and CSI driver (a Pulumi secret).
+    hcloud_token: pulumi.Input[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,13 @@ class Cluster(pulumi.ComponentResource):
             for h in hosts
         }
         deploy_public = deploy_key.public_openssh
+        self._hetzner: HetznerMachines | None = None
         machines = self._machines(name, cfg, hosts, deploy_public)
+        lb = self._hetzner.api_load_balancer if self._hetzner else None
+        # The servers' certificates also name the API load balancer's addresses.
+        lb_sans: list[pulumi.Input[str]] = (
+            [lb.private_ip, *([lb.public_ipv4] if lb.public_ipv4 is not None else [])] if lb else []
+        )
 
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
@@ -110,13 +118,14 @@ class Cluster(pulumi.ComponentResource):
 
         specs: dict[str, pulumi.Output[HostSpec]] = {
             host.name: machines[host.name].spec(
-                [deploy_public, bootstrap_ip],
-                lambda facts, deploy, server_ip, host=host: render.host_spec(
+                [deploy_public, bootstrap_ip, *(lb_sans if host.role == "server" else [])],
+                lambda facts, deploy, server_ip, *sans, host=host: render.host_spec(
                     cfg,
                     host,
                     facts,
                     bootstrap_ip=server_ip,
                     authorized_keys=[deploy, *cfg.ssh_keys],
+                    api_sans=sans,
                 ),
             )
             for host in hosts
@@ -219,23 +228,29 @@ class Cluster(pulumi.ComponentResource):
         for agent in (h for h in hosts if h.role == "agent"):
             join_gates(agent, nixos_host(agent, [api_ready]))
 
-        endpoint = (
-            pulumi.Output.from_input(cfg.api_endpoint)
-            if cfg.api_endpoint
-            else machines[bootstrap.name].ssh_host
-        )
+        endpoint = self._endpoint(cfg, lb, machines[bootstrap.name].ssh_host)
         kubeconfig_cmd = k3s.kubeconfig_command(
             name, admin, endpoint, cfg.name, k3s.gate_options(self, [api_ready])
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig_cmd.stdout)
         node_count = config.node_count(cfg)
-        release = k3s.cilium_release(name, cfg, self.kubeconfig, bootstrap_ip, node_count, child)
+        # Cilium's agents reach the API through the load balancer when there is one, so they
+        # keep it while any one server (the bootstrap server too) is down.
+        release = k3s.cilium_release(
+            name,
+            cfg,
+            self.kubeconfig,
+            lb.private_ip if lb else bootstrap_ip,
+            node_count,
+            k3s.gate_options(self, lb.ready) if lb else child,
+        )
+        addons = self._hcloud_addons(name, cfg, args.hcloud_token, release)
         k3s.nodes_ready_gate(
             name,
             admin,
             node_count,
             cfg.deploy.nodes_ready_timeout_seconds,
-            k3s.gate_options(self, [release.release, *gates]),
+            k3s.gate_options(self, [release.release, *addons, *gates]),
         )
 
         self.api_endpoint = endpoint.apply(lambda ep: f"https://{ep}:{render.API_PORT}")
@@ -252,11 +267,45 @@ class Cluster(pulumi.ComponentResource):
             }
         )
 
+    @staticmethod
+    def _endpoint(
+        cfg: ClusterConfig, lb: ApiLoadBalancer | None, bootstrap_address: pulumi.Output[str]
+    ) -> pulumi.Output[str]:
+        """apiEndpoint, else the API load balancer's public (or private) IPv4, else the
+        bootstrap server's address."""
+        if cfg.api_endpoint:
+            return pulumi.Output.from_input(cfg.api_endpoint)
+        if lb is not None:
+            return pulumi.Output.from_input(lb.public_ipv4 or lb.private_ip)
+        return bootstrap_address
+
+    def _hcloud_addons(
+        self,
+        name: str,
+        cfg: ClusterConfig,
+        token: pulumi.Input[str] | None,
+        cilium: k3s.CiliumRelease,
+    ) -> list[pulumi.Resource]:
+        """The cloud controller and CSI releases (after Cilium), if the stack has them."""
+        if not (config.uses_cloud_controller(cfg) or config.uses_csi(cfg)):
+            return []
+        if token is None or self._hetzner is None:
+            raise ValueError("the Hetzner add-ons need ClusterArgs.hcloud_token on hetzner")
+        addons = hcloud_addons.hcloud_addons(
+            name,
+            cfg,
+            provider=cilium.provider,
+            token=token,
+            network_id=self._hetzner.network_id,
+            opts=k3s.gate_options(self, [cilium.release]),
+        )
+        return addons.releases
+
     def _machines(
         self, name: str, cfg: ClusterConfig, hosts: list[Host], deploy_public: pulumi.Output[str]
     ) -> dict[str, MachineView]:
         if cfg.provider == "hetzner":
-            hetzner = HetznerMachines(
+            hetzner = self._hetzner = HetznerMachines(
                 f"{name}-hetzner",
                 HetznerMachinesArgs(config=cfg, hosts=hosts, deploy_public_key=deploy_public),
                 opts=pulumi.ResourceOptions(parent=self),

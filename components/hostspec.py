@@ -268,6 +268,11 @@ class K3s(_Model):
         description="0600 file for k3s --vpn-auth-file, content "
         "'name=tailscale,joinKey=<key>' (k3s runs 'tailscale up' itself), or null.",
     )
+    external_cloud_provider: bool = Field(
+        default=False,
+        description="Kubelet with cloud-provider=external: the node waits, tainted "
+        "uninitialized, for an external cloud controller (hcloud-cloud-controller-manager).",
+    )
 
     @model_validator(mode="after")
     def _role_consistent(self) -> K3s:

@@ -110,6 +110,7 @@ in
         nodeExternalIp = h.k3s.nodeExternalIp;
         gracefulNodeShutdown = h.k3s.gracefulNodeShutdown;
         etcdSnapshots = h.k3s.etcdSnapshots;
+        externalCloudProvider = h.k3s.externalCloudProvider;
       };
 
       nixosK3s.tailscale = {
