@@ -868,8 +868,9 @@ def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -
     if values.get("k8sServiceHost") != PLACEHOLDER_API_HOST:
         yield Problem(
             "cilium.values.k8sServiceHost",
-            "is set by nixos-k3s to the first server's private address; without kube-proxy the "
-            "agents need a real API address (use apiEndpoint for the kubeconfig's address)",
+            "is set by nixos-k3s to the API load balancer's (or the first server's) private "
+            "address; without kube-proxy the agents need a real API address (use apiEndpoint "
+            "for the kubeconfig's address)",
         )
     replicas = (values.get("operator") or {}).get("replicas")
     if isinstance(replicas, int) and replicas > nodes:
