@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
+from jsonschema.validators import validator_for
 
 from components import chartschema, hcloud_addons, valuesschema
 from components.config import (
@@ -289,7 +289,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def reference(instance: Any, schema: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    validator = validator_for(schema)(schema)
     return sorted((tuple(e.absolute_path), e.message) for e in validator.iter_errors(instance))
 
 
@@ -305,7 +305,7 @@ def test_ccm_schema_is_derived_from_the_pinned_values_yaml() -> None:
 def test_shipped_schemas_are_valid_and_supported() -> None:
     for path in (CCM_SCHEMA, CSI_SCHEMA):
         schema = load(path)
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        validator_for(schema).check_schema(schema)
         valuesschema.check_schema(schema)
 
 
