@@ -24,6 +24,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import valuesschema
+
+# Helm drops keys set to null before it validates; paths are shown as for Cilium's values.
+from components.cilium import _format_path, _without_nulls
 from components.config import ClusterConfig
 
 CHART_REPO = "https://charts.hetzner.cloud"
@@ -61,19 +64,10 @@ def _schema(chart: str, version: str) -> dict[str, Any]:
     return schema
 
 
-def _without_nulls(value: Any) -> Any:
-    # Helm drops keys set to null before it validates (see cilium._without_nulls).
-    if isinstance(value, Mapping):
-        return {key: _without_nulls(child) for key, child in value.items() if child is not None}
-    if isinstance(value, list):
-        return [_without_nulls(child) for child in value]
-    return value
-
-
 def validate(values: Mapping[str, Any], chart: str, version: str) -> None:
     """Raise HcloudValuesError naming the path of every value the chart's schema rejects."""
     problems = sorted(
-        f"{'.'.join(str(part) for part in problem.path) or '(root)'}: {problem.message}"
+        f"{_format_path(problem.path)}: {problem.message}"
         for problem in valuesschema.problems(_without_nulls(values), _schema(chart, version))
     )
     if problems:

@@ -17,6 +17,7 @@ import yaml
 from jsonschema.validators import validator_for
 
 from components import chartschema, hcloud_addons, valuesschema
+from components.cilium import _without_nulls
 from components.config import (
     ClusterConfig,
     load_balancer_private_ip,
@@ -317,7 +318,7 @@ def test_ccm_chart_defaults_pass_the_derived_schema() -> None:
         ).read_text()
     )
     # Helm validates after dropping nulls (nameOverride: ~).
-    assert reference(hcloud_addons._without_nulls(defaults), schema) == []
+    assert reference(_without_nulls(defaults), schema) == []
     hcloud_addons.validate(defaults, hcloud_addons.CCM_CHART, hcloud_addons.CCM_VERSION)
 
 
