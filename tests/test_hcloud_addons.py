@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from components.config import (
 )
 from components.mocks import fake_id, fake_ipv4
 from components.render import CONTAINER_PROVIDER_ID_PREFIX
-from tests.conftest import PROJECT_DIR, Plan, stack_data
+from tests.conftest import PROJECT_DIR, Plan, run_plan, stack_data
 
 SERVERS = ["prod-control-1", "prod-control-2", "prod-control-3"]
 AGENTS = ["prod-workers-1", "prod-workers-2"]
@@ -254,17 +256,23 @@ def test_csi_needs_the_cloud_controller() -> None:
     assert len(problems) == 1 and problems[0].startswith("hetzner.csi: needs"), problems
 
 
-def test_nspawn_agents_carry_a_foreign_provider_id(plan_of: Callable[..., Plan]) -> None:
+@pytest.fixture(scope="module")
+def containers_plan() -> Plan:
     data = yaml.safe_load(
         (PROJECT_DIR / "tests/reliability/stacks/Pulumi.tailscale.yaml").read_text()
     )["config"]["nixos-k3s:cluster"]
-    plan = plan_of(
-        data,
-        extra={"nixos-k3s:tailscaleAuthKey": "tskey-auth-x"},
-        secret_keys=frozenset({"nixos-k3s:tailscaleAuthKey"}),
+    return Plan(
+        run_plan(
+            data,
+            extra={"nixos-k3s:tailscaleAuthKey": "tskey-auth-x"},
+            secret_keys=frozenset({"nixos-k3s:tailscaleAuthKey"}),
+        )
     )
+
+
+def test_nspawn_agents_carry_a_foreign_provider_id(containers_plan: Plan) -> None:
     found = 0
-    for text, _ in plan.result.hosts.values():
+    for text, _ in containers_plan.result.hosts.values():
         doc = json.loads(text)
         for container in doc["containers"]:
             node = container["k3s"]["nodeName"]
@@ -272,6 +280,35 @@ def test_nspawn_agents_carry_a_foreign_provider_id(plan_of: Callable[..., Plan])
             assert kubelet["providerID"] == f"{CONTAINER_PROVIDER_ID_PREFIX}{node}"
             found += 1
     assert found > 0
+
+
+NIXLITE = PROJECT_DIR.parent / "shared" / "nixlite" / "eval-project-host.sh"
+
+
+@pytest.mark.skipif(
+    not (NIXLITE.exists() and shutil.which("nix-instantiate")), reason="needs ../shared/nixlite"
+)
+def test_kubelet_flag_with_the_real_k3s_module(containers_plan: Plan, tmp_path: Path) -> None:
+    """The hosts' k3s ExecStart (from nixpkgs' k3s module) has cloud-provider=external; the
+    nspawn agents inside do not, their providerID is in the generated kubelet config."""
+    for host, containers in (("hyg-control-2", 0), ("hyg-dense-1", 2)):
+        path = tmp_path / f"{host}.json"
+        path.write_text(containers_plan.result.hosts[host][0])
+        done = subprocess.run(
+            [str(NIXLITE), str(PROJECT_DIR), str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert "--kubelet-arg=cloud-provider=external" in report["host"]["k3s"]["execStart"]
+        assert len(report.get("containers", {})) == containers
+        for name, container in report.get("containers", {}).items():
+            inner = container["inner"]["k3s"]
+            assert "cloud-provider" not in inner["execStart"], name
+            assert inner["kubeletConfigGenerated"]["providerID"].startswith("nspawn://"), name
 
 
 def parse_cluster_unchecked(data: dict[str, Any]) -> ClusterConfig:
