@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # nodes-ready.sh: wait until at least EXPECTED_COUNT nodes of the cluster are Ready.
+# A node an external cloud controller has not initialised yet (taint
+# node.cloudprovider.kubernetes.io/uninitialized: no providerID, zone labels or addresses from
+# hcloud-cloud-controller-manager) does not count, so a broken cloud controller fails the deploy.
 #
 # Runs ON A SERVER as root (remote.Command: `bash -c '<this text>' nodes-ready.sh COUNT TIMEOUT`).
 # Args: EXPECTED_COUNT  nodes that must report Ready; TIMEOUT  seconds to wait.
@@ -9,8 +12,10 @@
 set -euo pipefail
 
 readonly POLL_INTERVAL=${POLL_INTERVAL:-2}
-# One "NAME<TAB>STATUS" line per node; STATUS is the Ready condition (True, False, Unknown).
-readonly READY_JSONPATH='{range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}'
+# One "NAME<TAB>STATUS<TAB>TAINT KEYS" line per node; STATUS is the Ready condition (True, False,
+# Unknown), TAINT KEYS the node's taint keys separated by spaces.
+readonly READY_JSONPATH='{range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\t"}{.spec.taints[*].key}{"\n"}{end}'
+readonly UNINITIALIZED_TAINT=node.cloudprovider.kubernetes.io/uninitialized
 
 main() {
   if (($# != 2)) || ! [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]]; then
@@ -23,9 +28,13 @@ main() {
     ready=0
     summary=""
     if listing=$(k3s kubectl --request-timeout=5s get nodes -o "jsonpath=$READY_JSONPATH" 2>&1); then
-      local name status
-      while IFS=$'\t' read -r name status; do
+      local name status taints
+      while IFS=$'\t' read -r name status taints; do
         [[ -n $name ]] || continue
+        if [[ " $taints " == *" $UNINITIALIZED_TAINT "* ]]; then
+          summary+="$name=${status:-Unknown}(uninitialized) "
+          continue
+        fi
         summary+="$name=${status:-Unknown} "
         [[ $status != True ]] || ready=$((ready + 1))
       done <<<"$listing"

@@ -215,6 +215,24 @@ def test_nodes_ready_counts_ready_nodes(host: FakeHost) -> None:
     assert "agent-1=False" in short.stderr
 
 
+def test_nodes_ready_waits_for_the_cloud_controller(host: FakeHost) -> None:
+    uninitialized = "node.cloudprovider.kubernetes.io/uninitialized"
+    set_nodes(
+        host,
+        {
+            "server-1": "True\tnode-role.kubernetes.io/control-plane",
+            "agent-1": f"True\tnode-role.kubernetes.io/control-plane {uninitialized}",
+        },
+    )
+    short = host.server.ssh(remote_invocation("nodes-ready.sh", "2", "1", env=FAST))
+    assert short.returncode == 1
+    assert "only 1 of 2 nodes Ready" in short.stderr
+    assert "agent-1=True(uninitialized)" in short.stderr
+    set_nodes(host, {"agent-1": "True\tnode.kubernetes.io/unschedulable"})
+    ok = host.server.ssh(remote_invocation("nodes-ready.sh", "2", "5", env=FAST))
+    assert ok.returncode == 0, ok.stderr
+
+
 def gate_client(
     host: FakeHost, *args: str, port: int | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
