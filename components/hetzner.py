@@ -249,15 +249,17 @@ class HetznerMachines(pulumi.ComponentResource):
         only, and does not apply to the load balancer itself.
         """
         child = pulumi.ResourceOptions(parent=self)
-        bootstrap = next(h for h in hosts if h.is_bootstrap)
         lb = hcloud.LoadBalancer(
             f"{name}-api-lb",
             name=f"{cfg.name}-api",
             load_balancer_type=cfg.hetzner.load_balancer_type,
-            location=bootstrap.location,
+            # The zone, not a server's location: moving servers (or the bootstrap duty) must
+            # not replace the API's address.
+            network_zone=cfg.network.zone,
             labels={**labels, "role": "api"},
             delete_protection=cfg.hetzner.protection,
-            opts=child,
+            # Load balancer names are unique in a project, like server names.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         lb_id = lb.id.apply(int)
         private_ip = load_balancer_private_ip(cfg)

@@ -46,7 +46,9 @@ def host_doc(plan: Plan, host: str) -> dict[str, Any]:
 
 def test_api_load_balancer_resources(prod_plan: Plan) -> None:
     lb = prod_plan["prod-hetzner-api-lb"].inputs
-    assert lb["loadBalancerType"] == "lb11" and lb["location"] == "fsn1"
+    assert lb["loadBalancerType"] == "lb11" and lb["networkZone"] == "eu-central"
+    assert "location" not in lb
+    assert prod_plan["prod-hetzner-api-lb"].delete_before_replace is True
     assert lb["name"] == "prod-api" and lb["deleteProtection"] is True
     network = prod_plan["prod-hetzner-api-lb-private"]
     assert network.inputs["ip"] == LB_IP
