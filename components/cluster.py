@@ -271,12 +271,13 @@ class Cluster(pulumi.ComponentResource):
     def _endpoint(
         cfg: ClusterConfig, lb: ApiLoadBalancer | None, bootstrap_address: pulumi.Output[str]
     ) -> pulumi.Output[str]:
-        """apiEndpoint, else the API load balancer's public (or private) IPv4, else the
-        bootstrap server's address."""
+        """apiEndpoint, else the API load balancer's public IPv4, else the bootstrap server's
+        address. A private-only load balancer is no default: the operator's machine (Pulumi's
+        Kubernetes provider, kubectl) must reach the endpoint."""
         if cfg.api_endpoint:
             return pulumi.Output.from_input(cfg.api_endpoint)
-        if lb is not None:
-            return pulumi.Output.from_input(lb.public_ipv4 or lb.private_ip)
+        if lb is not None and lb.public_ipv4 is not None:
+            return lb.public_ipv4
         return bootstrap_address
 
     def _hcloud_addons(

@@ -439,7 +439,8 @@ class HetznerConfig(Model):
     load_balancer: bool = Field(
         default=True,
         description="A Hetzner Load Balancer in front of the servers' API (TCP 6443): the "
-        "default apiEndpoint, a TLS SAN and Cilium's k8sServiceHost (its private address), so "
+        "default apiEndpoint (when public), a TLS SAN and Cilium's k8sServiceHost (its private "
+        "address), so "
         "the API stays reachable while any one server is down. false: the bootstrap server's "
         "addresses instead (fine for single-server stacks).",
     )
@@ -450,7 +451,8 @@ class HetznerConfig(Model):
         default=True,
         description="Give the API load balancer a public IPv4/IPv6 (the default apiEndpoint). "
         "Hetzner firewalls do not apply to load balancers: the public side accepts 6443 from "
-        "anywhere. false: private network only (apiEndpoint then must be reachable another way).",
+        "anywhere. false: private network only; the default apiEndpoint is then the first "
+        "server's public address.",
     )
     csi_reclaim_policy: Literal["Delete", "Retain"] = Field(
         default="Delete",

@@ -118,6 +118,15 @@ def test_public_load_balancer_is_the_default_api_endpoint(plan_of: Callable[...,
     assert public in plan["prod-kubeconfig"].inputs["create"]
 
 
+def test_private_load_balancer_is_no_default_endpoint(plan_of: Callable[..., Plan]) -> None:
+    data = stack_data("prod")
+    del data["apiEndpoint"]  # prod's load balancer is private
+    plan = plan_of(data, stack="prod")
+    bootstrap_public = fake_ipv4("prod-control-1")
+    assert plan.result.outputs["apiEndpoint"] == f"https://{bootstrap_public}:6443"
+    assert plan["prod-cilium"].inputs["values"]["k8sServiceHost"] == LB_IP
+
+
 def test_load_balancer_opt_out_keeps_the_bootstrap_server(plan_of: Callable[..., Plan]) -> None:
     data = stack_data("prod")
     del data["apiEndpoint"]
