@@ -12,7 +12,11 @@ from components.config import load_config
 stack = load_config()
 cluster = Cluster(
     stack.cluster.name,
-    ClusterArgs(config=stack.cluster, tailscale_auth_key=stack.tailscale_auth_key),
+    ClusterArgs(
+        config=stack.cluster,
+        tailscale_auth_key=stack.tailscale_auth_key,
+        hcloud_token=stack.hcloud_token,
+    ),
 )
 
 pulumi.export("kubeconfig", cluster.kubeconfig)

@@ -98,6 +98,36 @@ def _firewall(name: str) -> pulumi.Resource:
     return hcloud.Firewall(name)
 
 
+def _load_balancer(name: str) -> pulumi.Resource:
+    import pulumi_hcloud as hcloud
+
+    return hcloud.LoadBalancer(name, load_balancer_type="lb11")
+
+
+def _load_balancer_network(name: str) -> pulumi.Resource:
+    import pulumi_hcloud as hcloud
+
+    return hcloud.LoadBalancerNetwork(name, load_balancer_id=1)
+
+
+def _load_balancer_service(name: str) -> pulumi.Resource:
+    import pulumi_hcloud as hcloud
+
+    return hcloud.LoadBalancerService(name, load_balancer_id="1", protocol="tcp")
+
+
+def _load_balancer_target(name: str) -> pulumi.Resource:
+    import pulumi_hcloud as hcloud
+
+    return hcloud.LoadBalancerTarget(name, load_balancer_id=1, type="server")
+
+
+def _kubernetes_secret(name: str) -> pulumi.Resource:
+    import pulumi_kubernetes as k8s
+
+    return k8s.core.v1.Secret(name)
+
+
 def _helm_release(name: str) -> pulumi.Resource:
     import pulumi_kubernetes as k8s
 
@@ -114,6 +144,10 @@ CUSTOM: dict[str, Factory] = {
     "command:local:Command": _command_local,
     "command:remote:Command": _command_remote,
     "hcloud:index/firewall:Firewall": _firewall,
+    "hcloud:index/loadBalancer:LoadBalancer": _load_balancer,
+    "hcloud:index/loadBalancerNetwork:LoadBalancerNetwork": _load_balancer_network,
+    "hcloud:index/loadBalancerService:LoadBalancerService": _load_balancer_service,
+    "hcloud:index/loadBalancerTarget:LoadBalancerTarget": _load_balancer_target,
     "hcloud:index/network:Network": _network,
     "hcloud:index/networkRoute:NetworkRoute": _network_route,
     "hcloud:index/networkSubnet:NetworkSubnet": _network_subnet,
@@ -121,6 +155,7 @@ CUSTOM: dict[str, Factory] = {
     "hcloud:index/server:Server": _server,
     "hcloud:index/serverNetwork:ServerNetwork": _server_network,
     "hcloud:index/sshKey:SshKey": _ssh_key,
+    "kubernetes:core/v1:Secret": _kubernetes_secret,
     "kubernetes:helm.sh/v3:Release": _helm_release,
     "pulumi:providers:kubernetes": _kubernetes_provider,
     "random:index/randomPassword:RandomPassword": _random_password,

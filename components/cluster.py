@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components import config, hostspec, inventory, k3s, render
+from components import config, hcloud_addons, hostspec, inventory, k3s, render
 from components.colima import ColimaMachine, ColimaMachineArgs
 from components.config import ClusterConfig
-from components.hetzner import HetznerMachines, HetznerMachinesArgs
+from components.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
 from components.hostspec import HostSpec
 from components.inventory import Host
 from components.nixos_host import (
@@ -36,6 +37,8 @@ from components.scripts import local_invocation
 class ClusterArgs:
     config: ClusterConfig
     tailscale_auth_key: pulumi.Input[str] | None = None
+    # Hetzner API token for the in-cluster cloud controller and CSI driver (a Pulumi secret).
+    hcloud_token: pulumi.Input[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,13 @@ class Cluster(pulumi.ComponentResource):
             for h in hosts
         }
         deploy_public = deploy_key.public_openssh
+        self._hetzner: HetznerMachines | None = None
         machines = self._machines(name, cfg, hosts, deploy_public)
+        lb = self._hetzner.api_load_balancer if self._hetzner else None
+        # The servers' certificates also name the API load balancer's addresses.
+        lb_sans: list[pulumi.Input[str]] = (
+            [lb.private_ip, *([lb.public_ipv4] if lb.public_ipv4 is not None else [])] if lb else []
+        )
 
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
@@ -126,13 +135,14 @@ class Cluster(pulumi.ComponentResource):
 
         specs: dict[str, pulumi.Output[HostSpec]] = {
             host.name: machines[host.name].spec(
-                [deploy_public, bootstrap_ip],
-                lambda facts, deploy, server_ip, host=host: render.host_spec(
+                [deploy_public, bootstrap_ip, *(lb_sans if host.role == "server" else [])],
+                lambda facts, deploy, server_ip, *sans, host=host: render.host_spec(
                     cfg,
                     host,
                     facts,
                     bootstrap_ip=server_ip,
                     authorized_keys=[deploy, *cfg.ssh_keys],
+                    api_sans=sans,
                 ),
             )
             for host in hosts
@@ -230,31 +240,35 @@ class Cluster(pulumi.ComponentResource):
         for agent in (h for h in hosts if h.role == "agent"):
             join_gates(agent, nixos_host(agent, [api_ready]))
 
-        endpoint_url = (
-            pulumi.Output.from_input(render.api_endpoint(cfg).url)
-            if cfg.api_endpoint
-            else machines[bootstrap.name].ssh_host.apply(
-                lambda address: render.api_endpoint(cfg, address).url
-            )
-        )
+        endpoint_url = self._endpoint_url(cfg, lb, machines[bootstrap.name].ssh_host)
         kubeconfig_cmd = k3s.kubeconfig_command(
             name, admin, endpoint_url, cfg.name, k3s.gate_options(self, [api_ready])
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig_cmd.stdout)
         node_count = config.node_count(cfg)
+        # Cilium's agents reach the API through the load balancer when there is one, so they
+        # keep it while any one server (the bootstrap server too) is down.
+        k8s_opts = k3s.gate_options(self, lb.ready) if lb else child
+        provider = k3s.kubernetes_provider(name, cfg, self.kubeconfig, k8s_opts)
         # Nodes turn Ready once their CNI runs: Cilium from its release, flannel inside k3s.
         cni_ready: list[pulumi.Resource] = []
         if cfg.k3s.cni == "cilium":
             release = k3s.cilium_release(
-                name, cfg, self.kubeconfig, bootstrap_ip, node_count, child
+                name,
+                cfg,
+                provider,
+                lb.private_ip if lb else bootstrap_ip,
+                node_count,
+                k8s_opts,
             )
             cni_ready.append(release.release)
+        addons = self._hcloud_addons(name, cfg, args.hcloud_token, provider, cni_ready)
         k3s.nodes_ready_gate(
             name,
             admin,
             node_count,
             cfg.deploy.nodes_ready_timeout_seconds,
-            k3s.gate_options(self, [*cni_ready, *gates]),
+            k3s.gate_options(self, [*cni_ready, *addons, *gates]),
         )
 
         self.api_endpoint = endpoint_url
@@ -271,11 +285,48 @@ class Cluster(pulumi.ComponentResource):
             }
         )
 
+    @staticmethod
+    def _endpoint_url(
+        cfg: ClusterConfig, lb: ApiLoadBalancer | None, bootstrap_address: pulumi.Output[str]
+    ) -> pulumi.Output[str]:
+        """URL of apiEndpoint, else of the API load balancer's public IPv4, else of the bootstrap
+        server's address. A private-only load balancer is no default: the operator's machine
+        (Pulumi's Kubernetes provider, kubectl) must reach the endpoint."""
+        if cfg.api_endpoint:
+            return pulumi.Output.from_input(render.api_endpoint(cfg).url)
+        address = lb.public_ipv4 if lb is not None and lb.public_ipv4 is not None else None
+        return (address or bootstrap_address).apply(
+            lambda value: render.api_endpoint(cfg, value).url
+        )
+
+    def _hcloud_addons(
+        self,
+        name: str,
+        cfg: ClusterConfig,
+        token: pulumi.Input[str] | None,
+        provider: k8s.Provider,
+        cni_ready: list[pulumi.Resource],
+    ) -> list[pulumi.Resource]:
+        """The cloud controller and CSI releases (after the CNI), if the stack has them."""
+        if not (config.uses_cloud_controller(cfg) or config.uses_csi(cfg)):
+            return []
+        if token is None or self._hetzner is None:
+            raise ValueError("the Hetzner add-ons need ClusterArgs.hcloud_token on hetzner")
+        addons = hcloud_addons.hcloud_addons(
+            name,
+            cfg,
+            provider=provider,
+            token=token,
+            network_id=self._hetzner.network_id,
+            opts=k3s.gate_options(self, cni_ready or [provider]),
+        )
+        return addons.releases
+
     def _machines(
         self, name: str, cfg: ClusterConfig, hosts: list[Host], deploy_public: pulumi.Output[str]
     ) -> dict[str, MachineView]:
         if cfg.provider == "hetzner":
-            hetzner = HetznerMachines(
+            hetzner = self._hetzner = HetznerMachines(
                 f"{name}-hetzner",
                 HetznerMachinesArgs(config=cfg, hosts=hosts, deploy_public_key=deploy_public),
                 opts=pulumi.ResourceOptions(parent=self),

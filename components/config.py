@@ -409,6 +409,42 @@ class HetznerConfig(Model):
         "system). Hetzner refuses a key whose fingerprint the project already has: set false "
         "when they are uploaded already.",
     )
+    cloud_controller_manager: bool = Field(
+        default=True,
+        description="Install hcloud-cloud-controller-manager (Helm): node providerIDs, "
+        "region/zone labels and addresses, node removal when a server is deleted, and "
+        "`type: LoadBalancer` Services as Hetzner Load Balancers in the private network. "
+        "Kubelets then run with cloud-provider=external.",
+    )
+    csi: bool = Field(
+        default=True,
+        description="Install the Hetzner CSI driver (Helm) with a default StorageClass "
+        "'hcloud-volumes', so PersistentVolumeClaims get Hetzner Volumes. Needs "
+        "cloudControllerManager.",
+    )
+    load_balancer: bool = Field(
+        default=True,
+        description="A Hetzner Load Balancer in front of the servers' API (TCP 6443): the "
+        "default apiEndpoint (when public), a TLS SAN and Cilium's k8sServiceHost (its private "
+        "address), so "
+        "the API stays reachable while any one server is down. false: the bootstrap server's "
+        "addresses instead (fine for single-server stacks).",
+    )
+    load_balancer_type: Literal["lb11", "lb21", "lb31"] = Field(
+        default="lb11", description="Hetzner Load Balancer type of the API load balancer."
+    )
+    load_balancer_public: bool = Field(
+        default=True,
+        description="Give the API load balancer a public IPv4/IPv6 (the default apiEndpoint). "
+        "Hetzner firewalls do not apply to load balancers: the public side accepts 6443 from "
+        "anywhere. false: private network only; the default apiEndpoint is then the first "
+        "server's public address.",
+    )
+    csi_reclaim_policy: Literal["Delete", "Retain"] = Field(
+        default="Delete",
+        description="reclaimPolicy of the default StorageClass: Delete removes a Hetzner "
+        "Volume with its PersistentVolume; Retain keeps it (and its cost) until deleted by hand.",
+    )
 
 
 class ColimaConfig(Model):
@@ -897,8 +933,9 @@ def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -
     if values.get("k8sServiceHost") != PLACEHOLDER_API_HOST:
         yield Problem(
             "cilium.values.k8sServiceHost",
-            "is set by nixos-k3s to the first server's private address; without kube-proxy the "
-            "agents need a real API address (use apiEndpoint for the kubeconfig's address)",
+            "is set by nixos-k3s to the API load balancer's (or the first server's) private "
+            "address; without kube-proxy the agents need a real API address (use apiEndpoint "
+            "for the kubeconfig's address)",
         )
     if (
         has_nested_nodes(cfg)
@@ -951,6 +988,7 @@ def semantic_problems(cfg: ClusterConfig) -> list[Problem]:
         *_k3s_problems(cfg),
         *_address_problems(cfg),
         *_container_problems(cfg),
+        *_hetzner_addon_problems(cfg),
     ]
     if cfg.k3s.cni == "flannel":
         if cfg.cilium.model_fields_set:
@@ -969,6 +1007,50 @@ def semantic_problems(cfg: ClusterConfig) -> list[Problem]:
     return problems
 
 
+def uses_load_balancer(cfg: ClusterConfig) -> bool:
+    """Whether the stack puts a Hetzner Load Balancer in front of the API."""
+    return cfg.provider == "hetzner" and cfg.hetzner.load_balancer
+
+
+def uses_cloud_controller(cfg: ClusterConfig) -> bool:
+    return cfg.provider == "hetzner" and cfg.hetzner.cloud_controller_manager
+
+
+def uses_csi(cfg: ClusterConfig) -> bool:
+    return cfg.provider == "hetzner" and cfg.hetzner.csi
+
+
+def load_balancer_private_ip(cfg: ClusterConfig) -> str:
+    """The API load balancer's fixed address: the subnet's last usable one (broadcast - 1).
+
+    Fixed, so Cilium's k8sServiceHost and the TLS SANs are known at plan time; hosts count up
+    from offset 10, so the top of the subnet stays free (a host there is refused).
+    """
+    subnet = ipaddress.ip_network(cfg.network.subnet)
+    return str(subnet.broadcast_address - 1)
+
+
+def _hetzner_addon_problems(cfg: ClusterConfig) -> Iterable[Problem]:
+    if cfg.provider != "hetzner":
+        return
+    if cfg.hetzner.csi and not cfg.hetzner.cloud_controller_manager:
+        yield Problem(
+            "hetzner.csi",
+            "needs hetzner.cloudControllerManager: true (the CSI node plugin is placed on the "
+            "nodes the cloud controller initialised); set csi: false too, or keep the CCM",
+        )
+    if cfg.hetzner.load_balancer:
+        subnet = ipaddress.ip_network(cfg.network.subnet)
+        lb_offset = subnet.num_addresses - 2
+        for i, (pool, start) in enumerate(zip(cfg.node_pools, pool_offsets(cfg), strict=True)):
+            if start <= lb_offset < start + pool.count:
+                yield Problem(
+                    f"nodePools[{i}].ipOffset",
+                    f"address offset {lb_offset} ({load_balancer_private_ip(cfg)}) is the API "
+                    "load balancer's; move the pool or set hetzner.loadBalancer: false",
+                )
+
+
 def semantic_warnings(cfg: ClusterConfig) -> list[Warning_]:
     servers = sum(p.count for p in cfg.node_pools if p.role == "server")
     warnings = []
@@ -978,6 +1060,18 @@ def semantic_warnings(cfg: ClusterConfig) -> list[Warning_]:
                 "nodePools",
                 "2 servers give no more fault tolerance than 1 (etcd quorum needs both): "
                 "use 1 or 3",
+            )
+        )
+    fw = cfg.firewall
+    public_lb = uses_load_balancer(cfg) and cfg.hetzner.load_balancer_public
+    if public_lb and fw is not None and not {"0.0.0.0/0", "::/0"} & set(fw.api_sources):
+        warnings.append(
+            Warning_(
+                "hetzner.loadBalancerPublic",
+                "the API load balancer's public address accepts 6443 from anywhere "
+                "(Hetzner firewalls do not apply to load balancers); firewall.apiSources "
+                "limit only the servers' own addresses. Set loadBalancerPublic: false to "
+                "keep the API private.",
             )
         )
     return warnings
@@ -1086,6 +1180,9 @@ REQUIRED_SECRET_HINT = "pulumi config set --secret"
 class StackConfig:
     cluster: ClusterConfig
     tailscale_auth_key: pulumi.Output[str] | None
+    # The Hetzner API token for the in-cluster cloud controller and CSI driver (a Kubernetes
+    # Secret); None when neither is installed.
+    hcloud_token: pulumi.Output[str] | None = None
 
 
 def needs_tailscale_key(cfg: ClusterConfig) -> bool:
@@ -1121,6 +1218,14 @@ def _check_hcloud_token() -> None:
                 )
             ]
         )
+
+
+def _hcloud_token(cluster: ClusterConfig) -> pulumi.Output[str] | None:
+    """The token the in-cluster Hetzner add-ons need (checked by _check_hcloud_token first)."""
+    if not (uses_cloud_controller(cluster) or uses_csi(cluster)):
+        return None
+    raw = pulumi.runtime.get_config(HCLOUD_TOKEN) or os.environ.get("HCLOUD_TOKEN", "")
+    return pulumi.Output.secret(str(raw))
 
 
 def _tailscale_key(cluster: ClusterConfig) -> pulumi.Output[str] | None:
@@ -1168,4 +1273,4 @@ def load_config() -> StackConfig:
     key = _tailscale_key(cluster)
     for warning in semantic_warnings(cluster):
         pulumi.log.warn(str(warning))
-    return StackConfig(cluster=cluster, tailscale_auth_key=key)
+    return StackConfig(cluster=cluster, tailscale_auth_key=key, hcloud_token=_hcloud_token(cluster))

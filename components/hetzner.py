@@ -8,8 +8,9 @@ import pulumi
 import pulumi_hcloud as hcloud
 
 from components import catalog
-from components.config import ClusterConfig
+from components.config import ClusterConfig, load_balancer_private_ip, uses_load_balancer
 from components.inventory import Host, container_block
+from components.render import API_PORT
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,17 @@ class Machine:
     public_ipv4: pulumi.Output[str]
     public_ipv6: pulumi.Output[str] | None  # None without IPv6; "" from the API means none
     private_mac_address: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class ApiLoadBalancer:
+    """The Hetzner Load Balancer in front of the servers' API (TCP 6443)."""
+
+    load_balancer: hcloud.LoadBalancer
+    private_ip: str  # fixed at plan time: config.load_balancer_private_ip
+    public_ipv4: pulumi.Output[str] | None  # None when the public interface is off
+    # What must exist before anything uses the address: network attachment, service, targets.
+    ready: list[pulumi.Resource]
 
 
 def firewall_rules(cfg: ClusterConfig) -> list[hcloud.FirewallRuleArgs]:
@@ -94,6 +106,7 @@ class HetznerMachines(pulumi.ComponentResource):
 
     machines: dict[str, Machine]
     network_id: pulumi.Output[str]
+    api_load_balancer: ApiLoadBalancer | None
 
     def __init__(
         self, name: str, args: HetznerMachinesArgs, opts: pulumi.ResourceOptions | None = None
@@ -213,4 +226,80 @@ class HetznerMachines(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment]),
                 )
         self.network_id = network.id
+        self.api_load_balancer = (
+            self._api_load_balancer(name, cfg, args.hosts, network_id, subnet, labels)
+            if uses_load_balancer(cfg)
+            else None
+        )
         self.register_outputs({"networkId": network.id})
+
+    def _api_load_balancer(
+        self,
+        name: str,
+        cfg: ClusterConfig,
+        hosts: list[Host],
+        network_id: pulumi.Output[int],
+        subnet: hcloud.NetworkSubnet,
+        labels: dict[str, str],
+    ) -> ApiLoadBalancer:
+        """A TCP load balancer for 6443 with every server as a private-IP target.
+
+        Traffic and health checks reach the servers over the private network (use_private_ip),
+        where the hosts' firewall opens 6443; the Hetzner firewall covers public interfaces
+        only, and does not apply to the load balancer itself.
+        """
+        child = pulumi.ResourceOptions(parent=self)
+        lb = hcloud.LoadBalancer(
+            f"{name}-api-lb",
+            name=f"{cfg.name}-api",
+            load_balancer_type=cfg.hetzner.load_balancer_type,
+            # The zone, not a server's location: moving servers (or the bootstrap duty) must
+            # not replace the API's address.
+            network_zone=cfg.network.zone,
+            labels={**labels, "role": "api"},
+            delete_protection=cfg.hetzner.protection,
+            # Load balancer names are unique in a project, like server names.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        lb_id = lb.id.apply(int)
+        private_ip = load_balancer_private_ip(cfg)
+        attachment = hcloud.LoadBalancerNetwork(
+            f"{name}-api-lb-private",
+            load_balancer_id=lb_id,
+            network_id=network_id,
+            ip=private_ip,
+            enable_public_interface=cfg.hetzner.load_balancer_public,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[subnet]),
+        )
+        service = hcloud.LoadBalancerService(
+            f"{name}-api-lb-6443",
+            load_balancer_id=lb.id,
+            protocol="tcp",
+            listen_port=API_PORT,
+            destination_port=API_PORT,
+            health_check=hcloud.LoadBalancerServiceHealthCheckArgs(
+                protocol="tcp", port=API_PORT, interval=5, timeout=3, retries=3
+            ),
+            opts=child,
+        )
+        targets = [
+            hcloud.LoadBalancerTarget(
+                f"{host.name}-api-lb-target",
+                type="server",
+                load_balancer_id=lb_id,
+                server_id=self.machines[host.name].server.id.apply(int),
+                use_private_ip=True,
+                # A private-IP target needs both ends in the network.
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[attachment, self.machines[host.name].attachment]
+                ),
+            )
+            for host in hosts
+            if host.role == "server"
+        ]
+        return ApiLoadBalancer(
+            load_balancer=lb,
+            private_ip=private_ip,
+            public_ipv4=lb.ipv4 if cfg.hetzner.load_balancer_public else None,
+            ready=[attachment, service, *targets],
+        )

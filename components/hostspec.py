@@ -259,6 +259,11 @@ class K3s(_Model):
         description="The cluster's CNI: 'cilium' (servers run without flannel, kube-proxy and "
         "network policy) or 'flannel' (k3s's own flannel with VXLAN).",
     )
+    external_cloud_provider: bool = Field(
+        default=False,
+        description="Kubelet with cloud-provider=external: the node waits, tainted "
+        "uninitialized, for an external cloud controller (hcloud-cloud-controller-manager).",
+    )
 
     @model_validator(mode="after")
     def _role_consistent(self) -> K3s:

@@ -142,24 +142,30 @@ class CiliumRelease:
     release: k8s.helm.v3.Release
 
 
-def cilium_release(
-    name: str,
-    cfg: ClusterConfig,
-    kubeconfig: pulumi.Output[str],
-    api_host: pulumi.Input[str],
-    node_count: int,
-    opts: pulumi.ResourceOptions,
-) -> CiliumRelease:
-    provider = k8s.Provider(
+def kubernetes_provider(
+    name: str, cfg: ClusterConfig, kubeconfig: pulumi.Output[str], opts: pulumi.ResourceOptions
+) -> k8s.Provider:
+    """The provider every Helm release and Kubernetes object of the cluster goes through."""
+    return k8s.Provider(
         f"{name}-k8s",
         kubeconfig=kubeconfig,
         # A new kubeconfig (e.g. rotated client cert) must not replace everything under it.
         cluster_identifier=cfg.name,
-        # When the servers are already gone (destroy after a failed up), the release goes with
+        # When the servers are already gone (destroy after a failed up), the releases go with
         # them instead of blocking `pulumi destroy`.
         delete_unreachable=True,
         opts=opts,
     )
+
+
+def cilium_release(
+    name: str,
+    cfg: ClusterConfig,
+    provider: k8s.Provider,
+    api_host: pulumi.Input[str],
+    node_count: int,
+    opts: pulumi.ResourceOptions,
+) -> CiliumRelease:
     values = pulumi.Output.from_input(api_host).apply(
         lambda host: cilium.render_values(cilium_settings(cfg, host, node_count))
     )

@@ -116,6 +116,9 @@ class FakeProviders(pulumi.runtime.Mocks):
                 ipv6Address=network.replace("::/64", "::1"),
                 status="running",
             )
+        elif typ == "hcloud:index/loadBalancer:LoadBalancer":
+            network = fake_ipv6_network(name)
+            state.update(ipv4=fake_ipv4(name), ipv6=network.replace("::/64", "::1"))
         elif typ == "hcloud:index/serverNetwork:ServerNetwork":
             mac = _digest("mac", name)[:3].hex(":")
             state.update(macAddress=f"86:00:00:{mac}")

@@ -7,10 +7,11 @@ modules read. Secrets never enter it: only the paths of the 0600 files that hold
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from components import catalog, rules
-from components.config import ClusterConfig, container_mode
+from components.config import ClusterConfig, container_mode, uses_cloud_controller
 from components.hostspec import (
     AdminUser,
     Cilium,
@@ -42,6 +43,8 @@ COLIMA_PRIVATE_INTERFACE = "col0"
 # macOS vzNAT shared network that Colima's --network-address NIC (col0) gets its address on.
 COLIMA_NETWORK = "192.168.64.0/24"
 HETZNER_PRIVATE_INTERFACE = "enp7s0"
+# providerID of nspawn k3s agents (see _container_kubelet).
+CONTAINER_PROVIDER_ID_PREFIX = "nspawn://"
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,8 @@ def api_endpoint(cfg: ClusterConfig, first_server_address: str | None = None) ->
     return rules.endpoint_of_address(first_server_address)
 
 
-def _tls_sans(cfg: ClusterConfig, facts: MachineFacts) -> list[str]:
-    names = [*cfg.k3s.tls_sans]
+def _tls_sans(cfg: ClusterConfig, facts: MachineFacts, api_sans: Sequence[str]) -> list[str]:
+    names = [*cfg.k3s.tls_sans, *api_sans]
     if cfg.api_endpoint:
         names.append(api_endpoint(cfg).tls_san)
     addresses = (facts.public_ipv4, facts.public_ipv6, facts.private_ipv4)
@@ -89,7 +92,9 @@ def _tls_sans(cfg: ClusterConfig, facts: MachineFacts) -> list[str]:
     return sorted(set(names))
 
 
-def _k3s(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str) -> K3s:
+def _k3s(
+    cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str, api_sans: Sequence[str]
+) -> K3s:
     is_server = host.role == "server"
     snapshots = cfg.k3s.etcd_snapshots
     shutdown = cfg.k3s.graceful_shutdown
@@ -103,7 +108,7 @@ def _k3s(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str)
         cluster_cidr=cfg.k3s.cluster_cidr,
         service_cidr=cfg.k3s.service_cidr,
         cluster_dns=cfg.k3s.cluster_dns,
-        tls_sans=_tls_sans(cfg, facts) if is_server else [],
+        tls_sans=_tls_sans(cfg, facts, api_sans) if is_server else [],
         node_ip=facts.private_ipv4,
         node_external_ip=facts.public_ipv4,
         node_labels=dict(sorted(host.pool.labels.items())),
@@ -122,7 +127,20 @@ def _k3s(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str)
         extra_flags=list(cfg.k3s.extra_flags),
         vpn_auth_file=VPN_AUTH_FILE if cfg.tailscale.enabled else None,
         cni=cfg.k3s.cni,
+        external_cloud_provider=uses_cloud_controller(cfg),
     )
+
+
+def _container_kubelet(cfg: ClusterConfig, node: str, kubelet: dict) -> dict:
+    """An nspawn agent is no Hetzner server: its providerID says so.
+
+    hcloud-cloud-controller-manager skips nodes whose providerID has a prefix it does not know
+    (no load balancer target, an error instead of "instance gone"); without one it would look
+    the node up by name, find no server, and delete the Node whenever it is NotReady.
+    """
+    if not uses_cloud_controller(cfg):
+        return dict(kubelet)
+    return {"providerID": f"{CONTAINER_PROVIDER_ID_PREFIX}{node}", **kubelet}
 
 
 def _containers(
@@ -143,7 +161,9 @@ def _containers(
                 node_labels=dict(sorted(slot.config.labels.items())),
                 node_taints=[t.render() for t in slot.config.taints],
                 node_external_ip=facts.public_ipv4,
-                kubelet_config=dict(slot.config.kubelet),
+                kubelet_config=_container_kubelet(
+                    cfg, container_node_name(host.name, slot.config.name), slot.config.kubelet
+                ),
             ),
             credentials=ContainerCredentials(
                 k3s_token=TOKEN_FILE,
@@ -206,8 +226,12 @@ def host_spec(
     *,
     bootstrap_ip: str,
     authorized_keys: list[str],
+    api_sans: Sequence[str] = (),
 ) -> HostSpec:
-    """The host document for one host. `authorized_keys` = deploy key + the users' keys."""
+    """The host document for one host. `authorized_keys` = deploy key + the users' keys.
+
+    `api_sans`: addresses of the API load balancer, for the servers' certificates.
+    """
     hetzner = cfg.provider == "hetzner"
     network = Network(
         public_ipv4=facts.public_ipv4,
@@ -242,7 +266,7 @@ def host_spec(
             if cfg.ssh_keys
             else [],
         ),
-        k3s=_k3s(cfg, host, facts, bootstrap_ip),
+        k3s=_k3s(cfg, host, facts, bootstrap_ip, api_sans),
         firewall=_firewall(cfg),
         # Cilium's kernel modules and sysctls; a flannel cluster needs none of them.
         cilium=Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),

@@ -1,7 +1,8 @@
 """JSON Schema (draft-07) validation for the keywords Helm chart value schemas use.
 
 The Cilium charts we support ship a draft-07 `values.schema.json` built from `type`,
-`properties`, `items`, `anyOf`, `oneOf`, `enum`, `minimum` and `maximum` only. This module
+`properties`, `items`, `anyOf`, `oneOf`, `enum`, `minimum` and `maximum` only; the Hetzner
+charts' schemas (components/data/hcloud/) add `additionalProperties`. This module
 implements exactly those keywords with the semantics and messages of the `jsonschema` package
 (Draft7Validator), which stays a test dependency: tests/cilium/test_values_schema.py checks the
 two against each other on every shipped schema. A schema with any other validation keyword is
@@ -25,7 +26,17 @@ ANNOTATIONS = frozenset(
      "writeOnly", "definitions"}
 )  # fmt: skip
 VALIDATION = frozenset(
-    {"type", "properties", "items", "anyOf", "oneOf", "enum", "minimum", "maximum"}
+    {
+        "type",
+        "properties",
+        "additionalProperties",
+        "items",
+        "anyOf",
+        "oneOf",
+        "enum",
+        "minimum",
+        "maximum",
+    }
 )
 
 
@@ -95,6 +106,9 @@ def check_schema(schema: Any) -> None:
         raise UnsupportedSchema(f"unsupported schema keyword(s): {', '.join(unknown)}")
     for sub in schema.get("properties", {}).values():
         check_schema(sub)
+    additional = schema.get("additionalProperties", True)
+    if not isinstance(additional, bool):
+        check_schema(additional)
     if "items" in schema:
         items = schema["items"]
         for sub in items if isinstance(items, list) else [items]:
@@ -132,6 +146,8 @@ def _iter(instance: Any, schema: Any, path: tuple[str | int, ...]) -> Iterator[P
                 for name, sub in value.items():
                     if name in instance:
                         yield from _iter(instance[name], sub, (*path, name))
+        elif keyword == "additionalProperties":
+            yield from _additional(instance, value, schema, path)
         elif keyword == "items":
             if isinstance(instance, list):
                 if isinstance(value, list):
@@ -162,3 +178,20 @@ def _iter(instance: Any, schema: Any, path: tuple[str | int, ...]) -> Iterator[P
                 yield Problem(path, f"{instance!r} is valid under each of {reprs}")
         else:
             raise UnsupportedSchema(f"unsupported schema keyword {keyword!r}")
+
+
+def _additional(
+    instance: Any, value: Any, schema: Mapping[str, Any], path: tuple[str | int, ...]
+) -> Iterator[Problem]:
+    """additionalProperties: a schema every undeclared key must match, or false (none allowed)."""
+    if not isinstance(instance, dict):
+        return
+    declared = schema.get("properties", {})
+    extras = sorted((key for key in instance if key not in declared), key=str)
+    if isinstance(value, dict):
+        for key in extras:
+            yield from _iter(instance[key], value, (*path, key))
+    elif value is False and extras:
+        verb = "was" if len(extras) == 1 else "were"
+        names = ", ".join(repr(key) for key in extras)
+        yield Problem(path, f"Additional properties are not allowed ({names} {verb} unexpected)")

@@ -113,6 +113,7 @@ in
         etcdSnapshots = h.k3s.etcdSnapshots;
         # Installed with the final system, k3s waits for the deploy's go (host-activate.sh).
         holdUntil = "/var/lib/nixos-k3s/k3s-released";
+        externalCloudProvider = h.k3s.externalCloudProvider;
       };
 
       nixosK3s.tailscale = {

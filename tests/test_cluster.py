@@ -154,7 +154,8 @@ def test_cilium_release_and_nodes_ready_gate(prod_plan: Plan) -> None:
     assert release["skipAwait"] is True
     values = release["values"]
     assert values["MTU"] == 1450 and values["kubeProxyReplacement"] is True
-    assert values["k8sServiceHost"] == "10.0.1.10"
+    # The API load balancer's private address (the subnet's last usable one).
+    assert values["k8sServiceHost"] == "10.0.1.254"
     assert values["ipam"]["operator"]["clusterPoolIPv4PodCIDRList"] == ["10.42.0.0/16"]
     assert values["operator"]["replicas"] == 2
     provider = prod_plan["prod-k8s"]

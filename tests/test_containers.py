@@ -76,7 +76,11 @@ def test_credentials_wired_to_secret_files(plan: Plan) -> None:
     assert batch["credentials"] == {"k3sToken": TOKEN_FILE, "tailscaleAuthKey": None}
     assert edge["tailscale"] is True and batch["ephemeral"] is True
     assert edge["k3s"]["nodeTaints"] == ["public-ingress:NoSchedule"]
-    assert batch["k3s"]["kubeletConfig"] == {"maxPods": 50}
+    # The Hetzner cloud controller skips nodes with a providerID prefix it does not know.
+    assert batch["k3s"]["kubeletConfig"] == {
+        "maxPods": 50,
+        "providerID": "nspawn://prod-workers-1-batch",
+    }
     assert edge["k3s"]["serverAddr"] == "https://10.0.1.10:6443"
 
 

@@ -4,15 +4,20 @@
 # Runs ON A SERVER as root (remote.Command: `bash -c '<this text>' nodes-ready.sh COUNT TIMEOUT`).
 # Args: EXPECTED_COUNT  nodes that must report Ready; TIMEOUT  seconds to wait.
 # Env: POLL_INTERVAL seconds between tries (2).
+# A node still tainted node.cloudprovider.kubernetes.io/uninitialized does not count: the cloud
+# controller has not taken it over yet (a wrong hcloud token would otherwise go unnoticed).
 # Exit codes: 0 enough nodes Ready; 1 not in time (the message names every node that is not
-#   Ready with its Ready condition's reason and message, e.g. the CNI not initialised, and how
-#   many nodes never registered); 2 usage.
+#   Ready with its Ready condition's reason and message, e.g. the CNI not initialised, every
+#   node the cloud controller has not initialised, and how many nodes never registered); 2 usage.
 set -euo pipefail
 
 readonly POLL_INTERVAL=${POLL_INTERVAL:-2}
-# One "NAME<TAB>STATUS<TAB>REASON<TAB>MESSAGE" line per node, from its Ready condition; STATUS
-# is True, False or Unknown, and all three are empty before the kubelet first reports.
-readonly READY_JSONPATH='{range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\t"}{.status.conditions[?(@.type=="Ready")].reason}{"\t"}{.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}'
+# One "NAME<TAB>STATUS<TAB>REASON<TAB>TAINT KEYS<TAB>MESSAGE" line per node, from its Ready
+# condition and taints; STATUS is True, False or Unknown, and STATUS, REASON and MESSAGE are empty
+# before the kubelet first reports. TAINT KEYS are separated by spaces; the message comes last
+# because it is free text.
+readonly READY_JSONPATH='{range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\t"}{.status.conditions[?(@.type=="Ready")].reason}{"\t"}{.spec.taints[*].key}{"\t"}{.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}'
+readonly UNINITIALIZED_TAINT=node.cloudprovider.kubernetes.io/uninitialized
 
 main() {
   if (($# != 2)) || ! [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]]; then
@@ -29,10 +34,18 @@ main() {
     not_ready=""
     if listing=$(k3s kubectl --request-timeout=5s get nodes -o "jsonpath=$READY_JSONPATH" 2>&1); then
       listed=1
-      local name status reason message
-      while IFS=$'\t' read -r name status reason message; do
+      local line name status reason taints message
+      while IFS= read -r line; do
+        # Tabs are whitespace to `read` and runs of them would merge empty fields: split on a
+        # separator that is not.
+        IFS=$'\x1f' read -r name status reason taints message <<<"${line//$'\t'/$'\x1f'}"
         [[ -n $name ]] || continue
         registered=$((registered + 1))
+        if [[ " $taints " == *" $UNINITIALIZED_TAINT "* ]]; then
+          summary+="$name=${status:-Unknown}(uninitialized) "
+          not_ready+=$'\n'"  $name: not initialised by the cloud controller (taint $UNINITIALIZED_TAINT)"
+          continue
+        fi
         summary+="$name=${status:-Unknown} "
         if [[ $status == True ]]; then
           ready=$((ready + 1))

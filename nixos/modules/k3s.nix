@@ -225,6 +225,17 @@ in
       '';
     };
 
+    externalCloudProvider = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Run the kubelet with cloud-provider=external (servers and agents alike: with
+        --disable-cloud-controller k3s stops setting it itself). The node then carries the
+        node.cloudprovider.kubernetes.io/uninitialized taint until an external cloud
+        controller (hcloud-cloud-controller-manager) initialises it.
+      '';
+    };
+
     extraFlags = lib.mkOption {
       type = lib.types.listOf (lib.types.strMatching "--[a-z0-9][a-z0-9-]*(=[^[:space:]\"'$%\\\\]*)?");
       default = [ ];
@@ -287,6 +298,7 @@ in
         # services.k3s.nodeExternalIP is newer than the nixos-25.11 pin (nixpkgs PR #505398).
         ++ lib.optional (cfg.nodeExternalIp != null) "--node-external-ip=${cfg.nodeExternalIp}"
         ++ lib.optional (cfg.vpnAuthFile != null) "--vpn-auth-file=${cfg.vpnAuthFile}"
+        ++ lib.optional cfg.externalCloudProvider "--kubelet-arg=cloud-provider=external"
         ++ cfg.extraFlags;
     };
   };

@@ -92,7 +92,8 @@ def test_shipped_schemas_use_only_supported_keywords(version: str) -> None:
     "schema",
     [
         {"type": "string", "pattern": "^a"},
-        {"properties": {"a": {"additionalProperties": False}}},
+        {"properties": {"a": {"patternProperties": {"^x": {}}}}},
+        {"additionalProperties": {"minLength": 1}},
         {"items": [{"type": "string"}, {"minLength": 1}]},
         {"anyOf": [{"type": "string"}, {"$ref": "#/definitions/x"}]},
         ["not", "a", "schema"],

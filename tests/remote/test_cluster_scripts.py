@@ -259,6 +259,37 @@ def test_nodes_ready_reports_an_unreachable_api_without_node_lines(host: FakeHos
     assert "never registered" not in failed.stderr
 
 
+def test_nodes_ready_waits_for_the_cloud_controller(host: FakeHost) -> None:
+    uninitialized = "node.cloudprovider.kubernetes.io/uninitialized"
+    control_plane = "node-role.kubernetes.io/control-plane"
+    set_nodes(
+        host,
+        {
+            "server-1": f"True\nKubeletReady\nready\n{control_plane}",
+            "agent-1": f"True\nKubeletReady\nready\n{control_plane} {uninitialized}",
+        },
+    )
+    short = host.server.ssh(remote_invocation("nodes-ready.sh", "2", "1", env=FAST))
+    assert short.returncode == 1
+    assert "only 1 of 2 nodes Ready" in short.stderr
+    assert "agent-1=True(uninitialized)" in short.stderr
+    assert f"  agent-1: not initialised by the cloud controller (taint {uninitialized})" in (
+        short.stderr.splitlines()
+    )
+    set_nodes(host, {"agent-1": "True\nKubeletReady\nready\nnode.kubernetes.io/unschedulable"})
+    ok = host.server.ssh(remote_invocation("nodes-ready.sh", "2", "5", env=FAST))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_nodes_ready_reads_empty_fields_in_place(host: FakeHost) -> None:
+    """A node that has not reported yet has taints but no Ready status, reason or message:
+    the empty fields must not shift the taint keys into the status."""
+    set_nodes(host, {"agent-1": "\n\n\nnode.kubernetes.io/not-ready"})
+    failed = host.server.ssh(remote_invocation("nodes-ready.sh", "1", "1", env=FAST))
+    assert failed.returncode == 1
+    assert "  agent-1: Ready=Unknown (no reason reported: no message)" in failed.stderr.splitlines()
+
+
 def gate_client(
     host: FakeHost, *args: str, port: int | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
