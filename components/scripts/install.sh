@@ -17,10 +17,12 @@
 #                    runs through `nix run github:nix-community/nixos-anywhere/$NIXOS_ANYWHERE_REF`
 #   NIXOS_ANYWHERE_REF  release tag of nixos-anywhere (1.13.0)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (60), SSH_RETRY_DELAY (5)
-# Stdin: records `<path>\t<octal mode>\t<base64 content>`, one a line. `@deploy-key` is the SSH
-#   private key to connect with, `@host-key` the host's private ed25519 host key (installed as
-#   /etc/ssh/ssh_host_ed25519_key, 0600, with its .pub); any other path is a file put on the
-#   target through --extra-files (install-secrets.sh stages it with its mode).
+# Stdin: an install-secrets.sh bundle (header with record count and sha256, then records
+#   `<path>\t<octal mode>\t<base64 content>`), checked before anything is used. It holds exactly
+#   what the install needs: `@deploy-key`, the SSH private key to connect with, and `@host-key`,
+#   the host's private ed25519 host key (installed as /etc/ssh/ssh_host_ed25519_key, 0600, with
+#   its .pub). Secret files (k3s token, tailscale key) are refused here: they travel later, over
+#   the pinned connection of the secrets step (install-secrets.sh on the host).
 # Secrets only ever live in a mktemp dir (umask 077) removed on every exit path; no secret is on
 #   a command line. A host that already answers with the pinned host key is left alone, so a
 #   re-run never wipes an installed machine.
@@ -74,19 +76,22 @@ setup() {
   trap 'exit 129' HUP
 }
 
-# Splits stdin into the two keys and the records of files for the target.
+# Checks the bundle on stdin (install-secrets.sh --verify: count and sha256) and splits it into
+# the two keys.
 read_bundle() {
-  local tab line path content
+  local tab body line path content
   tab=$(printf '\t')
-  : >"$WORK/records"
-  while IFS= read -r line || [[ -n $line ]]; do
-    [[ -n $line ]] || continue
-    IFS=$tab read -r path _ content _ <<<"$line"
+  body=$(bash "$SCRIPT_DIR/install-secrets.sh" --verify) || bad_input "the install bundle on stdin is not valid"
+  while [[ -n $body ]]; do
+    line=${body%%$'\n'*}
+    if [[ $body == *$'\n'* ]]; then body=${body#*$'\n'}; else body=""; fi
+    path=${line%%"$tab"*}
+    content=${line##*"$tab"}
     case $path in
-    @deploy-key) printf '%s' "${content:-}" | base64 --decode >"$WORK/deploy-key" ;;
-    @host-key) printf '%s' "${content:-}" | base64 --decode >"$WORK/host-key" ;;
+    @deploy-key) printf '%s' "$content" | base64 --decode >"$WORK/deploy-key" ;;
+    @host-key) printf '%s' "$content" | base64 --decode >"$WORK/host-key" ;;
     @*) bad_input "unknown special record $path" ;;
-    *) printf '%s\n' "$line" >>"$WORK/records" ;;
+    *) bad_input "the install carries only @deploy-key and @host-key; $path belongs to the secrets step" ;;
     esac
   done
   [[ -s $WORK/deploy-key ]] || bad_input "the bundle has no @deploy-key record"
@@ -102,12 +107,11 @@ read_bundle() {
   printf 'nixos-k3s-target %s\n' "$pinned" >"$WORK/known_hosts"
 }
 
-# The tree nixos-anywhere copies onto the new root. Its directories are 0755 because tar
-# applies them to /etc, /var and friends on the target; the files carry their own modes.
+# The tree nixos-anywhere copies onto the new root: the host key only. Its directories are 0755
+# because tar applies them to /etc on the target.
 stage_extra_files() {
   local extra=$WORK/extra
   mkdir -m 0755 "$extra"
-  INSTALL_ROOT=$extra NEW_DIR_MODE=0755 bash "$SCRIPT_DIR/install-secrets.sh" <"$WORK/records" >&2
   (umask 022 && mkdir -p "$extra/etc/ssh")
   cp "$WORK/host-key" "$extra/etc/ssh/ssh_host_ed25519_key"
   chmod 0600 "$extra/etc/ssh/ssh_host_ed25519_key"

@@ -58,9 +58,11 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Planned:
 
 
 def bundle_files(bundle: str) -> dict[str, str]:
-    """The files in an install-secrets.sh stdin bundle (`path<TAB>mode<TAB>base64` lines)."""
+    """The files in an install-secrets.sh stdin bundle: a header, then path, mode, base64 lines."""
     files = {}
-    for line in bundle.splitlines():
+    header, _, records = bundle.partition("\n")
+    assert header.startswith("nixos-k3s-bundle v1 "), header
+    for line in records.splitlines():
         path, _, encoded = line.split("\t")
         files[path] = base64.b64decode(encoded).decode()
     return files
