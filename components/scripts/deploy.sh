@@ -104,7 +104,11 @@ main() {
   255) printf 'deploy.sh: connection lost during activation; checking over a new connection\n' >&2 ;;
   3) fail "build of release $RELEASE_ID failed on $HOST_NAME; nothing was activated" ;;
   4) fail "activation of release $RELEASE_ID failed on $HOST_NAME; rolled back" ;;
-  *) fail "activate step failed on $HOST_NAME (exit $status)" ;;
+  *)
+    # E.g. the on-host rollback stopped an activation that hung: show what the host says.
+    print_host_status
+    fail "activate step failed on $HOST_NAME (exit $status)"
+    ;;
   esac
 
   # A fresh connection proves the new configuration still lets us in.
