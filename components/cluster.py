@@ -237,6 +237,7 @@ class Cluster(pulumi.ComponentResource):
             cfg.deploy.nodes_ready_timeout_seconds,
             k3s.gate_options(self, [release.release, *gates]),
         )
+        k3s.teardown_marker(name, gate_target, gates, self)
 
         self.api_endpoint = endpoint.apply(lambda ep: f"https://{ep}:{render.API_PORT}")
         self.host_addresses = pulumi.Output.all(
