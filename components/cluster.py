@@ -52,6 +52,8 @@ class MachineView:
     facts_of: Callable[[Sequence[Any]], render.MachineFacts]
     private_ipv4: pulumi.Input[str]
     wake: WakeCommand | None = None
+    # The host key the machine answers with before NixOS is installed (stock image, installer).
+    stock_host_key: pulumi.Input[str] | None = None
 
     def spec(
         self, extra: Sequence[pulumi.Input[Any]], render_spec: Callable[..., HostSpec]
@@ -92,7 +94,7 @@ class Cluster(pulumi.ComponentResource):
             for h in hosts
         }
         deploy_public = deploy_key.public_openssh
-        machines = self._machines(name, cfg, hosts, deploy_public)
+        machines = self._machines(name, cfg, hosts, deploy_public, child)
 
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
@@ -149,6 +151,7 @@ class Cluster(pulumi.ComponentResource):
                     rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
                     push_after=after,
                     wake=machine.wake,
+                    stock_host_key=machine.stock_host_key,
                 ),
                 opts=child,
             )
@@ -254,12 +257,32 @@ class Cluster(pulumi.ComponentResource):
         )
 
     def _machines(
-        self, name: str, cfg: ClusterConfig, hosts: list[Host], deploy_public: pulumi.Output[str]
+        self,
+        name: str,
+        cfg: ClusterConfig,
+        hosts: list[Host],
+        deploy_public: pulumi.Output[str],
+        child: pulumi.ResourceOptions,
     ) -> dict[str, MachineView]:
         if cfg.provider == "hetzner":
+            # A throwaway host key per server for the stock image (cloud-init user data, which
+            # Hetzner's API stores): distinct from the NixOS host key, which only travels over a
+            # connection pinned to this one.
+            stock_keys = {
+                h.name: tls.PrivateKey(f"{h.name}-stock-host-key", algorithm="ED25519", opts=child)
+                for h in hosts
+            }
             hetzner = HetznerMachines(
                 f"{name}-hetzner",
-                HetznerMachinesArgs(config=cfg, hosts=hosts, deploy_public_key=deploy_public),
+                HetznerMachinesArgs(
+                    config=cfg,
+                    hosts=hosts,
+                    deploy_public_key=deploy_public,
+                    stock_host_keys={
+                        n: (pulumi.Output.secret(k.private_key_openssh), k.public_key_openssh)
+                        for n, k in stock_keys.items()
+                    },
+                ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             views = {}
@@ -284,6 +307,7 @@ class Cluster(pulumi.ComponentResource):
                         public_ipv6=(v[2] or None) if len(v) > 2 else None,
                     ),
                     private_ipv4=private_ip,
+                    stock_host_key=stock_keys[host.name].public_key_openssh.apply(str.strip),
                 )
             return views
         views = {}
@@ -313,6 +337,7 @@ class Cluster(pulumi.ComponentResource):
                     private_ipv4=v[0], private_cidr=render.COLIMA_NETWORK
                 ),
                 private_ipv4=vm.address,
+                stock_host_key=vm.stock_host_key,
             )
         return views
 

@@ -108,6 +108,9 @@ class NixosHostArgs:
     rollback_timeout_seconds: int
     push_after: Sequence[pulumi.Resource] = field(default_factory=list)
     wake: WakeCommand | None = None
+    # Public host key of the machine before the install (stock image and kexec installer): the
+    # install's first contact pins it. Required by install.sh (nothing is trusted on first use).
+    stock_host_key: pulumi.Input[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,11 @@ class NixosHost(pulumi.ComponentResource):
                 "TARGET_USER": args.install_user,
                 # k3s off: it starts with the push, in the order the gates set.
                 "HOST_JSON": args.install_json,
+                **(
+                    {}
+                    if args.stock_host_key is None
+                    else {"STOCK_HOST_PUBLIC_KEY": args.stock_host_key}
+                ),
             },
             stdin=pulumi.Output.secret(install_stdin),
             update=ALREADY_INSTALLED,

@@ -42,7 +42,7 @@ def test_servers_labelled_protected_and_spread(prod_plan: Plan) -> None:
     assert server["deleteProtection"] is True and server["rebuildProtection"] is True
     assert isinstance(server["placementGroupId"], int)
     assert all(isinstance(i, int) for i in server["firewallIds"])
-    assert "userData" not in server
+    assert server["userData"] == "[secret]", "the stock host key (see test_first_contact.py)"
 
 
 def test_private_ips_are_fixed_per_host(prod_plan: Plan) -> None:

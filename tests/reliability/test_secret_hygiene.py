@@ -76,6 +76,8 @@ def secret_values(planned: Planned) -> dict[str, str]:
     values["deploy key"] = mocks.fake_private_key("hyg-deploy-key")
     for host in result.hosts:
         values[f"{host} host key"] = mocks.fake_private_key(f"{host}-host-key")
+        if any(r.name == f"{host}-stock-host-key" for r in result.registrations):
+            values[f"{host} stock host key"] = mocks.fake_private_key(f"{host}-stock-host-key")
     for reg in planned.commands():
         if reg.name.endswith("-secrets"):
             for path, content in bundle_files(reg.secret_paths["stdin"]).items():

@@ -74,6 +74,7 @@ def install_env(host: FakeHost, source: Path, host_key: Path, **overrides: str) 
         "HOST_JSON": host_json(),
         "NIXOS_SOURCE_DIR": str(source),
         "HOST_PUBLIC_KEY": public_key_of(host_key),
+        "STOCK_HOST_PUBLIC_KEY": public_key_of(host.server.stock_host_key),
         "SSH_CONNECT_TIMEOUT": "5",
         "SSH_CONNECT_ATTEMPTS": "20",
         "SSH_RETRY_DELAY": "0.2",
@@ -421,3 +422,63 @@ def test_the_programs_bundle_is_what_install_secrets_accepts(tmp_path: Path) -> 
     )
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.decode() == special.split("\n", 1)[1]
+
+
+def test_first_contact_refuses_an_unknown_host_key(host: FakeHost, tmp_path: Path) -> None:
+    # The machine answers with neither the stock key (cloud-init / colima) nor the NixOS key:
+    # a man in the middle, or another machine at that address. Nothing is sent to it.
+    host_key = new_host_key(tmp_path)
+    (tmp_path / "intruder").mkdir()
+    intruder = new_host_key(tmp_path / "intruder")
+    host.server.swap_host_key(intruder)
+    env = install_env(host, make_nixos_source(tmp_path), host_key, SSH_CONNECT_ATTEMPTS="2")
+    result = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert result.returncode == 1
+    assert "neither the pinned stock key nor" in result.stderr
+    assert host.calls("nixos-anywhere") == []
+
+
+def test_nixos_anywhere_connections_pin_the_stock_key(host: FakeHost, tmp_path: Path) -> None:
+    # The stand-in logs in the way the real one does (StrictHostKeyChecking=no,
+    # UserKnownHostsFile=/dev/null first). A different key shows up after install.sh's own
+    # probe: nixos-anywhere's ssh must refuse it, so the NixOS host key is never sent there.
+    host_key = new_host_key(tmp_path)
+    (tmp_path / "intruder").mkdir()
+    intruder = new_host_key(tmp_path / "intruder")
+    (host.root / "control").mkdir()
+    (host.root / "control/nixos-anywhere-mitm").write_text(str(intruder))
+    env = install_env(host, make_nixos_source(tmp_path), host_key)
+    result = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert result.returncode == 1, result.stderr
+    assert "Host key verification failed" in result.stderr
+    assert "nixos-anywhere failed" in result.stderr
+    assert not (host.root / "mnt").exists(), "nothing was copied to the impostor"
+    (call,) = host.calls("nixos-anywhere")
+    assert "StrictHostKeyChecking" not in call, "pinned through ssh, not --ssh-option"
+
+
+def test_the_pinning_ssh_wrapper_overrides_nixos_anywheres_defaults(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    # Without the wrapper, ssh keeps nixos-anywhere's StrictHostKeyChecking=no (the first value
+    # of an option wins): the same impostor is accepted. This is what the wrapper prevents.
+    (tmp_path / "intruder").mkdir()
+    intruder = new_host_key(tmp_path / "intruder")
+    host.server.swap_host_key(intruder)
+    known = tmp_path / "known_hosts_stock"
+    known.write_text(f"nixos-k3s-stock {public_key_of(host.server.stock_host_key)}\n")
+    base = [
+        "ssh", "-F", "none", "-T", "-p", str(host.server.port),
+        "-i", str(host.server.client_key), "-o", "BatchMode=yes",
+    ]  # fmt: skip
+    defaults = ["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"]
+    pins = [
+        "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "HostKeyAlias=nixos-k3s-stock",
+    ]  # fmt: skip
+    target = ["root@127.0.0.1", "true"]
+    appended = subprocess.run([*base, *defaults, *pins, *target], capture_output=True, text=True)
+    assert appended.returncode == 0, "--ssh-option style (appended) pins are ignored by ssh"
+    prepended = subprocess.run([*base, *pins, *defaults, *target], capture_output=True, text=True)
+    assert prepended.returncode != 0
+    assert "Host key verification failed" in prepended.stderr
