@@ -152,7 +152,8 @@ stop_process_group() {
   kill -KILL -- "-$pgid" 2>/dev/null || true
 }
 
-# The rollback's lock: an activate step that still holds it is stopped, never waited on.
+# The rollback's lock: an activation (`nixos-rebuild test`) that still holds it is stopped,
+# never waited on.
 take_lock_for_rollback() {
   exec 9>"$STATE/lock"
   if ! flock -n 9; then
@@ -160,7 +161,9 @@ take_lock_for_rollback() {
     holder=$(owner_get command)
     pid=$(owner_get pid)
     activation=$(owner_get activation)
-    if [[ $holder != activate ]]; then
+    if [[ $holder != activate || -z $activation ]]; then
+      # Another step (or an activate step still building: no timer of its own is armed yet)
+      # ends by itself; only a running activation is stopped.
       say "waiting for the ${holder:-unknown} step (pid ${pid:-?}) that holds $STATE/lock"
       flock -w 900 9 || die 1 "the ${holder:-unknown} step still holds $STATE/lock after 900s"
     else
