@@ -125,14 +125,7 @@ $1}"
 }
 
 owner_get() {
-  local key=$1 line
-  [[ -f $STATE/lock.owner ]] || return 0
-  while IFS= read -r line; do
-    if [[ $line == "$key="* ]]; then
-      printf '%s\n' "${line#*=}"
-      return 0
-    fi
-  done <"$STATE/lock.owner"
+  file_get "$STATE/lock.owner" "$1"
 }
 
 # Stops the switch-to-configuration unit(s) of nixos-rebuild and waits until they are gone.
@@ -187,14 +180,19 @@ resolve() {
 }
 
 pending_get() {
-  local key=$1 line
-  [[ -f $PENDING ]] || return 0
+  file_get "$PENDING" "$1"
+}
+
+# The value of KEY in a file of key=value lines (nothing when absent).
+file_get() {
+  local file=$1 key=$2 line
+  [[ -f $file ]] || return 0
   while IFS= read -r line; do
     if [[ $line == "$key="* ]]; then
       printf '%s\n' "${line#*=}"
       return 0
     fi
-  done <"$PENDING"
+  done <"$file"
 }
 
 write_atomically() {

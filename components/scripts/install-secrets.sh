@@ -55,6 +55,7 @@ refuse_bundle() {
   exit 2
 }
 
+# operator-lib.sh's sha256_stdin again: this script travels inline to hosts, it cannot source it.
 sha256_hex() {
   local sum
   if command -v sha256sum >/dev/null 2>&1; then
