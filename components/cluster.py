@@ -55,6 +55,8 @@ class MachineView:
     facts_of: Callable[[Sequence[Any]], render.MachineFacts]
     private_ipv4: pulumi.Input[str]
     wake: WakeCommand | None = None
+    # The host key the machine answers with before NixOS is installed (stock image, installer).
+    stock_host_key: pulumi.Input[str] | None = None
 
     def spec(
         self, extra: Sequence[pulumi.Input[Any]], render_spec: Callable[..., HostSpec]
@@ -112,7 +114,7 @@ class Cluster(pulumi.ComponentResource):
         }
         deploy_public = deploy_key.public_openssh
         self._hetzner: HetznerMachines | None = None
-        machines = self._machines(name, cfg, hosts, deploy_public)
+        machines = self._machines(name, cfg, hosts, deploy_public, child)
         lb = self._hetzner.api_load_balancer if self._hetzner else None
         # The servers' certificates also name the API load balancer's addresses.
         lb_sans: list[pulumi.Input[str]] = (
@@ -170,6 +172,7 @@ class Cluster(pulumi.ComponentResource):
                     rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
                     push_after=after,
                     wake=machine.wake,
+                    stock_host_key=machine.stock_host_key,
                 ),
                 opts=child,
             )
@@ -270,6 +273,7 @@ class Cluster(pulumi.ComponentResource):
             cfg.deploy.nodes_ready_timeout_seconds,
             k3s.gate_options(self, [*cni_ready, *addons, *gates]),
         )
+        k3s.teardown_marker(name, gate_target, gates, self)
 
         self.api_endpoint = endpoint_url
         self.host_addresses = pulumi.Output.all(
@@ -323,12 +327,32 @@ class Cluster(pulumi.ComponentResource):
         return addons.releases
 
     def _machines(
-        self, name: str, cfg: ClusterConfig, hosts: list[Host], deploy_public: pulumi.Output[str]
+        self,
+        name: str,
+        cfg: ClusterConfig,
+        hosts: list[Host],
+        deploy_public: pulumi.Output[str],
+        child: pulumi.ResourceOptions,
     ) -> dict[str, MachineView]:
         if cfg.provider == "hetzner":
+            # A throwaway host key per server for the stock image (cloud-init user data, which
+            # Hetzner's API stores): distinct from the NixOS host key, which only travels over a
+            # connection pinned to this one.
+            stock_keys = {
+                h.name: tls.PrivateKey(f"{h.name}-stock-host-key", algorithm="ED25519", opts=child)
+                for h in hosts
+            }
             hetzner = self._hetzner = HetznerMachines(
                 f"{name}-hetzner",
-                HetznerMachinesArgs(config=cfg, hosts=hosts, deploy_public_key=deploy_public),
+                HetznerMachinesArgs(
+                    config=cfg,
+                    hosts=hosts,
+                    deploy_public_key=deploy_public,
+                    stock_host_keys={
+                        n: (pulumi.Output.secret(k.private_key_openssh), k.public_key_openssh)
+                        for n, k in stock_keys.items()
+                    },
+                ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             views = {}
@@ -353,6 +377,7 @@ class Cluster(pulumi.ComponentResource):
                         public_ipv6=(v[2] or None) if len(v) > 2 else None,
                     ),
                     private_ipv4=private_ip,
+                    stock_host_key=stock_keys[host.name].public_key_openssh.apply(str.strip),
                 )
             return views
         views = {}
@@ -373,6 +398,7 @@ class Cluster(pulumi.ComponentResource):
                     private_ipv4=v[0], private_cidr=render.COLIMA_NETWORK
                 ),
                 private_ipv4=vm.address,
+                stock_host_key=vm.stock_host_key,
             )
         return views
 

@@ -120,6 +120,28 @@ def parse_colima_list(ndjson: str, profile: str) -> ColimaVm:
     return vm
 
 
+HOST_KEY_PREFIX = "host-key "
+_ED25519_LINE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]+={0,2}$")
+
+
+def vm_host_key(text: str) -> str:
+    """The VM's ed25519 host key from colima-create.sh's `host-key ssh-ed25519 ...` line.
+
+    colima-create.sh reads it through `colima ssh` (Lima's own channel into the VM), so the
+    install's first connection over the VM's network address can pin it."""
+    keys = [
+        line.removeprefix(HOST_KEY_PREFIX).strip()
+        for line in text.splitlines()
+        if line.startswith(HOST_KEY_PREFIX)
+    ]
+    if len(keys) != 1 or not _ED25519_LINE.match(keys[0]):
+        raise ColimaError(
+            "colima-create.sh printed no single 'host-key ssh-ed25519 ...' line "
+            "(the VM's /etc/ssh/ssh_host_ed25519_key.pub)"
+        )
+    return keys[0]
+
+
 def last_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
@@ -205,6 +227,7 @@ class ColimaMachine(pulumi.ComponentResource):
     """
 
     address: pulumi.Output[str]
+    stock_host_key: pulumi.Output[str]
     ssh_user: pulumi.Output[str]
     profile: pulumi.Output[str]
     machine_id: pulumi.Output[str]
@@ -234,6 +257,7 @@ class ColimaMachine(pulumi.ComponentResource):
         self.address = vm.stdout.apply(
             lambda out: parse_colima_list(last_line(out), profile).address or ""
         )
+        self.stock_host_key = vm.stdout.apply(vm_host_key)
         self.ssh_user = pulumi.Output.from_input(SSH_USER)
         self.profile = pulumi.Output.from_input(profile)
         self.register_outputs(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_hcloud as hcloud
@@ -18,6 +19,10 @@ class HetznerMachinesArgs:
     config: ClusterConfig
     hosts: list[Host]
     deploy_public_key: pulumi.Input[str]
+    # host name -> (private, public) OpenSSH halves of the stock image's throwaway host key.
+    stock_host_keys: Mapping[str, tuple[pulumi.Output[str], pulumi.Output[str]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,28 @@ def firewall_rules(cfg: ClusterConfig) -> list[hcloud.FirewallRuleArgs]:
         for rule in fw.extra_rules
     ]
     return rules
+
+
+def stock_host_key_user_data(private_openssh: str, public_openssh: str) -> str:
+    """cloud-init user data that gives the stock image a known ed25519 host key (cc_ssh:
+    `ssh_deletekeys` drops the image's own keys, `ssh_keys` writes ours and no other is made), so
+    the install's first SSH contact already pins a key. The kexec installer nixos-anywhere boots
+    keeps the stock image's host keys, so the same key pins both phases.
+
+    Built only from the state-held key: the same key gives the same bytes (a change would
+    replace the server)."""
+    public = public_openssh.strip()
+    if "\n" in public or not public.startswith("ssh-ed25519 "):
+        raise ValueError("the stock host key must be one 'ssh-ed25519 ...' line")
+    private = "".join(f"    {line}\n" for line in private_openssh.strip().splitlines())
+    return (
+        "#cloud-config\n"
+        "ssh_deletekeys: true\n"
+        "ssh_keys:\n"
+        "  ed25519_private: |\n"
+        f"{private}"
+        f"  ed25519_public: {public}\n"
+    )
 
 
 def spread_groups(hosts: list[Host]) -> dict[str, list[Host]]:
@@ -179,6 +206,16 @@ class HetznerMachines(pulumi.ComponentResource):
         self.machines = {}
         for host in args.hosts:
             assert host.private_ip is not None and host.location is not None
+            stock_key = args.stock_host_keys.get(host.name)
+            user_data = (
+                None
+                if stock_key is None
+                else pulumi.Output.secret(
+                    pulumi.Output.all(*stock_key).apply(
+                        lambda keys: stock_host_key_user_data(keys[0], keys[1])
+                    )
+                )
+            )
             server = hcloud.Server(
                 host.name,
                 name=host.name,
@@ -194,6 +231,7 @@ class HetznerMachines(pulumi.ComponentResource):
                 ],
                 delete_protection=protect,
                 rebuild_protection=protect,
+                user_data=user_data,
                 # Server names are unique in a Hetzner project: a replacement (new location or
                 # image) must delete the old server before creating the new one.
                 opts=pulumi.ResourceOptions(

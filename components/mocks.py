@@ -143,7 +143,10 @@ class FakeProviders(pulumi.runtime.Mocks):
                 "https://[api-endpoint]:6443", str(env.get("CLUSTER_NAME", "k3s"))
             )
         if name.endswith("-vm") and "PROFILE" in env:
-            return fake_colima_line(str(env["PROFILE"])) + "\n"
+            # What colima-create.sh prints: the VM's host key (read through `colima ssh`), then
+            # its `colima ls --json` line.
+            host_key = fake_ssh_public_key(f"{env['PROFILE']}-vm-host-key").strip()
+            return f"host-key {host_key}\n" + fake_colima_line(str(env["PROFILE"])) + "\n"
         return ""
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:

@@ -2,9 +2,11 @@
 
 install  nixos-anywhere (kexec + disko) from the operator's machine; runs again only when the
          machine is replaced. It installs the host's final system, with k3s held back until
-         the push releases it (nixosK3s.k3s.holdUntil). Carries the pre-generated SSH host key,
-         so every later connection pins it instead of trusting on first use.
-secrets  the host's 0600 secret files, written on the host from stdin.
+         the push releases it (nixosK3s.k3s.holdUntil). Carries the deploy key and the
+         pre-generated SSH host key only, so every later connection pins it instead of trusting
+         on first use.
+secrets  the host's 0600 secret files (k3s token, tailscale key), written on the host from
+         stdin over the pinned connection.
 build    upload nixos/ + the host JSON and build the system on the host, activating nothing.
          Depends only on the machine being installed, so every host builds at once; on a
          first deploy it finds the install's system already built.
@@ -16,6 +18,7 @@ push     activate the built release with an on-host rollback timer, confirm over
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,15 +37,20 @@ ALREADY_INSTALLED = "echo 'nixos-k3s: already installed; changes go through the 
 DIAL_ERROR_LIMIT = 30
 PER_DIAL_TIMEOUT = 10
 SECRET_MODE = "0600"
+BUNDLE_FORMAT = "nixos-k3s-bundle v1"
 
 
 def secret_bundle(files: Mapping[str, str], special: Mapping[str, str] | None = None) -> str:
-    """The stdin format of install.sh / install-secrets.sh: `path<TAB>mode<TAB>base64` lines."""
-    lines = [
-        f"{path}\t{SECRET_MODE}\t{base64.b64encode(content.encode()).decode()}"
+    """The stdin format of install.sh / install-secrets.sh: a header line with the record count
+    and the SHA-256 of the records, then `path<TAB>mode<TAB>base64` lines. The scripts refuse a
+    bundle that is cut short, altered or longer than its header says, before writing a file."""
+    records = [
+        f"{path}\t{SECRET_MODE}\t{base64.b64encode(content.encode()).decode()}\n"
         for path, content in sorted({**(special or {}), **files}.items())
     ]
-    return "\n".join(lines) + "\n"
+    body = "".join(records)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return f"{BUNDLE_FORMAT} {len(records)} {digest}\n{body}"
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,9 @@ class NixosHostArgs:
     rollback_timeout_seconds: int
     push_after: Sequence[pulumi.Resource] = field(default_factory=list)
     wake: WakeCommand | None = None
+    # Public host key of the machine before the install (stock image and kexec installer): the
+    # install's first contact pins it. Required by install.sh (nothing is trusted on first use).
+    stock_host_key: pulumi.Input[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,15 +160,12 @@ class NixosHost(pulumi.ComponentResource):
             "NIXOS_SOURCE_DIR": "nixos",
         }
 
+        # Only what the install needs; the secret files come with the secrets step, over the
+        # connection that pins the installed host key.
         install_stdin = pulumi.Output.all(
-            files=args.secrets.files,
             deploy=args.deploy_key.private_openssh,
             host=args.host_key.private_openssh,
-        ).apply(
-            lambda v: secret_bundle(
-                v["files"], {"@deploy-key": v["deploy"], "@host-key": v["host"]}
-            )
-        )
+        ).apply(lambda v: secret_bundle({}, {"@deploy-key": v["deploy"], "@host-key": v["host"]}))
         self.install = command.local.Command(
             f"{name}-install",
             create=local_invocation("install.sh"),
@@ -167,6 +175,11 @@ class NixosHost(pulumi.ComponentResource):
                 # The final system, built once here; k3s is held back until the push releases
                 # it, in the order the gates set (nixos/modules/k3s.nix, holdUntil).
                 "HOST_JSON": args.host_json,
+                **(
+                    {}
+                    if args.stock_host_key is None
+                    else {"STOCK_HOST_PUBLIC_KEY": args.stock_host_key}
+                ),
             },
             stdin=pulumi.Output.secret(install_stdin),
             update=ALREADY_INSTALLED,

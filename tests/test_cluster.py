@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable
 
@@ -42,7 +43,7 @@ def test_servers_labelled_protected_and_spread(prod_plan: Plan) -> None:
     assert server["deleteProtection"] is True and server["rebuildProtection"] is True
     assert isinstance(server["placementGroupId"], int)
     assert all(isinstance(i, int) for i in server["firewallIds"])
-    assert "userData" not in server
+    assert server["userData"] == "[secret]", "the stock host key (see test_first_contact.py)"
 
 
 def test_private_ips_are_fixed_per_host(prod_plan: Plan) -> None:
@@ -124,7 +125,10 @@ def test_secrets_delivered_before_push(prod_plan: Plan) -> None:
 
 
 def bundle(stdin: str) -> dict[str, str]:
-    records = [line.split("\t") for line in stdin.splitlines()]
+    header, body = stdin.split("\n", 1)
+    records = [line.split("\t") for line in body.splitlines()]
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    assert header == f"nixos-k3s-bundle v1 {len(records)} {digest}", "count and checksum"
     return {path: base64.b64decode(data).decode() for path, mode, data in records}
 
 
@@ -132,7 +136,7 @@ def test_token_delivered_as_0600_file_never_in_plain_inputs(prod_plan: Plan) -> 
     token = fake_random("prod-k3s-token", 48)
     stdin = prod_plan["prod-control-1-secrets"].secret_paths["stdin"]
     assert bundle(stdin) == {TOKEN_FILE: token}
-    assert all(line.split("\t")[1] == "0600" for line in stdin.splitlines())
+    assert all(line.split("\t")[1] == "0600" for line in stdin.splitlines()[1:])
     plain = json.dumps([r.inputs for r in prod_plan.result.registrations])
     assert token not in plain and token not in json.dumps(prod_plan.result.outputs)
     host = json.loads(prod_plan["prod-control-1-push"].inputs["environment"]["HOST_JSON"])
@@ -287,3 +291,22 @@ def test_public_ipv6_reaches_host_data_only_when_enabled(
     cluster["hetzner"] = {**cluster.get("hetzner", {}), "ipv6": False}
     without = json.loads(plan_of(cluster, stack="prod").result.hosts["prod-control-1"][0])
     assert without["network"].get("publicIpv6") is None
+
+
+def test_install_carries_only_the_keys_it_needs(prod_plan: Plan) -> None:
+    # The k3s token and the tailscale key come with the pinned secrets step, not the install.
+    for host in HOSTS:
+        install = bundle(prod_plan[f"{host}-install"].secret_paths["stdin"])
+        assert sorted(install) == ["@deploy-key", "@host-key"], host
+        assert install["@host-key"] == fake_private_key(f"{host}-host-key")
+
+
+def test_teardown_marker_is_deleted_before_every_gate(prod_plan: Plan) -> None:
+    marker = prod_plan["prod-teardown-marker"]
+    assert marker.inputs["create"] == "bash components/scripts/node-gate-client.sh in-service"
+    assert marker.inputs["delete"] == "bash components/scripts/node-gate-client.sh teardown"
+    assert "stdin" not in marker.inputs, "no secret: it only writes a marker on this machine"
+    bootstrap_key = fake_ssh_public_key("prod-control-1-host-key").strip()
+    assert marker.inputs["environment"]["HOST_PUBLIC_KEY"] == bootstrap_key
+    # Pulumi deletes dependents first: in a destroy the marker goes before any gate.
+    assert {f"{h}-joined" for h in HOSTS} <= prod_plan.deps("prod-teardown-marker")

@@ -87,7 +87,9 @@ def test_credentials_wired_to_secret_files(plan: Plan) -> None:
 def test_secret_files_delivered_before_the_push(plan: Plan) -> None:
     for host in WORKERS:
         secrets = plan[f"{host}-secrets"]
-        records = [line.split("\t") for line in secrets.secret_paths["stdin"].splitlines()]
+        lines = secrets.secret_paths["stdin"].splitlines()
+        assert lines[0].startswith("nixos-k3s-bundle v1 "), "the header with count and checksum"
+        records = [line.split("\t") for line in lines[1:]]
         files = {path: base64.b64decode(data).decode() for path, _, data in records}
         assert files[VPN_AUTH_FILE] == f"name=tailscale,joinKey={PLANTED_KEY}"
         assert {mode for _, mode, _ in records} == {"0600"}

@@ -14,8 +14,10 @@
 #           ADDRESS_TIMEOUT    seconds to wait for the col0 address after start (default 180)
 #           POLL_INTERVAL      seconds between address polls (default 3)
 # Stdin:    unused.
-# Stdout:   colima's own output goes to stderr; the last stdout line is the profile's
-#           `colima ls --json` line (with its address).
+# Stdout:   colima's own output goes to stderr; stdout is `host-key ssh-ed25519 AAAA...` (the VM's
+#           /etc/ssh/ssh_host_ed25519_key.pub, read through `colima ssh`, Lima's own channel into
+#           the VM, so the install's first connection over the network address pins it), then
+#           the profile's `colima ls --json` line (with its address) as the last line.
 # Exit:     0 ok; 1 colima failed or no address in time; 2 bad environment.
 # Idempotent: a running profile is left as is, a stopped one is started (with its saved
 # configuration), an absent one is created. The key is appended only if missing.
@@ -123,6 +125,17 @@ grep -qxF -- "$key" "$1" || printf "%s\n" "$key" >>"$1"'
 		die 1 "could not authorize the deploy key for root in profile $PROFILE"
 }
 
+# The VM's own ed25519 host key, as `host-key <type> <base64>`.
+print_host_key() {
+	local key type body
+	key=$("$COLIMA" ssh --profile "$PROFILE" -- cat /etc/ssh/ssh_host_ed25519_key.pub) ||
+		die 1 "could not read the host key of profile $PROFILE through colima ssh"
+	read -r type body _ <<<"$key"
+	[[ $type == ssh-ed25519 && $body =~ ^[A-Za-z0-9+/]+={0,2}$ ]] ||
+		die 1 "profile $PROFILE has no ed25519 host key in /etc/ssh/ssh_host_ed25519_key.pub"
+	printf 'host-key %s %s\n' "$type" "$body"
+}
+
 main() {
 	check_environment
 	local line status
@@ -137,6 +150,7 @@ main() {
 	fi
 	line=$(wait_for_address)
 	authorize_deploy_key
+	print_host_key
 	printf '%s\n' "$line"
 }
 

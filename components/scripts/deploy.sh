@@ -34,14 +34,6 @@ readonly PROG=deploy.sh
 source "$SCRIPT_DIR/operator-lib.sh"
 readonly REMOTE_SCRIPT=host-activate.sh
 
-sha256_of() {
-  if command -v sha256sum >/dev/null; then
-    sha256sum "$1" | cut -d' ' -f1
-  else
-    shasum -a 256 "$1" | cut -d' ' -f1
-  fi
-}
-
 setup() {
   require_env TARGET_HOST HOST_NAME HOST_PUBLIC_KEY HOST_JSON RELEASE_ID
   TARGET_PORT=${TARGET_PORT:-22}
@@ -95,7 +87,7 @@ main() {
   setup
   assemble_release
   local sha
-  sha=$(sha256_of "$WORK/release.tar")
+  sha=$(sha256_stdin <"$WORK/release.tar")
 
   printf 'deploy.sh: %s: pushing release %s\n' "$HOST_NAME" "$RELEASE_ID" >&2
   wait_for_ssh || fail "cannot reach $TARGET:$TARGET_PORT with the pinned host key"
@@ -116,7 +108,11 @@ main() {
   255) printf 'deploy.sh: connection lost during activation; checking over a new connection\n' >&2 ;;
   3) fail "build of release $RELEASE_ID failed on $HOST_NAME; nothing was activated" ;;
   4) fail "activation of release $RELEASE_ID failed on $HOST_NAME; rolled back" ;;
-  *) fail "activate step failed on $HOST_NAME (exit $status)" ;;
+  *)
+    # E.g. the on-host rollback stopped an activation that hung: show what the host says.
+    print_host_status
+    fail "activate step failed on $HOST_NAME (exit $status)"
+    ;;
   esac
 
   # A fresh connection proves the new configuration still lets us in.

@@ -12,10 +12,17 @@
 # Env (tests only): NIXOS_K3S_STATE_DIR (default /var/lib/nixos-k3s), NIXOS_K3S_CURRENT_SYSTEM
 #   (default /run/current-system), NIXOS_K3S_SYSTEM_PROFILE (default /nix/var/nix/profiles/system).
 # Stdin: only `receive` reads it. No secret passes through this script.
+# Deadlines: `nixos-rebuild test` runs in a session of its own under a deadline of two thirds of
+#   ROLLBACK_TIMEOUT (k3s servers are Type=notify with TimeoutStartSec=0, so a config that cuts a
+#   server off from etcd would block it for ever); past it, the activation's process group and
+#   the switch-to-configuration unit nixos-rebuild-ng runs it in are stopped and the previous
+#   generation comes back. The rollback timer never waits on an activation either: it stops the
+#   activation that holds the lock (TERM, then KILL after STOP_GRACE seconds) and rolls back.
 # Exit codes: 0 ok; 1 error; 2 usage; 3 build failed (nothing activated); 4 activation failed
 #   (rolled back); 5 health check failed (rolled back when pending); 6 nothing pending to confirm
 #   (the rollback timer already fired, or activate never ran).
 # Layout: $STATE/releases/<id>/{flake/,result}, $STATE/pending (armed, unconfirmed activation),
+#   $STATE/lock and $STATE/lock.owner (the step holding the lock: command, pid, activation pgid),
 #   $STATE/activated (id of the pending release once `nixos-rebuild test` succeeded),
 #   $STATE/current-release, $STATE/deploy.log, $STATE/host-activate.sh (copy the timer runs).
 # k3s hold: the install puts the final system on the disk with k3s.service held back
@@ -38,6 +45,12 @@ readonly RELEASE_PENDING=$STATE/k3s-release-pending
 readonly KEEP_RELEASES=3
 readonly CONFIRM_MARGIN=5
 readonly LOG_MAX_BYTES=1048576
+readonly STOP_GRACE=5
+readonly ROLLBACK_SWITCH_LIMIT=300
+# nixos-rebuild-ng runs switch-to-configuration as a transient unit (systemd-run
+# --unit=nixos-rebuild-switch-to-configuration, a suffixed name in later releases) so that it
+# survives its client: stopping nixos-rebuild alone would leave the activation running.
+readonly SWITCH_UNITS='nixos-rebuild-switch-to-configuration*.service'
 readonly -a TEST_ENV_VARS=(NIXOS_K3S_STATE_DIR NIXOS_K3S_CURRENT_SYSTEM NIXOS_K3S_SYSTEM_PROFILE)
 
 SUBCOMMAND=${1:-}
@@ -109,6 +122,65 @@ prepare_state() {
 take_lock() {
   exec 9>"$STATE/lock"
   flock -w 900 9 || die 1 "another deployment holds $STATE/lock"
+  record_owner
+}
+
+# Who holds the lock, for a rollback that must not wait on a hung activation. Caller holds it.
+record_owner() {
+  write_atomically "$STATE/lock.owner" "command=$SUBCOMMAND
+pid=$$${1:+
+$1}"
+}
+
+owner_get() {
+  file_get "$STATE/lock.owner" "$1"
+}
+
+# Stops the switch-to-configuration unit(s) of nixos-rebuild and waits until they are gone.
+stop_switch_units() {
+  run_logged systemctl stop "$SWITCH_UNITS" || say "warning: could not stop $SWITCH_UNITS"
+}
+
+# TERM to the activation's process group, KILL to whatever is left after STOP_GRACE seconds.
+stop_process_group() {
+  local pgid=$1 waited=0
+  [[ $pgid =~ ^[0-9]+$ ]] && ((pgid > 1)) || return 0
+  kill -TERM -- "-$pgid" 2>/dev/null || return 0
+  while kill -0 -- "-$pgid" 2>/dev/null && ((waited < STOP_GRACE * 10)); do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  kill -KILL -- "-$pgid" 2>/dev/null || true
+}
+
+# The rollback's lock: an activation (`nixos-rebuild test`) that still holds it is stopped,
+# never waited on.
+take_lock_for_rollback() {
+  exec 9>"$STATE/lock"
+  if ! flock -n 9; then
+    local holder pid activation
+    holder=$(owner_get command)
+    pid=$(owner_get pid)
+    activation=$(owner_get activation)
+    if [[ $holder != activate || -z $activation ]]; then
+      # Another step (or an activate step still building: no timer of its own is armed yet)
+      # ends by itself; only a running activation is stopped.
+      say "waiting for the ${holder:-unknown} step (pid ${pid:-?}) that holds $STATE/lock"
+      flock -w 900 9 || die 1 "the ${holder:-unknown} step still holds $STATE/lock after 900s"
+    else
+      say "the activation (pid $pid) still holds $STATE/lock: stopping it"
+      stop_process_group "$activation"
+      stop_switch_units
+      if ! flock -w "$STOP_GRACE" 9; then
+        if [[ $pid =~ ^[0-9]+$ ]] && [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *host-activate.sh* ]]; then
+          say "activate step (pid $pid) did not let go of the lock: killing it"
+          kill -KILL "$pid" 2>/dev/null || true
+        fi
+        flock -w "$STOP_GRACE" 9 || die 1 "cannot stop the activation that holds $STATE/lock"
+      fi
+    fi
+  fi
+  record_owner
 }
 
 resolve() {
@@ -116,14 +188,19 @@ resolve() {
 }
 
 pending_get() {
-  local key=$1 line
-  [[ -f $PENDING ]] || return 0
+  file_get "$PENDING" "$1"
+}
+
+# The value of KEY in a file of key=value lines (nothing when absent).
+file_get() {
+  local file=$1 key=$2 line
+  [[ -f $file ]] || return 0
   while IFS= read -r line; do
     if [[ $line == "$key="* ]]; then
       printf '%s\n' "${line#*=}"
       return 0
     fi
-  done <"$PENDING"
+  done <"$file"
 }
 
 write_atomically() {
@@ -216,7 +293,8 @@ rollback_pending() {
   [[ -n $previous ]] || return 0
   say "rolling back release $release to $previous"
   local status=0
-  run_logged "$previous/bin/switch-to-configuration" test || status=$?
+  run_logged timeout --kill-after="$STOP_GRACE" "$ROLLBACK_SWITCH_LIMIT" \
+    "$previous/bin/switch-to-configuration" test || status=$?
   hold_k3s_again
   rm -f "$PENDING" "$ACTIVATED"
   write_atomically "$STATE/last-rollback" "release=$release previous=$previous at=$(date -u +%s)"
@@ -353,8 +431,15 @@ deadline=$(($(date +%s) + 10#$timeout))"
     die 1 "cannot arm the rollback timer; nothing was activated"
   }
   release_k3s "$id"
-  say "activating $built (rollback to $previous in ${timeout}s unless confirmed)"
-  if ! (cd "$dir" && run_logged nixos-rebuild test --no-reexec --flake "$(flake_ref "$id" "$name")"); then
+  local limit=$((10#$timeout * 2 / 3)) status=0
+  ((limit >= 1)) || limit=1
+  say "activating $built (deadline ${limit}s; rollback to $previous in ${timeout}s unless confirmed)"
+  run_activation "$id" "$name" "$limit" || status=$?
+  if ((status == 124 || status == 137 || status == 143)); then
+    stop_switch_units
+    rollback_pending || true
+    die 4 "activation of release $id did not finish within ${limit}s (nixos-rebuild test hung or was stopped); stopped it and rolled back to $previous"
+  elif ((status != 0)); then
     rollback_pending || true
     die 4 "activation of release $id failed; rolled back to $previous"
   fi
@@ -365,6 +450,23 @@ deadline=$(($(date +%s) + 10#$timeout))"
   start_released_k3s
   write_atomically "$ACTIVATED" "$id"
   say "release $id activated; waiting for confirmation"
+}
+
+# `nixos-rebuild test` in a session (and process group) of its own, under `timeout` (which
+# signals that whole group), recorded in lock.owner so that the rollback can stop it too. The
+# lock's descriptor is not inherited: a stray process must not keep the lock. Returns its status
+# (124/137: the deadline hit).
+run_activation() {
+  local id=$1 name=$2 limit=$3 status=0 pgid
+  say "+ nixos-rebuild test --no-reexec --flake $(flake_ref "$id" "$name") (deadline ${limit}s)"
+  (cd "$RELEASES/$id" && exec setsid timeout --kill-after="$STOP_GRACE" "$limit" \
+    nixos-rebuild test --no-reexec --flake "$(flake_ref "$id" "$name")") 9>&- \
+    > >(tee -a --output-error=warn "$LOG" >&2 2>/dev/null 9>&-) 2>&1 &
+  pgid=$!
+  record_owner "activation=$pgid"
+  wait "$pgid" || status=$?
+  record_owner
+  return "$status"
 }
 
 # Waits until every unit is active or the time is up; prints the units that are not active.
@@ -467,7 +569,7 @@ cmd_rollback() {
   local id=${1:-}
   RELEASE=$id
   prepare_state
-  take_lock
+  take_lock_for_rollback
   if [[ ! -f $PENDING ]]; then
     say "nothing pending; no rollback needed"
     return 0

@@ -4,13 +4,17 @@
 # Runs ON THE HOST as root (remote.Command: `bash -c '<this text>' install-secrets.sh`); install.sh
 # also runs it on the operator machine to stage nixos-anywhere's --extra-files tree.
 # Args: none.
-# Stdin: one record per line, `<absolute path>\t<octal mode>\t<base64 content>`. Records whose
-#   path starts with @ belong to install.sh and are refused here.
+# Stdin: a header line `nixos-k3s-bundle v1 <records> <sha256>`, then <records> lines, each
+#   `<absolute path>\t<octal mode>\t<base64 content>\n`; <sha256> is the hex SHA-256 of every byte
+#   after the header line. A bundle cut short, altered or with extra bytes fails that check and
+#   nothing is written. Records whose path starts with @ belong to install.sh and are refused here.
+# `install-secrets.sh --verify` checks the same way, allows the @ records and prints the verified
+#   record lines on stdout instead of writing anything (install.sh reads its bundle through it).
 # Env: INSTALL_ROOT (default empty: the real /) is prefixed to every path; NEW_DIR_MODE (0700 or
 #   0755, default 0700) is the mode of parent directories this script has to create.
 # Writes each file to a temp file in the same directory (umask 077, owner root when run as root,
 #   the record's mode), then renames it over the target. Prints only the paths written.
-# Exit codes: 0 all written; 1 a write failed; 2 a bad record (nothing written).
+# Exit codes: 0 all written; 1 a write failed; 2 a bad bundle or record (nothing written).
 # Portable to the bash 3.2 and BSD tools of macOS.
 set -euo pipefail
 
@@ -19,10 +23,12 @@ NEW_DIR_MODE=${NEW_DIR_MODE:-0700}
 TAB=$(printf '\t')
 readonly TAB
 
+readonly BUNDLE_FORMAT="nixos-k3s-bundle v1"
 PATHS=()
 MODES=()
 CONTENTS=()
 TMP_FILE=""
+ALLOW_SPECIAL=0
 
 cleanup() {
   if [[ -n $TMP_FILE ]]; then
@@ -44,15 +50,67 @@ valid_path() {
   [[ $path =~ ^[A-Za-z0-9._/@+-]+$ ]]
 }
 
+refuse_bundle() {
+  printf 'install-secrets.sh: refusing the bundle: %s; nothing was written\n' "$1" >&2
+  exit 2
+}
+
+# operator-lib.sh's sha256_stdin again: this script travels inline to hosts, it cannot source it.
+sha256_hex() {
+  local sum
+  if command -v sha256sum >/dev/null 2>&1; then
+    sum=$(sha256sum)
+  else
+    sum=$(shasum -a 256)
+  fi
+  printf '%s' "${sum%% *}"
+}
+
+# Reads all of stdin and checks it against its header; sets BODY to the record lines. The bundle
+# stays in memory (no here-string or temp file holds the secrets).
+read_verified_bundle() {
+  local input header expected_count expected_sum actual_sum lines
+  input=$(
+    cat
+    printf x
+  )
+  input=${input%x}
+  [[ $input == *$'\n'* ]] || refuse_bundle "no header line (empty or cut input)"
+  header=${input%%$'\n'*}
+  BODY=${input#*$'\n'}
+  if ! [[ $header =~ ^nixos-k3s-bundle\ v1\ ([0-9]+)\ ([0-9a-f]{64})$ ]]; then
+    refuse_bundle "the first line is not '$BUNDLE_FORMAT <records> <sha256>'"
+  fi
+  expected_count=${BASH_REMATCH[1]}
+  expected_sum=${BASH_REMATCH[2]}
+  actual_sum=$(printf '%s' "$BODY" | sha256_hex)
+  [[ $actual_sum == "$expected_sum" ]] ||
+    refuse_bundle "sha256 of the records does not match the header: the bundle is cut short, altered or has extra bytes"
+  lines=$(printf '%s' "$BODY" | wc -l)
+  lines=$((10#${lines// /}))
+  [[ -z $BODY || $BODY == *$'\n' ]] || refuse_bundle "the last record has no newline"
+  ((lines == 10#$expected_count)) ||
+    refuse_bundle "the header announces $expected_count records, the bundle holds $lines"
+}
+
 parse_records() {
-  local line number=0 path mode content rest index
-  while IFS= read -r line || [[ -n $line ]]; do
+  local body=$BODY line number=0 path mode content rest index
+  while [[ -n $body ]]; do
+    line=${body%%$'\n'*}
+    body=${body#*$'\n'}
     number=$((number + 1))
-    [[ -n $line ]] || continue
-    IFS=$TAB read -r path mode content rest <<<"$line"
-    [[ -z ${rest:-} && -n ${content:-} ]] || reject "$number" "expected <path><TAB><mode><TAB><base64>"
-    [[ $path != @* ]] || reject "$number" "special record $path is not a file on the host"
-    valid_path "$path" || reject "$number" "not a clean absolute path: $path"
+    [[ $line == *"$TAB"*"$TAB"* ]] || reject "$number" "expected <path><TAB><mode><TAB><base64>"
+    path=${line%%"$TAB"*}
+    rest=${line#*"$TAB"}
+    mode=${rest%%"$TAB"*}
+    content=${rest#*"$TAB"}
+    [[ $content != *"$TAB"* && -n $content ]] || reject "$number" "expected <path><TAB><mode><TAB><base64>"
+    if [[ $path == @* ]]; then
+      ((ALLOW_SPECIAL)) || reject "$number" "special record $path is not a file on the host"
+      [[ $path =~ ^@[a-z-]+$ ]] || reject "$number" "not a special record name: $path"
+    else
+      valid_path "$path" || reject "$number" "not a clean absolute path: $path"
+    fi
     [[ $mode =~ ^0?[0-7]{3}$ ]] || reject "$number" "mode of $path is not octal: $mode"
     [[ $content =~ ^[A-Za-z0-9+/]*={0,2}$ ]] || reject "$number" "content of $path is not base64"
     printf '%s' "$content" | base64 --decode >/dev/null 2>&1 ||
@@ -96,13 +154,20 @@ write_file() {
 }
 
 main() {
-  (($# == 0)) || {
-    printf 'usage: install-secrets.sh < records\n' >&2
+  if (($# == 1)) && [[ $1 == --verify ]]; then
+    ALLOW_SPECIAL=1
+  elif (($# != 0)); then
+    printf 'usage: install-secrets.sh [--verify] < bundle\n' >&2
     exit 2
-  }
+  fi
   umask 077
   trap cleanup EXIT
+  read_verified_bundle
   parse_records
+  if ((ALLOW_SPECIAL)); then
+    printf '%s' "$BODY"
+    return 0
+  fi
   local index
   for ((index = 0; index < ${#PATHS[@]}; index++)); do
     write_file "${PATHS[index]}" "${MODES[index]}" "${CONTENTS[index]}"

@@ -10,6 +10,11 @@
 #   NIXOS_SOURCE_DIR the static nixos/ tree (nixos)
 #   HOST_PUBLIC_KEY  public half of the pre-generated host key (required); every connection
 #                    after the install pins it
+#   STOCK_HOST_PUBLIC_KEY  the host key the machine answers with before NixOS (required): the
+#                    stock image's (Hetzner: installed by cloud-init user data; Colima: read
+#                    through `colima ssh`), which the kexec installer keeps (nixos-images copies
+#                    /etc/ssh/ssh_host_*). The first contact and all of nixos-anywhere's
+#                    connections pin it: nothing is trusted on first use.
 #   POST_INSTALL_USER  user that logs in once NixOS runs (root)
 #   POST_KEXEC_SSH_PORT  port of the kexec installer's sshd as seen from here (TARGET_PORT;
 #                    differs from 22 only behind a port forward)
@@ -17,10 +22,18 @@
 #                    runs through `nix run github:nix-community/nixos-anywhere/$NIXOS_ANYWHERE_REF`
 #   NIXOS_ANYWHERE_REF  release tag of nixos-anywhere (1.13.0)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (60), SSH_RETRY_DELAY (5)
-# Stdin: records `<path>\t<octal mode>\t<base64 content>`, one a line. `@deploy-key` is the SSH
-#   private key to connect with, `@host-key` the host's private ed25519 host key (installed as
-#   /etc/ssh/ssh_host_ed25519_key, 0600, with its .pub); any other path is a file put on the
-#   target through --extra-files (install-secrets.sh stages it with its mode).
+# Stdin: an install-secrets.sh bundle (header with record count and sha256, then records
+#   `<path>\t<octal mode>\t<base64 content>`), checked before anything is used. It holds exactly
+#   what the install needs: `@deploy-key`, the SSH private key to connect with, and `@host-key`,
+#   the host's private ed25519 host key (installed as /etc/ssh/ssh_host_ed25519_key, 0600, with
+#   its .pub). Secret files (k3s token, tailscale key) are refused here: they travel later, over
+#   the pinned connection of the secrets step (install-secrets.sh on the host).
+# Pinning nixos-anywhere: it runs ssh with `-o UserKnownHostsFile=/dev/null -o
+#   StrictHostKeyChecking=no` FIRST (src/nixos-anywhere.sh sshArgs, 1.13.0), and ssh keeps the
+#   first value of each option, so `--ssh-option` cannot turn checking back on. Its wrapper puts
+#   the operator's ssh on PATH (`--suffix PATH : openssh`, "We prefer the system's openssh"), so
+#   an `ssh` first on PATH that puts the pinning options in front reaches every connection it
+#   makes: ssh, ssh-copy-id, and nix's ssh:// and ssh-ng:// stores.
 # Secrets only ever live in a mktemp dir (umask 077) removed on every exit path; no secret is on
 #   a command line. A host that already answers with the pinned host key is left alone, so a
 #   re-run never wipes an installed machine.
@@ -43,7 +56,7 @@ readonly DEFAULT_NIXOS_ANYWHERE_REF=1.13.0
 
 
 setup() {
-  require_env TARGET_HOST HOST_NAME HOST_JSON HOST_PUBLIC_KEY
+  require_env TARGET_HOST HOST_NAME HOST_JSON HOST_PUBLIC_KEY STOCK_HOST_PUBLIC_KEY
   TARGET_PORT=${TARGET_PORT:-22}
   TARGET_USER=${TARGET_USER:-root}
   NIXOS_SOURCE_DIR=${NIXOS_SOURCE_DIR:-nixos}
@@ -62,6 +75,8 @@ setup() {
   [[ $HOST_NAME =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_input "invalid HOST_NAME: $HOST_NAME"
   [[ $HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
     bad_input "HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
+  [[ $STOCK_HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
+    bad_input "STOCK_HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
   [[ $NIXOS_ANYWHERE_REF =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
     bad_input "NIXOS_ANYWHERE_REF must be a tag or commit: $NIXOS_ANYWHERE_REF"
   [[ -d $NIXOS_SOURCE_DIR ]] || bad_input "NIXOS_SOURCE_DIR $NIXOS_SOURCE_DIR is not a directory"
@@ -74,19 +89,22 @@ setup() {
   trap 'exit 129' HUP
 }
 
-# Splits stdin into the two keys and the records of files for the target.
+# Checks the bundle on stdin (install-secrets.sh --verify: count and sha256) and splits it into
+# the two keys.
 read_bundle() {
-  local tab line path content
+  local tab body line path content
   tab=$(printf '\t')
-  : >"$WORK/records"
-  while IFS= read -r line || [[ -n $line ]]; do
-    [[ -n $line ]] || continue
-    IFS=$tab read -r path _ content _ <<<"$line"
+  body=$(bash "$SCRIPT_DIR/install-secrets.sh" --verify) || bad_input "the install bundle on stdin is not valid"
+  while [[ -n $body ]]; do
+    line=${body%%$'\n'*}
+    if [[ $body == *$'\n'* ]]; then body=${body#*$'\n'}; else body=""; fi
+    path=${line%%"$tab"*}
+    content=${line##*"$tab"}
     case $path in
-    @deploy-key) printf '%s' "${content:-}" | base64 --decode >"$WORK/deploy-key" ;;
-    @host-key) printf '%s' "${content:-}" | base64 --decode >"$WORK/host-key" ;;
+    @deploy-key) printf '%s' "$content" | base64 --decode >"$WORK/deploy-key" ;;
+    @host-key) printf '%s' "$content" | base64 --decode >"$WORK/host-key" ;;
     @*) bad_input "unknown special record $path" ;;
-    *) printf '%s\n' "$line" >>"$WORK/records" ;;
+    *) bad_input "the install carries only @deploy-key and @host-key; $path belongs to the secrets step" ;;
     esac
   done
   [[ -s $WORK/deploy-key ]] || bad_input "the bundle has no @deploy-key record"
@@ -100,14 +118,16 @@ read_bundle() {
     bad_input "@host-key does not match HOST_PUBLIC_KEY"
   pinned="$pinned_type $pinned_body"
   printf 'nixos-k3s-target %s\n' "$pinned" >"$WORK/known_hosts"
+  local stock_type stock_body
+  read -r stock_type stock_body _ <<<"$STOCK_HOST_PUBLIC_KEY"
+  printf 'nixos-k3s-stock %s %s\n' "$stock_type" "$stock_body" >"$WORK/known_hosts_stock"
 }
 
-# The tree nixos-anywhere copies onto the new root. Its directories are 0755 because tar
-# applies them to /etc, /var and friends on the target; the files carry their own modes.
+# The tree nixos-anywhere copies onto the new root: the host key only. Its directories are 0755
+# because tar applies them to /etc on the target.
 stage_extra_files() {
   local extra=$WORK/extra
   mkdir -m 0755 "$extra"
-  INSTALL_ROOT=$extra NEW_DIR_MODE=0755 bash "$SCRIPT_DIR/install-secrets.sh" <"$WORK/records" >&2
   (umask 022 && mkdir -p "$extra/etc/ssh")
   cp "$WORK/host-key" "$extra/etc/ssh/ssh_host_ed25519_key"
   chmod 0600 "$extra/etc/ssh/ssh_host_ed25519_key"
@@ -115,18 +135,28 @@ stage_extra_files() {
   chmod 0644 "$extra/etc/ssh/ssh_host_ed25519_key.pub"
 }
 
-# Prints installed, other-key (the machine answers with another host key: not ours yet) or
-# unreachable.
-probe_installed() {
-  if ssh -F none -T -p "$TARGET_PORT" -i "$WORK/deploy-key" -o IdentitiesOnly=yes \
+# One login as USER, accepting only the key in KNOWN_HOSTS (under ALIAS); errors in probe.err.
+probe_with() {
+  local known_hosts=$1 alias=$2 user=$3
+  ssh -F none -T -p "$TARGET_PORT" -i "$WORK/deploy-key" -o IdentitiesOnly=yes \
     -o IdentityAgent=none -o BatchMode=yes -o StrictHostKeyChecking=yes \
-    -o UserKnownHostsFile="$WORK/known_hosts" -o GlobalKnownHostsFile=/dev/null \
-    -o HostKeyAlias=nixos-k3s-target -o UpdateHostKeys=no -o ControlMaster=no \
+    -o UserKnownHostsFile="$known_hosts" -o GlobalKnownHostsFile=/dev/null \
+    -o HostKeyAlias="$alias" -o UpdateHostKeys=no -o ControlMaster=no \
     -o ControlPath=none -o ConnectTimeout="$SSH_CONNECT_TIMEOUT" -o LogLevel=ERROR \
-    "$POST_INSTALL_USER@$TARGET_HOST" true </dev/null 2>"$WORK/probe.err"; then
+    "$user@$TARGET_HOST" true </dev/null 2>"$WORK/probe.err"
+}
+
+# Prints installed (answers with the NixOS host key), stock (with the pinned stock key: not
+# installed yet), unknown-key (with neither: never trusted) or unreachable.
+probe_installed() {
+  if probe_with "$WORK/known_hosts" nixos-k3s-target "$POST_INSTALL_USER"; then
     echo installed
+  elif ! grep -q 'Host key verification failed' "$WORK/probe.err"; then
+    echo unreachable
+  elif probe_with "$WORK/known_hosts_stock" nixos-k3s-stock "$TARGET_USER"; then
+    echo stock
   elif grep -q 'Host key verification failed' "$WORK/probe.err"; then
-    echo other-key
+    echo unknown-key
   else
     echo unreachable
   fi
@@ -138,7 +168,7 @@ wait_for_answer() {
   local want=${1:-any} attempt state
   for ((attempt = 1; attempt <= SSH_CONNECT_ATTEMPTS; attempt++)); do
     state=$(probe_installed)
-    if [[ $state == installed || ($state == other-key && $want == any) ]]; then
+    if [[ $state == installed || ($state == stock && $want == any) ]]; then
       printf '%s\n' "$state"
       return 0
     fi
@@ -160,8 +190,25 @@ nixos_anywhere() {
   fi
 }
 
+# An `ssh` for nixos-anywhere that pins the stock host key in front of its own options.
+pinned_ssh_for_nixos_anywhere() {
+  local real_ssh
+  real_ssh=$(command -v ssh) || fail "no ssh on PATH"
+  mkdir -m 0700 "$WORK/pinned-bin"
+  {
+    printf '#!/usr/bin/env bash\n'
+    printf '# ssh keeps the first value of each option: these come before nixos-anywhere'"'"'s.\n'
+    printf 'exec %s -o StrictHostKeyChecking=yes -o UserKnownHostsFile=%s' \
+      "$(shquote "$real_ssh")" "$(shquote "$WORK/known_hosts_stock")"
+    printf ' -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=nixos-k3s-stock'
+    printf ' -o UpdateHostKeys=no -o CheckHostIP=no "$@"\n'
+  } >"$WORK/pinned-bin/ssh"
+  chmod 0700 "$WORK/pinned-bin/ssh"
+}
+
 run_nixos_anywhere() {
-  nixos_anywhere \
+  pinned_ssh_for_nixos_anywhere
+  PATH="$WORK/pinned-bin:$PATH" nixos_anywhere \
     --flake "path:$WORK/flake#$HOST_NAME" \
     --target-host "$TARGET_USER@$TARGET_HOST" \
     --ssh-port "$TARGET_PORT" \
@@ -183,6 +230,10 @@ main() {
     return 0
     ;;
   unreachable) fail "cannot reach $TARGET_HOST:$TARGET_PORT over SSH" ;;
+  unknown-key)
+    fail "$TARGET_HOST:$TARGET_PORT answers with a host key that is neither the pinned stock key" \
+      "nor $HOST_NAME's NixOS key; refusing to install (nothing is trusted on first use)"
+    ;;
   *) ;;
   esac
   stage_extra_files

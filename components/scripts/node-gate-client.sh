@@ -4,24 +4,35 @@
 # Runs on the OPERATOR machine (pulumi_command.local.Command, cwd = project root):
 #   bash components/scripts/node-gate-client.sh wait NODE TIMEOUT [label:K=V|taint:K[=V]:E ...]
 #   bash components/scripts/node-gate-client.sh remove NODE
+#   bash components/scripts/node-gate-client.sh in-service   the teardown marker's create
+#   bash components/scripts/node-gate-client.sh teardown     its delete: the stack is destroyed
 # Env:
 #   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root): the bootstrap server
-#   HOST_PUBLIC_KEY  its pinned SSH host key (required)
+#   HOST_PUBLIC_KEY  its pinned SSH host key (required; it also names the cluster's marker)
 #   NODE_GATE_BOOTSTRAP  1 when NODE is the bootstrap server itself (see node-gate.sh)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (30 for wait, 3 for remove), SSH_RETRY_DELAY (5)
-# Stdin: the deploy SSH private key (kept in a 0600 file in a temp dir removed on exit).
-# `remove` succeeds when the server cannot be reached at all: the cluster went with it (deleted
-#   by hand, or destroyed first), so there is nothing to drain, and `pulumi destroy` must not fail
-#   on it. It says so. A server that answers with another host key (or refuses our key) is not
-#   "gone": that fails. Any other failure of node-gate.sh is passed on.
-# Exit codes: those of node-gate.sh (0 ok, 1 failed, 2 usage); 1 when `wait` cannot connect;
-#   2 bad environment.
+#   NIXOS_K3S_STATE_HOME  where the teardown marker lives ($XDG_STATE_HOME/nixos-k3s, or
+#                    ~/.local/state/nixos-k3s)
+# Stdin: the deploy SSH private key for wait/remove (kept in a 0600 file in a temp dir removed on
+#   exit); nothing for in-service/teardown.
+# "The cluster is gone" only when the whole stack is being destroyed: the teardown marker (a
+#   local.Command that depends on every gate, so `pulumi destroy` deletes it first) writes
+#   teardown-<id> on this machine, `pulumi up` (its create) removes it; a marker older than 6 hours
+#   counts for nothing. With the marker, `remove` succeeds when the bootstrap server is unreachable
+#   or its API is gone: every machine goes in this run, there is nothing to drain. Without it (a
+#   scale-down, some servers stay) an unreachable server or API fails the removal, so Pulumi keeps
+#   the machine instead of dropping a server that is still an etcd member. A server that answers
+#   with another host key (or refuses our key) fails either way. Other failures of node-gate.sh
+#   are passed on.
+# Exit codes: those of node-gate.sh (0 ok, 1 failed, 2 usage); 1 when the server cannot be
+#   reached (remove: unless the stack is being destroyed); 2 bad environment.
 # Portable to the bash 3.2 and BSD tools of macOS.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
 readonly PROG=node-gate-client.sh
+readonly TEARDOWN_MAX_AGE_MINUTES=360
 # shellcheck source-path=SCRIPTDIR source=operator-lib.sh
 source "$SCRIPT_DIR/operator-lib.sh"
 
@@ -56,14 +67,53 @@ setup() {
   pinned_ssh_setup
 }
 
+# The cluster's teardown marker (named after the bootstrap server's pinned key, not secret).
+teardown_marker() {
+  local dir key_type key_body id
+  dir=${NIXOS_K3S_STATE_HOME:-${XDG_STATE_HOME:-${HOME:?HOME is not set}/.local/state}/nixos-k3s}
+  read -r key_type key_body _ <<<"$HOST_PUBLIC_KEY"
+  id=$(printf '%s %s' "$key_type" "$key_body" | sha256_stdin)
+  printf '%s/teardown-%s' "$dir" "${id:0:32}"
+}
+
+stack_is_being_destroyed() {
+  local marker
+  marker=$(teardown_marker)
+  [[ -f $marker && -n $(find "$marker" -mmin "-$TEARDOWN_MAX_AGE_MINUTES" 2>/dev/null) ]]
+}
+
+mark() {
+  local verb=$1 marker
+  require_env HOST_PUBLIC_KEY
+  [[ $HOST_PUBLIC_KEY =~ ^ssh-[a-z0-9-]+\ [A-Za-z0-9+/=]+ ]] ||
+    bad_input "HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
+  marker=$(teardown_marker)
+  if [[ $verb == teardown ]]; then
+    (umask 077 && mkdir -p "$(dirname "$marker")")
+    printf 'the stack of %s is being destroyed\n' "$TARGET_HOST" >"$marker"
+    printf '%s: the stack is being destroyed: node removals may skip unreachable servers\n' "$PROG" >&2
+  else
+    rm -f "$marker"
+  fi
+}
+
 main() {
   local verb=${1:-}
   case $verb in
   wait) (($# >= 3)) || bad_input "usage: $PROG wait NODE TIMEOUT [MARKING...]" ;;
   remove) (($# == 2)) || bad_input "usage: $PROG remove NODE" ;;
-  *) bad_input "usage: $PROG wait NODE TIMEOUT | $PROG remove NODE" ;;
+  in-service | teardown)
+    (($# == 1)) || bad_input "usage: $PROG $verb"
+    mark "$verb"
+    return 0
+    ;;
+  *) bad_input "usage: $PROG wait NODE TIMEOUT | $PROG remove NODE | $PROG in-service | $PROG teardown" ;;
   esac
   setup "$verb"
+  local teardown=0
+  if [[ $verb == remove ]] && stack_is_being_destroyed; then
+    teardown=1
+  fi
   if ! wait_for_ssh "" </dev/null; then
     local probe
     probe=$(ssh "${SSH_OPTS[@]}" "$TARGET" true </dev/null 2>&1) || true
@@ -72,13 +122,19 @@ main() {
       fail "$TARGET_HOST:$TARGET_PORT answers but is not the pinned bootstrap server: $probe"
     fi
     if [[ $verb == remove ]]; then
-      printf '%s: %s:%s is unreachable: the cluster is gone, nothing to drain for %s\n' \
-        "$PROG" "$TARGET_HOST" "$TARGET_PORT" "$2" >&2
-      return 0
+      if ((teardown)); then
+        printf '%s: %s:%s is unreachable and the stack is being destroyed: nothing to drain for %s\n' \
+          "$PROG" "$TARGET_HOST" "$TARGET_PORT" "$2" >&2
+        return 0
+      fi
+      fail "the bootstrap server $TARGET_HOST:$TARGET_PORT is unreachable, and the stack is not" \
+        "being destroyed: node $2 was not drained nor removed from etcd, so its machine stays." \
+        "Check the network and firewall.sshSources, then run pulumi up again. If every server" \
+        "really is gone, drop this gate from the state (pulumi state delete, resource $2-joined)."
     fi
     fail "cannot reach the bootstrap server $TARGET_HOST:$TARGET_PORT to wait for node $2"
   fi
-  ENV_PREFIX="env NODE_GATE_BOOTSTRAP=$NODE_GATE_BOOTSTRAP "
+  ENV_PREFIX="env NODE_GATE_BOOTSTRAP=$NODE_GATE_BOOTSTRAP NODE_GATE_TEARDOWN=$teardown "
   on_host_run node-gate.sh "$@" </dev/null
 }
 

@@ -16,9 +16,13 @@
 #   tries before `remove` decides the API is gone. NODE_GATE_BOOTSTRAP=1 marks NODE as the
 #   server that initialised etcd: `remove` refuses it while any other server is registered
 #   (another server must take over k3s.bootstrapHost first); as the last server it goes.
-# `remove` succeeds when the node is not registered or the whole API is gone (a destroyed cluster
-#   must not block `pulumi destroy`); it says which. A drain that fails is reported and the node
-#   is deleted anyway: the machine is going away.
+#   NODE_GATE_TEARDOWN=1: the whole stack is being destroyed (node-gate-client.sh's teardown
+#   marker), so an API that does not answer means the cluster is gone.
+# `remove` succeeds when the node is not registered, or when the API does not answer while the
+#   stack is being destroyed (a destroyed cluster must not block `pulumi destroy`); it says which.
+#   An API that does not answer otherwise (a scale-down: k3s restarting, etcd without quorum)
+#   fails the removal: the node would leave without a drain and stay an etcd member. A drain that
+#   fails is reported and the node is deleted anyway: the machine is going away.
 # Exit codes: 0 ok; 1 timeout or a failed delete; 2 usage.
 set -euo pipefail
 
@@ -80,8 +84,13 @@ cmd_remove() {
   local node=$1 answer
   LAST_ANSWER=""
   if ! api_answers; then
-    say "Kubernetes API on $(uname -n) is gone ($(one_line "$LAST_ANSWER")); nothing to remove for $node"
-    return 0
+    if [[ ${NODE_GATE_TEARDOWN:-0} == 1 ]]; then
+      say "Kubernetes API on $(uname -n) is gone ($(one_line "$LAST_ANSWER")) and the stack is being destroyed; nothing to remove for $node"
+      return 0
+    fi
+    say "Kubernetes API on $(uname -n) does not answer ($(one_line "$LAST_ANSWER")); refusing to" \
+      "drop $node without draining it and removing it from etcd (the stack is not being destroyed)"
+    return 1
   fi
   if ! answer=$(kubectl get node "$node" -o name 2>&1); then
     if [[ $answer == *NotFound* ]]; then

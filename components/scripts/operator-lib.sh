@@ -94,3 +94,14 @@ wait_for_ssh() {
   done
   return 1
 }
+
+# Hex SHA-256 of stdin (sha256sum on Linux, shasum on macOS).
+sha256_stdin() {
+  local sum
+  if command -v sha256sum >/dev/null 2>&1; then
+    sum=$(sha256sum)
+  else
+    sum=$(shasum -a 256)
+  fi
+  printf '%s' "${sum%% *}"
+}

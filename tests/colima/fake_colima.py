@@ -13,7 +13,9 @@ cmd/ssh.go, config/profile.go):
   `--root-disk` is an unknown flag and `--disk` sizes the VM.
 - `delete` needs --force (it prompts otherwise) and fails for an absent profile.
 - `ssh -- CMD...` runs CMD locally with a leading `sudo` dropped and every argument under /root/
-  moved into the VM's directory in the state dir, with stdin passed through.
+  or /etc/ssh/ moved into the VM's directory in the state dir, with stdin passed through. Each
+  VM has its own ed25519 host key there (etc/ssh/ssh_host_ed25519_key{,.pub}, made by
+  ssh-keygen the first time the VM is reached), as Lima's Ubuntu image has.
 Every invocation is appended to $FAKE_COLIMA_LOG as a JSON line {"argv": [...], "stdin": ...}.
 $FAKE_COLIMA_FAIL=<subcommand> makes that subcommand fail.
 """
@@ -217,9 +219,17 @@ class Fake:
             return 1
         if command[:1] == ["sudo"]:
             command = command[1:]
-        root = self.state_path.parent / "vms" / name / "root"
+        vm = self.state_path.parent / "vms" / name
+        host_key = vm / "etc/ssh/ssh_host_ed25519_key"
+        if not host_key.exists():
+            host_key.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(host_key)],
+                check=True,
+            )
         command = [
-            str(root / a.removeprefix("/root/")) if a.startswith("/root/") else a for a in command
+            str(vm / a.removeprefix("/")) if a.startswith(("/root/", "/etc/ssh/")) else a
+            for a in command
         ]
         return subprocess.run(command, input=stdin, check=False).returncode
 

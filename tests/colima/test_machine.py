@@ -13,6 +13,7 @@ from components.colima import TYPE_TOKEN, ColimaError, ColimaMachine, ColimaMach
 from components.scripts import local_invocation
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeDeployKeyForTestsOnly0123456789abcd deploy"
+VM_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeVmHostKeyForTestsOnly0123456789abcd"
 
 
 class ColimaMocks(pulumi.runtime.Mocks):
@@ -36,7 +37,7 @@ class ColimaMocks(pulumi.runtime.Mocks):
                 "address": "192.168.64.21" if profile != "nonet" else "",
                 "runtime": "none",
             }
-            state["stdout"] = "colima-create: creating\n" + json.dumps(line) + "\n"
+            state["stdout"] = f"host-key {VM_HOST_KEY}\n" + json.dumps(line) + "\n"
         return f"{args.name}-id", state
 
     def call(

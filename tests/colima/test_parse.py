@@ -13,6 +13,7 @@ from components.colima import (
     short_profile_name,
     sizing_triggers,
     validate_machine_args,
+    vm_host_key,
 )
 
 # As Colima prints it: json.Encoder, one object per line, omitempty (no address/runtime
@@ -141,3 +142,11 @@ def test_every_sizing_input_is_a_trigger() -> None:
     ):
         assert sizing_triggers(_args(**change)) != base, change
     assert sizing_triggers(_args(deploy_public_key="ssh-ed25519 BBBB")) == base
+
+
+def test_vm_host_key_takes_exactly_one_ed25519_line() -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeVmHostKeyForTestsOnly0123456789abcd"
+    assert vm_host_key(f"host-key {key}\n{{}}\n") == key
+    for bad in ("{}\n", f"host-key {key}\nhost-key {key}\n", "host-key ssh-rsa AAAA\n"):
+        with pytest.raises(ColimaError, match="host-key ssh-ed25519"):
+            vm_host_key(bad)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.colima import parse_colima_list
+from components.colima import last_line, parse_colima_list, vm_host_key
 from components.scripts import PROJECT_DIR, local_invocation, script_path
 
 FAKE = Path(__file__).with_name("fake_colima.py")
@@ -156,8 +156,9 @@ def test_create_passes_real_colima_flags_and_prints_the_profile_line(colima: Fak
         "--ssh-config=false",
         "--vz-rosetta",
     ]
-    assert len(result.stdout.splitlines()) == 1, "colima's chatter must go to stderr"
-    vm = parse_colima_list(result.stdout, "dev-a")
+    host_key, listing = result.stdout.splitlines()
+    assert host_key.startswith("host-key ssh-ed25519 "), "colima's chatter must go to stderr"
+    vm = parse_colima_list(listing, "dev-a")
     assert vm.address == colima.state()["profiles"]["dev-a"]["address"]
     assert (vm.cpus, vm.memory, vm.disk) == (4, 6 * GIB, 40 * GIB)
     assert colima.authorized_keys("dev-a") == [KEY]
@@ -172,7 +173,7 @@ def test_create_sizes_the_vm_with_root_disk_where_colima_has_it(colima: FakeColi
     (start,) = colima.start_calls()
     assert start[start.index("--root-disk") + 1] == "40"
     assert start[start.index("--disk") + 1] == "40"
-    vm = parse_colima_list(result.stdout, "dev-a")
+    vm = parse_colima_list(last_line(result.stdout), "dev-a")
     assert vm.disk == 40 * GIB, "the VM's own disk has the requested size, not Colima's 20 GiB"
 
 
@@ -213,7 +214,7 @@ def test_create_starts_a_stopped_profile_with_its_saved_settings(colima: FakeCol
     result = run("colima-create.sh", colima.env(**node_env("dev-stopped")))
     assert result.returncode == 0, result.stderr
     assert ["start", "--profile", "dev-stopped"] in colima.calls()
-    vm = parse_colima_list(result.stdout, "dev-stopped")
+    vm = parse_colima_list(last_line(result.stdout), "dev-stopped")
     assert (vm.status, vm.address, vm.cpus) == ("Running", "192.168.64.7", 4)
 
 
@@ -295,3 +296,18 @@ def test_scripts_are_shellcheck_clean() -> None:
     paths = [str(script_path(name)) for name in ("colima-create.sh", "colima-delete.sh")]
     result = subprocess.run(["shellcheck", *paths], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
+
+
+def test_create_reads_the_vms_host_key_through_colima_ssh(colima: FakeColima) -> None:
+    # The install's first connection (over the VM's network address) pins this key; it comes
+    # through `colima ssh`, Lima's own channel into the VM, not over that network.
+    result = run("colima-create.sh", colima.env(**node_env()))
+    assert result.returncode == 0, result.stderr
+    pub = colima.state_file.parent / "vms/dev-a/etc/ssh/ssh_host_ed25519_key.pub"
+    expected = " ".join(pub.read_text().split()[:2])
+    assert vm_host_key(result.stdout) == expected
+    assert [
+        "ssh", "--profile", "dev-a", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub",
+    ] in colima.calls()  # fmt: skip
+    again = run("colima-create.sh", colima.env(**node_env()))
+    assert vm_host_key(again.stdout) == expected, "the same VM keeps its key"

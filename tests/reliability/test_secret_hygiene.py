@@ -58,9 +58,11 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Planned:
 
 
 def bundle_files(bundle: str) -> dict[str, str]:
-    """The files in an install-secrets.sh stdin bundle (`path<TAB>mode<TAB>base64` lines)."""
+    """The files in an install-secrets.sh stdin bundle: a header, then path, mode, base64 lines."""
     files = {}
-    for line in bundle.splitlines():
+    header, _, records = bundle.partition("\n")
+    assert header.startswith("nixos-k3s-bundle v1 "), header
+    for line in records.splitlines():
         path, _, encoded = line.split("\t")
         files[path] = base64.b64decode(encoded).decode()
     return files
@@ -74,6 +76,8 @@ def secret_values(planned: Planned) -> dict[str, str]:
     values["deploy key"] = mocks.fake_private_key("hyg-deploy-key")
     for host in result.hosts:
         values[f"{host} host key"] = mocks.fake_private_key(f"{host}-host-key")
+        if any(r.name == f"{host}-stock-host-key" for r in result.registrations):
+            values[f"{host} stock host key"] = mocks.fake_private_key(f"{host}-stock-host-key")
     for reg in planned.commands():
         if reg.name.endswith("-secrets"):
             for path, content in bundle_files(reg.secret_paths["stdin"]).items():

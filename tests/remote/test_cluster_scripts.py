@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ users:
 """
 
 FAST = {"POLL_INTERVAL": "0.1"}
+OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherClusterKeyOtherClusterKeyOtherClust"
 
 
 def set_nodes(host: FakeHost, nodes: dict[str, str]) -> None:
@@ -108,13 +110,25 @@ def test_api_ready_succeeds_when_readyz_is_ok(host: FakeHost) -> None:
 
 
 def test_api_ready_timeout_names_host_and_last_answer(host: FakeHost) -> None:
+    # Timeout 0: one try, then the verdict; nothing depends on how fast the machine is.
     (host.root / "k3s").mkdir()
     (host.root / "k3s/readyz").write_text("[-]etcd failed: reason withheld")
-    result = host.server.ssh(remote_invocation("api-ready.sh", "1", env=FAST))
+    result = host.server.ssh(remote_invocation("api-ready.sh", "0", env=FAST))
     assert result.returncode == 1
-    assert f"API on {os.uname().nodename} not ready after 1s" in result.stderr
+    assert f"API on {os.uname().nodename} not ready after 0s" in result.stderr
     assert "[-]etcd failed: reason withheld" in result.stderr
-    assert len(host.calls("k3s")) >= 2, "it polled"
+    assert host.calls("k3s") == ["kubectl --request-timeout=5s get --raw=/readyz"]
+
+
+def test_api_ready_polls_until_readyz_is_ok(host: FakeHost) -> None:
+    # The API answers "not ready" three times, then ok: the gate must keep asking. The timeout
+    # is far above what three polls take, so only the answers decide the outcome.
+    (host.root / "k3s").mkdir()
+    (host.root / "k3s/readyz").write_text("[-]etcd failed: reason withheld")
+    (host.root / "k3s/readyz-failures").write_text("3\n")
+    result = host.server.ssh(remote_invocation("api-ready.sh", "600", env=FAST))
+    assert result.returncode == 0, result.stderr
+    assert len(host.calls("k3s")) == 4, "three failed polls, then ok"
 
 
 def test_node_gate_wait_until_registered(host: FakeHost) -> None:
@@ -162,14 +176,26 @@ def test_node_gate_remove_of_a_gone_node_succeeds(host: FakeHost) -> None:
     assert not [c for c in host.calls("k3s") if " drain " in c or " delete " in c]
 
 
-def test_node_gate_remove_with_the_api_gone_succeeds(host: FakeHost) -> None:
+def test_node_gate_remove_with_the_api_gone_succeeds_in_a_teardown(host: FakeHost) -> None:
     (host.root / "k3s").mkdir()
     (host.root / "k3s/api-down").touch()
-    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "agent-1", env=FAST))
+    teardown = {**FAST, "NODE_GATE_TEARDOWN": "1"}
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "agent-1", env=teardown))
     assert result.returncode == 0, result.stderr
-    assert "is gone" in result.stderr
+    assert "is gone" in result.stderr and "the stack is being destroyed" in result.stderr
     assert "connection to the server 127.0.0.1:6443 was refused" in result.stderr
     assert len(host.calls("k3s")) == 3, "it retried before giving up on the API"
+
+
+def test_node_gate_remove_fails_when_the_api_is_down_in_a_scale_down(host: FakeHost) -> None:
+    # k3s restarting (or etcd without quorum) on the bootstrap server while server-3 goes:
+    # dropping it undrained would leave its etcd member behind.
+    set_nodes(host, {"server-1": "True", "server-3": "True"})
+    (host.root / "k3s/api-down").touch()
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "server-3", env=FAST))
+    assert result.returncode == 1
+    assert "refusing to drop server-3 without draining it" in result.stderr
+    assert (host.root / "k3s/nodes/server-3").exists()
 
 
 def mark_servers(host: FakeHost, *names: str) -> None:
@@ -304,6 +330,7 @@ def gate_client(
         "SSH_CONNECT_TIMEOUT": "3",
         "SSH_CONNECT_ATTEMPTS": "2",
         "SSH_RETRY_DELAY": "0.1",
+        "NIXOS_K3S_STATE_HOME": str(host.root / "operator-state"),
         **env,
     }
     return subprocess.run(
@@ -342,10 +369,54 @@ def test_gate_client_passes_the_bootstrap_refusal_on(host: FakeHost) -> None:
     assert (host.root / "k3s/nodes/server-1").exists()
 
 
-def test_gate_client_remove_succeeds_when_the_cluster_is_gone(host: FakeHost) -> None:
+def test_gate_client_remove_fails_when_unreachable_in_a_scale_down(host: FakeHost) -> None:
+    # The stack is not being destroyed (the teardown marker is in service): an unreachable
+    # bootstrap server is a network problem, not a gone cluster. The removal fails, so Pulumi
+    # keeps the machine.
+    set_nodes(host, {"server-1": "True", "server-3": "True"})
+    assert gate_client(host, "in-service").returncode == 0
+    result = gate_client(host, "remove", "server-3", port=closed_port())
+    assert result.returncode == 1
+    assert "unreachable, and the stack is not being destroyed" in result.stderr
+    assert "server-3 was not drained nor removed from etcd, so its machine stays" in result.stderr
+    assert (host.root / "k3s/nodes/server-3").exists()
+    assert host.calls("k3s") == []
+
+
+def test_gate_client_remove_succeeds_when_the_stack_is_destroyed(host: FakeHost) -> None:
+    marker_dir = host.root / "operator-state"
+    assert gate_client(host, "in-service").returncode == 0
+    torn = gate_client(host, "teardown")
+    assert torn.returncode == 0, torn.stderr
+    (marker,) = marker_dir.glob("teardown-*")
     result = gate_client(host, "remove", "agent-1", port=closed_port())
     assert result.returncode == 0, result.stderr
-    assert "is unreachable: the cluster is gone, nothing to drain for agent-1" in result.stderr
+    assert "unreachable and the stack is being destroyed: nothing to drain for agent-1" in (
+        result.stderr
+    )
+    # Reachable but with the API gone: also fine in a teardown, passed on to node-gate.sh.
+    (host.root / "k3s").mkdir(exist_ok=True)
+    (host.root / "k3s/api-down").touch()
+    api_gone = gate_client(host, "remove", "agent-1")
+    assert api_gone.returncode == 0, api_gone.stderr
+    assert "the stack is being destroyed" in api_gone.stderr
+
+    # Another cluster (another bootstrap key) is not torn down by this marker.
+    other = gate_client(host, "remove", "agent-1", port=closed_port(), HOST_PUBLIC_KEY=OTHER_KEY)
+    assert other.returncode == 1
+
+    # A stale marker (a destroy interrupted long ago) counts for nothing.
+    old = time.time() - 7 * 3600
+    os.utime(marker, (old, old))
+    stale = gate_client(host, "remove", "agent-1", port=closed_port())
+    assert stale.returncode == 1
+
+    # The next `pulumi up` (the marker's create) puts the cluster back in service.
+    os.utime(marker)
+    assert gate_client(host, "in-service").returncode == 0
+    assert list(marker_dir.glob("teardown-*")) == []
+    again = gate_client(host, "remove", "agent-1", port=closed_port())
+    assert again.returncode == 1
 
 
 def test_gate_client_wait_fails_when_the_server_is_unreachable(host: FakeHost) -> None:

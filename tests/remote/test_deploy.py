@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
-from components.scripts import remote_invocation
+from components.scripts import PROJECT_DIR, local_invocation, remote_invocation
 from tests.remote.harness import (
     HOST_NAME,
     FakeHost,
@@ -30,6 +32,10 @@ def release_of(host: FakeHost, source: Path) -> str:
 
 def built_system(host: FakeHost, release: str) -> Path:
     return (host.state / "releases" / release / "result").resolve()
+
+
+def timers_armed(host: FakeHost) -> list[str]:
+    return [call for call in host.calls("systemd-run") if "--on-active=" in call]
 
 
 def assert_deployed(host: FakeHost, source: Path) -> None:
@@ -69,7 +75,7 @@ def test_success_pushes_activates_confirms_and_persists(host: FakeHost, tmp_path
         f"test --no-reexec --flake {flake_ref}",
         f"switch --no-reexec --flake {flake_ref}",
     ]
-    (arm,) = host.calls("systemd-run")
+    (arm,) = timers_armed(host)
     assert "--unit=nixos-k3s-rollback" in arm
     assert "--on-active=60s" in arm
     assert arm.endswith(f"{host.state}/host-activate.sh rollback {release}")
@@ -230,7 +236,7 @@ def test_interrupted_activation_is_rearmed_and_converges(host: FakeHost, tmp_pat
     result = deploy(host, source)
     assert result.returncode == 0, result.stderr
     assert_deployed(host, source)
-    assert len(host.calls("systemd-run")) == 2
+    assert len(timers_armed(host)) == 2
 
 
 def test_cut_upload_leaves_no_release_and_rerun_converges(host: FakeHost, tmp_path: Path) -> None:
@@ -435,3 +441,98 @@ def test_a_host_deployed_before_the_hold_gets_released_and_keeps_k3s(
     assert_deployed(host, new)
     assert release_of(host, new) in (host.state / "k3s-released").read_text()
     assert not (host.state / "k3s-release-pending").exists()
+
+
+def fire_timer_when_due(
+    host: FakeHost, limit: float = 60
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Fires the rollback timer when systemd would: on_active seconds after it was armed.
+    Returns what it ran and when the timer was armed."""
+    timer = host.timer()
+    deadline = time.monotonic() + limit
+    while not timer.exists():
+        assert time.monotonic() < deadline, "the rollback timer was never armed"
+        time.sleep(0.05)
+    on_active = timer.read_text().splitlines()[0].removeprefix("on_active=")
+    armed_at = timer.stat().st_mtime
+    due = armed_at + float(on_active.removesuffix("s"))
+    time.sleep(max(0.0, due - time.time()))
+    return host.fire_timer(), armed_at
+
+
+def assert_process_gone(pid_file: Path) -> None:
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} of the hung activation is still running")
+
+
+# Drill: a `nixos-rebuild test` that never returns (a k3s server that waits for its etcd peers).
+ROLLBACK_DRILL_TIMEOUT = 6
+STOP_GRACE = 5  # host-activate.sh STOP_GRACE
+MARGIN = 8
+
+
+def test_hung_activation_is_stopped_at_its_deadline_and_rolled_back(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    hung = make_nixos_source(tmp_path / "hung", {"activation-hangs": ""})
+    started = time.monotonic()
+    result = deploy(host, hung, ROLLBACK_TIMEOUT=str(ROLLBACK_DRILL_TIMEOUT))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert elapsed < ROLLBACK_DRILL_TIMEOUT + MARGIN, elapsed
+    assert "did not finish within 4s" in result.stderr, "two thirds of the rollback timeout"
+    assert "--- last 30 lines of" in result.stderr, "the operator sees the host's log"
+    assert "waiting for etcd peers" in result.stderr
+    assert_rolled_back(host)
+    assert_process_gone(host.root / "hung-activation.pid")
+    assert list((host.root / "services").glob("*.pid")) == [], "switch unit stopped"
+    assert "systemctl\tstop nixos-rebuild-switch-to-configuration*.service" in host.calls()
+
+    fixed = make_nixos_source(tmp_path / "fixed")
+    assert deploy(host, fixed).returncode == 0
+    assert_deployed(host, fixed)
+
+
+def test_rollback_timer_stops_a_stuck_activation_instead_of_waiting(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    # The activate step itself stops responding (SIGSTOP) while `nixos-rebuild test` hangs, so
+    # its own deadline cannot act: the rollback timer must stop it rather than wait on its lock.
+    hung = make_nixos_source(tmp_path / "hung", {"activation-hangs": ""})
+    env = deploy_env(host.server, hung, ROLLBACK_TIMEOUT=str(ROLLBACK_DRILL_TIMEOUT))
+    with host.server.client_key.open("rb") as key:
+        operator = subprocess.Popen(
+            local_invocation("deploy.sh"), shell=True, cwd=PROJECT_DIR, env=env,
+            stdin=key, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    hung_pid = host.root / "hung-activation.pid"
+    for _ in range(300):
+        if hung_pid.exists():
+            break
+        time.sleep(0.05)
+    owner = dict(
+        line.split("=", 1) for line in (host.state / "lock.owner").read_text().splitlines()
+    )
+    assert owner["command"] == "activate" and "activation" in owner
+    os.kill(int(owner["pid"]), signal.SIGSTOP)
+
+    fired, armed_at = fire_timer_when_due(host)
+    assert fired.returncode == 0, fired.stderr
+    assert time.time() - armed_at < ROLLBACK_DRILL_TIMEOUT + STOP_GRACE + MARGIN
+    assert host.current_system() == host.initial_system
+    assert host.boot_profile() == host.initial_system
+    assert not (host.state / "pending").exists()
+    assert_process_gone(hung_pid)
+    log = (host.state / "deploy.log").read_text()
+    assert "still holds" in log and "stopping it" in log and "rolled back to" in log
+
+    _, stderr = operator.communicate(timeout=60)
+    assert operator.returncode == 1
+    assert "--- last 30 lines of" in stderr.decode(), "the operator sees the host's log"
+    assert "rolled back to" in stderr.decode()
