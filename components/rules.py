@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -321,13 +322,22 @@ LIMA_IDENTIFIER_MAX = 76
 _PROFILE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
+# Planning off the Mac (a CI runner, a Linux laptop) checks the socket path against this
+# typical Mac home rather than the machine's own, so the same stack is accepted alike everywhere;
+# on macOS, or with LIMA_HOME / COLIMA_HOME set, the real directory is used.
+REFERENCE_MAC_HOME = "/Users/operator"
+
+
 def lima_home(
     env: Mapping[str, str] = os.environ,
     is_dir: Callable[[str], bool] = os.path.isdir,
     resolve: Callable[[str], str] = os.path.realpath,
+    platform: str = sys.platform,
 ) -> str:
     """Where Colima keeps its Lima instances (Colima config/files.go limaDir), with symlinks
     resolved once it exists, as Lima's dirnames.LimaDir does."""
+    if platform != "darwin" and not (env.get("LIMA_HOME") or env.get("COLIMA_HOME")):
+        return f"{REFERENCE_MAC_HOME}/.colima/_lima"
     home = env.get("HOME") or os.path.expanduser("~")
     colima_home = env.get("COLIMA_HOME", "")
     if env.get("LIMA_HOME"):

@@ -434,17 +434,35 @@ def test_lima_home_as_colima_finds_it() -> None:
         return lambda path: path in dirs
 
     env = {"HOME": "/Users/o"}
-    assert rules.lima_home(env, exists()) == "/Users/o/.colima/_lima"
-    assert rules.lima_home({**env, "LIMA_HOME": "/l"}, exists()) == "/l"
-    assert rules.lima_home({**env, "COLIMA_HOME": "/c"}, exists("/c")) == "/c/_lima"
+    assert rules.lima_home(env, exists(), platform="darwin") == "/Users/o/.colima/_lima"
+    assert rules.lima_home({**env, "LIMA_HOME": "/l"}, exists(), platform="darwin") == "/l"
+    assert (
+        rules.lima_home({**env, "COLIMA_HOME": "/c"}, exists("/c"), platform="darwin") == "/c/_lima"
+    )
     # COLIMA_HOME counts only when it exists (Colima config/files.go).
-    assert rules.lima_home({**env, "COLIMA_HOME": "/c"}, exists()) == "/Users/o/.colima/_lima"
+    assert (
+        rules.lima_home({**env, "COLIMA_HOME": "/c"}, exists(), platform="darwin")
+        == "/Users/o/.colima/_lima"
+    )
     xdg = {**env, "XDG_CONFIG_HOME": "/x"}
-    assert rules.lima_home(xdg, exists()) == "/x/colima/_lima"
-    assert rules.lima_home(xdg, exists("/Users/o/.colima")) == "/Users/o/.colima/_lima"
+    assert rules.lima_home(xdg, exists(), platform="darwin") == "/x/colima/_lima"
+    assert (
+        rules.lima_home(xdg, exists("/Users/o/.colima"), platform="darwin")
+        == "/Users/o/.colima/_lima"
+    )
     # Lima resolves symlinks in its directory: the socket path is the resolved one's.
-    resolved = rules.lima_home(env, exists("/Users/o/.colima/_lima"), lambda p: "/Volumes/x" + p)
+    resolved = rules.lima_home(
+        env, exists("/Users/o/.colima/_lima"), lambda p: "/Volumes/x" + p, platform="darwin"
+    )
     assert resolved == "/Volumes/x/Users/o/.colima/_lima"
+
+
+def test_lima_home_off_the_mac_is_a_reference_mac_home() -> None:
+    """A plan on a CI runner or a Linux laptop accepts the same stacks as on a Mac: the socket
+    rule is checked against a typical Mac home unless Lima's directory is given."""
+    env = {"HOME": "/tmp/pytest-of-root/a/very/long/home/directory/that/would/refuse/everything"}
+    assert rules.lima_home(env, platform="linux") == "/Users/operator/.colima/_lima"
+    assert rules.lima_home({**env, "LIMA_HOME": "/l"}, platform="linux") == "/l"
 
 
 @pytest.mark.parametrize(

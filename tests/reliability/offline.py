@@ -51,11 +51,16 @@ def render_stack(
     cfg: ClusterConfig,
     facts: Mapping[str, render.MachineFacts] | None = None,
     deploy_key: str = DEPLOY_KEY,
+    lb_public_ipv4: str = "203.0.113.250",
 ) -> Rendered:
+    """`lb_public_ipv4`: the API load balancer's public address, as the machine layer gives it."""
     hosts = inventory.hosts(cfg)
     facts = facts if facts is not None else synthetic_facts(cfg, hosts)
     bootstrap = next(h for h in hosts if h.is_bootstrap)
     bootstrap_ip = facts[bootstrap.name].private_ipv4
+    lb_private = config.load_balancer_private_ip(cfg) if config.uses_load_balancer(cfg) else None
+    lb_public = lb_public_ipv4 if lb_private and cfg.hetzner.load_balancer_public else None
+    lb_sans = [a for a in (lb_private, lb_public) if a]
     pushed = {}
     for host in hosts:
         spec = render.host_spec(
@@ -64,6 +69,7 @@ def render_stack(
             facts[host.name],
             bootstrap_ip=bootstrap_ip,
             authorized_keys=[deploy_key, *cfg.ssh_keys],
+            api_sans=lb_sans if host.role == "server" else [],
         )
         pushed[host.name] = hostspec.host_json(spec)
         render.secret_files(cfg, host)
@@ -76,9 +82,10 @@ def render_stack(
         firewall_rules(cfg)
     # The first server's address as the machine layer gives it (cluster.py: ssh_host).
     first = facts[bootstrap.name]
-    url = render.api_endpoint(cfg, first.public_ipv4 or first.private_ipv4).url
+    url = render.api_endpoint(cfg, lb_public or first.public_ipv4 or first.private_ipv4).url
     nodes = config.node_count(cfg)
-    cilium.render_values(config.cilium_settings(cfg, bootstrap_ip, nodes))
+    if cfg.k3s.cni == "cilium":
+        cilium.render_values(config.cilium_settings(cfg, lb_private or bootstrap_ip, nodes))
     return Rendered(
         hosts=dict(sorted(pushed.items())),
         api_endpoint=url,

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from components import render
+from components import mocks, render
 from components.__main__ import EXIT_CONFIG_ERROR
 from components.config import ClusterConfig, ConfigError, parse_cluster
 from tests.conftest import stack_data
@@ -73,6 +73,14 @@ def render_like_plan(cfg: ClusterConfig, plan_dir: Path) -> offline.Rendered:
     pushed = {p.stem: p.read_text(encoding="utf-8") for p in (plan_dir / "hosts").glob("*.json")}
     facts = {name: facts_from_host(text) for name, text in pushed.items()}
     deploy_key = json.loads(next(iter(pushed.values())))["ssh"]["authorizedKeys"][0]
+    document = json.loads((plan_dir / "plan.json").read_text(encoding="utf-8"))
+    balancers = [
+        r["name"]
+        for r in document["resources"]
+        if r["type"] == "hcloud:index/loadBalancer:LoadBalancer"
+    ]
+    if balancers:
+        return offline.render_stack(cfg, facts, deploy_key, mocks.fake_ipv4(balancers[0]))
     return offline.render_stack(cfg, facts, deploy_key)
 
 
