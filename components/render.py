@@ -25,6 +25,7 @@ from components.hostspec import (
     HostSpec,
     K3s,
     Network,
+    PortRange,
     Ssh,
     Tailscale,
 )
@@ -176,42 +177,43 @@ def _containers(
     ]
 
 
+# Ports by role and CNI; nixos/modules/firewall.nix gives each its reason and refuses others.
 # Cilium's overlay port between nodes, by tunnel protocol (native routing needs none).
 TUNNEL_UDP_PORTS = {"vxlan": [8472], "geneve": [6081]}
-
-
+KUBELET_PORT = 10250
+# Cilium's health checks (4240) and Hubble's per-node server (4244), between nodes.
+CILIUM_NODE_TCP_PORTS = [4240, 4244]
+ETCD_PORTS = PortRange(start=2379, end=2380)
 # k3s's flannel: VXLAN on UDP 8472 between nodes; pods hang off cni0, the overlay is flannel.1.
 FLANNEL_VXLAN_PORT = 8472
 FLANNEL_INTERFACES = ["cni0", "flannel.1"]
-# Without Cilium: no health checks (4240) and no Hubble (4244) between nodes.
-FLANNEL_PRIVATE_TCP_PORTS = [API_PORT, 10250]
 
 
-def _flannel_firewall(cfg: ClusterConfig) -> Firewall:
-    public_tcp = [22, API_PORT] + ([80, 443] if cfg.firewall and cfg.firewall.ingress else [])
-    trusted = [*FLANNEL_INTERFACES] + (["tailscale0"] if cfg.tailscale.enabled else [])
-    return Firewall(
-        public_tcp_ports=public_tcp,
-        private_tcp_ports=FLANNEL_PRIVATE_TCP_PORTS,
-        private_udp_ports=[FLANNEL_VXLAN_PORT],
-        trusted_interfaces=trusted,
-    )
-
-
-def _firewall(cfg: ClusterConfig) -> Firewall:
+def _firewall(cfg: ClusterConfig, is_server: bool) -> Firewall:
+    """Servers alone open the API (6443) and etcd (2379-2380); every node its kubelet and the
+    CNI's ports between nodes."""
+    ingress = [80, 443] if cfg.firewall and cfg.firewall.ingress else []
+    server_tcp = [API_PORT] if is_server else []
     if cfg.k3s.cni == "flannel":
-        return _flannel_firewall(cfg)
-    public_tcp = [22, API_PORT] + ([80, 443] if cfg.firewall and cfg.firewall.ingress else [])
-    tunnelled = cfg.cilium.routing_mode == "tunnel"
-    tunnel = TUNNEL_UDP_PORTS[cfg.cilium.tunnel_protocol] if tunnelled else []
-    # Cilium's devices: its overlay device is named after the tunnel protocol.
-    trusted = ["cilium_host", "cilium_net", "lxc+"]
-    if tunnelled:
-        trusted.insert(2, f"cilium_{cfg.cilium.tunnel_protocol}")
+        node_tcp = [KUBELET_PORT]
+        udp = [FLANNEL_VXLAN_PORT]
+        trusted = [*FLANNEL_INTERFACES]
+    else:
+        node_tcp = [KUBELET_PORT, *CILIUM_NODE_TCP_PORTS]
+        tunnelled = cfg.cilium.routing_mode == "tunnel"
+        udp = TUNNEL_UDP_PORTS[cfg.cilium.tunnel_protocol] if tunnelled else []
+        # Cilium's devices: its overlay device is named after the tunnel protocol.
+        trusted = ["cilium_host", "cilium_net", "lxc+"]
+        if tunnelled:
+            trusted.insert(2, f"cilium_{cfg.cilium.tunnel_protocol}")
     if cfg.tailscale.enabled:
         trusted.append("tailscale0")  # k3s then uses the tailnet addresses between nodes
     return Firewall(
-        public_tcp_ports=public_tcp, private_udp_ports=tunnel, trusted_interfaces=trusted
+        public_tcp_ports=[22, *server_tcp, *ingress],
+        private_tcp_ports=[*server_tcp, *node_tcp],
+        private_tcp_port_ranges=[ETCD_PORTS] if is_server else [],
+        private_udp_ports=udp,
+        trusted_interfaces=trusted,
     )
 
 
@@ -267,7 +269,7 @@ def host_spec(
             else [],
         ),
         k3s=_k3s(cfg, host, facts, bootstrap_ip, api_sans),
-        firewall=_firewall(cfg),
+        firewall=_firewall(cfg, host.role == "server"),
         # Cilium's kernel modules and sysctls; a flannel cluster needs none of them.
         cilium=Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),
         tailscale=Tailscale(enable=tailscale_on, auth_key_file=None, wrap_k3s=tailscale_on),

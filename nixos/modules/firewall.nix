@@ -14,6 +14,38 @@ let
       };
     };
   };
+
+  # Every port the host opens, with the reason it is open. The host data chooses the ports by
+  # role and CNI (components/render.py); a port without an entry here is refused, so none is
+  # opened without a reason.
+  reasons = {
+    tcp = {
+      "22" = "SSH: deploys and operators (the Hetzner firewall narrows the sources)";
+      "80" = "ingress HTTP (firewall.ingress)";
+      "443" = "ingress HTTPS (firewall.ingress)";
+      "6443" = "servers only: Kubernetes API and k3s supervisor (agents, joining servers, load balancer)";
+      "10250" = "kubelet API: logs, exec and metrics from the API server";
+      "4240" = "Cilium health checks between nodes";
+      "4244" = "Hubble server on every node, read by hubble-relay";
+    };
+    tcpRanges = {
+      "2379-2380" = "servers only: embedded etcd client and peer traffic between servers";
+    };
+    udp = {
+      "8472" = "VXLAN overlay between nodes (Cilium tunnel or k3s flannel)";
+      "6081" = "Geneve overlay between nodes (Cilium tunnel)";
+    };
+  };
+  unexplained =
+    map (p: "TCP ${toString p}") (
+      builtins.filter (p: !(reasons.tcp ? ${toString p})) (cfg.publicTcpPorts ++ cfg.privateTcpPorts)
+    )
+    ++ map (p: "UDP ${toString p}") (
+      builtins.filter (p: !(reasons.udp ? ${toString p})) (cfg.publicUdpPorts ++ cfg.privateUdpPorts)
+    )
+    ++ map (r: "TCP ${toString r.from}-${toString r.to}") (
+      builtins.filter (r: !(reasons.tcpRanges ? "${toString r.from}-${toString r.to}")) cfg.privateTcpPortRanges
+    );
 in
 {
   options.nixosK3s.firewall = {
@@ -73,6 +105,13 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = unexplained == [ ];
+        message = "nixosK3s.firewall: no reason is known for opening ${lib.concatStringsSep ", " unexplained} (nixos/modules/firewall.nix lists the ports and why).";
+      }
+    ];
+
     networking.firewall = {
       enable = true;
       allowedTCPPorts = cfg.publicTcpPorts;

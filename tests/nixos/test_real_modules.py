@@ -268,6 +268,18 @@ def test_matrix_covers_every_axis() -> None:
     assert {s.servers for s in shapes} >= {1, 3, 5}
 
 
+def test_a_port_without_a_reason_is_refused(tmp_path: Path) -> None:
+    """nixos/modules/firewall.nix opens only ports it knows a reason for."""
+    golden = ROOT / "tests" / "golden" / "prod" / "prod-workers-1.json"
+    document = json.loads(golden.read_text(encoding="utf-8"))
+    document["firewall"]["privateTcpPorts"].append(9999)
+    bad = tmp_path / "prod-workers-1.json"
+    bad.write_text(json.dumps(document), encoding="utf-8")
+    result = evaluate(bad, "bad")
+    assert result.returncode == 2, result.errors
+    assert "no reason is known for opening TCP 9999" in result.errors
+
+
 def test_evaluation_sees_options_nixpkgs_does_not_declare(tmp_path: Path) -> None:
     """The check can fail: nixos/ with `services.k3s.nodeExternalIP` (newer than the pin) is
     refused by the real rancher module, which a builtins-only lib would not notice."""
