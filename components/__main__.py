@@ -31,11 +31,37 @@ def _plan(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    source = _shown_path(path, plan.PROJECT_DIR)
+    replaced = _previous_source(out)
+    if replaced is not None and replaced != source:
+        print(f"note: replacing {out}, the plan of {replaced}", file=sys.stderr)
     plan.write_plan(result, out)
+    (out / SOURCE_FILE).write_text(source + "\n", encoding="utf-8")
     if not args.quiet:
         sys.stdout.write(plan.render_tree(result))
     print(f"wrote {out / 'plan.json'} and {len(result.hosts)} host file(s)", file=sys.stderr)
     return 0
+
+
+# Beside plan.json: which stack file the plan was made from, so a later plan into the same
+# directory from another file says what it replaces instead of overwriting it silently.
+SOURCE_FILE = "source"
+
+
+def _shown_path(path: Path, project_dir: Path) -> str:
+    resolved = path.resolve()
+    return (
+        str(resolved.relative_to(project_dir))
+        if resolved.is_relative_to(project_dir)
+        else str(resolved)
+    )
+
+
+def _previous_source(out: Path) -> str | None:
+    try:
+        return (out / SOURCE_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def _stack_from_filename(path: Path) -> str:

@@ -335,3 +335,31 @@ def test_explicit_provider_urns_and_references_are_the_engines(dev_plan: Plan) -
 )
 def test_engine_urn(parent: str, expected: str) -> None:
     assert engine_urn("s", "p", parent, "t:m:T", "n") == expected
+
+
+def test_plan_says_which_plan_it_replaces(tmp_path: Path) -> None:
+    """A plan from another stack file into the same directory names what it replaces."""
+    other = tmp_path / "elsewhere" / "Pulumi.dev.yaml"
+    other.parent.mkdir()
+    other.write_text((PROJECT_DIR / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
+    out = tmp_path / "out"
+
+    def plan(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "components", "plan", "--quiet", "--out", str(out), *args],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    first = plan("--stack", "dev")
+    assert first.returncode == 0, first.stderr
+    assert (out / "source").read_text() == "Pulumi.dev.yaml\n"
+    assert "replacing" not in first.stderr
+    second = plan("--config-file", str(other))
+    assert second.returncode == 0, second.stderr
+    assert f"note: replacing {out}, the plan of Pulumi.dev.yaml" in second.stderr
+    assert (out / "source").read_text() == f"{other}\n"
+    again = plan("--config-file", str(other))
+    assert "replacing" not in again.stderr
