@@ -280,7 +280,9 @@ def test_markdown_has_summary_table_then_a_section_per_host(
         "Resources (7)",
         "Host prod-agent-3 (added, redeploy)",
         "Host prod-server-2 (changed, redeploy)",
+        "Monthly cost by item",
     ]
+    assert "Monthly cost: **34.95 -&gt; 41.94 EUR per month (+6.99)**" in markdown
     assert markdown.index("| added |") < markdown.index("<details>")
     assert "+- command:local:Command prod-server-2-push" in markdown
     assert "~ kubernetes:helm.sh/v3:Release cilium" in markdown
