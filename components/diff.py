@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from components import cost
+from components import cost, rollout
 
 SECRET = "[secret]"
 PLAN_FILE = "plan.json"
@@ -324,16 +324,29 @@ def plan_cost(plan: Plan) -> cost.Cost:
 
 def diff_plans(old: Plan, new: Plan) -> PlanDiff:
     before, after = plan_cost(old), plan_cost(new)
+    resources = _resource_changes(old, new)
     return PlanDiff(
         old_stack=old.stack,
         new_stack=new.stack,
         resource_count=len(new.resources),
         host_count=len(new.hosts),
-        resources=_resource_changes(old, new),
+        resources=resources,
         outputs=tuple(_value_changes(old.outputs, new.outputs, {}, {}, NO_HOST_TEXTS)),
         hosts=_host_changes(old.hosts, new.hosts),
         cost=CostChange(before, after) if before.items or after.items else None,
+        rollout=_rollout(old, new, resources),
     )
+
+
+def _rollout(old: Plan, new: Plan, changes: Sequence[ResourceChange]) -> str:
+    def nodes(plan: Plan) -> dict[str, rollout.Node]:
+        return {
+            urn: rollout.Node(urn, r.type, r.name, r.parent, r.depends_on, r.provider, r.custom)
+            for urn, r in plan.resources.items()
+        }
+
+    kinds = {change.urn: change.kind for change in changes}
+    return rollout.mermaid(nodes(new), kinds, nodes(old))
 
 
 def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:
@@ -354,10 +367,7 @@ def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:
     return tuple(changes)
 
 
-def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that puts agent-2 before agent-10."""
-    parts = re.split(r"(\d+)", name)
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts)
+_natural = rollout.natural_key
 
 
 def _compare_resource(
@@ -604,6 +614,11 @@ def render_markdown(plan_diff: PlanDiff, max_chars: int = DEFAULT_MARKDOWN_MAX_C
         basis = cost.describe_basis(plan_diff.cost.after)
         summary = _md_text(plan_diff.cost.summary())
         table += f"Monthly cost: **{summary}** <sub>{_md_text(basis)}</sub>\n\n"
+    if plan_diff.rollout:
+        table += (
+            "Deploy order of the changed part (an arrow: must finish before):\n\n"
+            f"```mermaid\n{plan_diff.rollout}```\n\n"
+        )
 
     def wrap(section: Section, lines: Sequence[str]) -> str:
         fence = "`" * max(3, _longest_backtick_run(lines) + 1)

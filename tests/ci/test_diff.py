@@ -254,12 +254,12 @@ def test_a_secret_that_appears_or_disappears_is_named_as_such(
 
 def assert_well_formed(markdown: str) -> None:
     assert markdown.count("<details>") == markdown.count("</details>")
-    fences = re.findall(r"^(`{3,})(diff)?$", markdown, flags=re.MULTILINE)
+    fences = re.findall(r"^(`{3,})(diff|mermaid)?$", markdown, flags=re.MULTILINE)
     assert len(fences) % 2 == 0
     opened = [fence for fence, lang in fences[0::2]]
     closed = [fence for fence, lang in fences[1::2]]
     assert opened == closed
-    assert all(lang == "diff" for _, lang in fences[0::2])
+    assert all(lang in ("diff", "mermaid") for _, lang in fences[0::2])
 
 
 def test_markdown_has_summary_table_then_a_section_per_host(
