@@ -18,7 +18,11 @@ stack = load_config()
 gc.freeze()
 cluster = Cluster(
     stack.cluster.name,
-    ClusterArgs(config=stack.cluster, tailscale_auth_key=stack.tailscale_auth_key),
+    ClusterArgs(
+        config=stack.cluster,
+        tailscale_auth_key=stack.tailscale_auth_key,
+        etcd_s3_credentials=stack.etcd_s3_credentials,
+    ),
 )
 
 pulumi.export("kubeconfig", cluster.kubeconfig)

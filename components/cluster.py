@@ -16,7 +16,7 @@ import pulumi_tls as tls
 
 from components import config, hostspec, inventory, k3s, render
 from components.colima import ColimaMachine, ColimaMachineArgs
-from components.config import ClusterConfig
+from components.config import ClusterConfig, EtcdS3Credentials
 from components.hetzner import HetznerMachines, HetznerMachinesArgs
 from components.hostspec import HostSpec
 from components.inventory import Host
@@ -36,6 +36,7 @@ from components.scripts import local_invocation
 class ClusterArgs:
     config: ClusterConfig
     tailscale_auth_key: pulumi.Input[str] | None = None
+    etcd_s3_credentials: EtcdS3Credentials | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ class Cluster(pulumi.ComponentResource):
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
         bootstrap_ip = machines[bootstrap.name].private_ipv4
-        secrets = self._secret_contents(cfg, token, args.tailscale_auth_key)
+        secrets = self._secret_contents(
+            cfg, token, args.tailscale_auth_key, args.etcd_s3_credentials
+        )
         secret_sets: dict[tuple[str, ...], SecretSet] = {}
 
         def secret_set(host: Host) -> SecretSet:
@@ -317,11 +320,20 @@ class Cluster(pulumi.ComponentResource):
 
     @staticmethod
     def _secret_contents(
-        cfg: ClusterConfig, token: random.RandomPassword, tailscale_key: pulumi.Input[str] | None
+        cfg: ClusterConfig,
+        token: random.RandomPassword,
+        tailscale_key: pulumi.Input[str] | None,
+        s3: EtcdS3Credentials | None = None,
     ) -> dict[str, pulumi.Output[str]]:
         contents = {render.TOKEN_FILE: pulumi.Output.secret(token.result)}
         if tailscale_key is not None:
             contents[render.VPN_AUTH_FILE] = pulumi.Output.secret(
                 pulumi.Output.from_input(tailscale_key).apply(vpn_auth_content)
+            )
+        if s3 is not None:
+            contents[render.ETCD_S3_ENV_FILE] = pulumi.Output.secret(
+                pulumi.Output.all(s3.access_key_id, s3.secret_access_key).apply(
+                    lambda keys: render.etcd_s3_environment(keys[0], keys[1])
+                )
             )
         return contents

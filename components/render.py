@@ -16,6 +16,7 @@ from components.hostspec import (
     Container,
     ContainerCredentials,
     ContainerK3s,
+    EtcdS3,
     EtcdSnapshots,
     Firewall,
     GracefulNodeShutdown,
@@ -31,6 +32,8 @@ from components.inventory import Host
 SECRETS_DIR = "/var/lib/nixos-k3s/secrets"
 TOKEN_FILE = f"{SECRETS_DIR}/k3s-token"
 VPN_AUTH_FILE = f"{SECRETS_DIR}/k3s-vpn-auth"
+# AWS_ACCESS_KEY_ID= / AWS_SECRET_ACCESS_KEY= lines: the k3s servers' EnvironmentFile.
+ETCD_S3_ENV_FILE = f"{SECRETS_DIR}/etcd-s3.env"
 CONTAINER_STATE_ROOT = "/var/lib/nixos-k3s/containers"
 API_PORT = 6443
 HETZNER_NAMESERVERS: tuple[str, ...] = ("185.12.64.1", "185.12.64.2")
@@ -103,10 +106,29 @@ def _k3s(cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str)
             enable=snapshots.enabled and is_server,
             schedule_cron=snapshots.schedule_cron,
             retention=snapshots.retention,
+            s3=_etcd_s3(cfg) if is_server and snapshots.enabled else None,
         ),
         extra_flags=list(cfg.k3s.extra_flags),
         vpn_auth_file=VPN_AUTH_FILE if cfg.tailscale.enabled else None,
     )
+
+
+def _etcd_s3(cfg: ClusterConfig) -> EtcdS3 | None:
+    s3 = cfg.k3s.etcd_snapshots.s3
+    if s3 is None:
+        return None
+    return EtcdS3(
+        endpoint=s3.endpoint,
+        bucket=s3.bucket,
+        folder=s3.folder or cfg.name,
+        region=s3.region,
+        environment_file=ETCD_S3_ENV_FILE,
+    )
+
+
+def etcd_s3_environment(access_key_id: str, secret_access_key: str) -> str:
+    """ETCD_S3_ENV_FILE's content: the variables k3s reads its S3 keys from."""
+    return f"AWS_ACCESS_KEY_ID={access_key_id}\nAWS_SECRET_ACCESS_KEY={secret_access_key}\n"
 
 
 def _containers(
@@ -228,4 +250,7 @@ def secret_files(cfg: ClusterConfig, host: Host) -> list[str]:
     files = [TOKEN_FILE]
     if cfg.tailscale.enabled or any(slot.config.tailscale for slot in host.containers):
         files.append(VPN_AUTH_FILE)
+    snapshots = cfg.k3s.etcd_snapshots
+    if host.role == "server" and snapshots.enabled and snapshots.s3 is not None:
+        files.append(ETCD_S3_ENV_FILE)
     return files
