@@ -25,6 +25,7 @@ from components.nixos_host import (
     HostKey,
     NixosHost,
     NixosHostArgs,
+    RollArgs,
     SecretSet,
     WakeCommand,
     connection,
@@ -62,6 +63,11 @@ class MachineView:
         return pulumi.Output.all(*self.fact_inputs, *extra).apply(
             lambda v: render_spec(self.facts_of(v[:k]), *v[k:])
         )
+
+
+def _rolled(host: NixosHost) -> pulumi.Resource:
+    assert host.roll is not None  # every host of a cluster has its roll step
+    return host.roll
 
 
 def vpn_auth_content(auth_key: str) -> str:
@@ -132,7 +138,26 @@ class Cluster(pulumi.ComponentResource):
         content_hash = hostspec.content_hasher()
         hashes = {n: text.apply(content_hash) for n, text in host_json.items()}
 
-        def nixos_host(host: Host, after: list[pulumi.Resource]) -> NixosHost:
+        roll_key = render.roll_key(cfg)
+        gate_target = k3s.GateTarget(
+            ssh_host=machines[bootstrap.name].ssh_host,
+            ssh_user=machines[bootstrap.name].ssh_user,
+            host_public_key=host_keys[bootstrap.name].public_openssh,
+            deploy_private_key=deploy_key.private_openssh,
+        )
+
+        def roll_args(after: Sequence[pulumi.Resource]) -> RollArgs:
+            return RollArgs(
+                key=roll_key,
+                gate_environment=gate_target.roll_environment,
+                after=after,
+                drain_timeout_seconds=cfg.deploy.drain_timeout_seconds,
+                ready_timeout_seconds=cfg.deploy.node_ready_timeout_seconds,
+            )
+
+        def nixos_host(
+            host: Host, after: list[pulumi.Resource], roll_after: Sequence[pulumi.Resource]
+        ) -> NixosHost:
             machine = machines[host.name]
             return NixosHost(
                 host.name,
@@ -152,22 +177,20 @@ class Cluster(pulumi.ComponentResource):
                     rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
                     push_after=after,
                     wake=machine.wake,
+                    roll=roll_args(roll_after),
                 ),
                 opts=child,
             )
 
-        first = nixos_host(bootstrap, [])
+        # Rolling upgrade order: the bootstrap server, the other servers one at a time, then
+        # the agents in batches of deploy.maxUnavailable (see NixosHost._roll).
+        first = nixos_host(bootstrap, [], [])
+        last_rolls: list[pulumi.Resource] = [_rolled(first)]
         admin = connection(
             machines[bootstrap.name].ssh_host,
             machines[bootstrap.name].ssh_user,
             host_keys[bootstrap.name],
             deploy_key,
-        )
-        gate_target = k3s.GateTarget(
-            ssh_host=machines[bootstrap.name].ssh_host,
-            ssh_user=machines[bootstrap.name].ssh_user,
-            host_public_key=host_keys[bootstrap.name].public_openssh,
-            deploy_private_key=deploy_key.private_openssh,
         )
         api_ready = k3s.api_ready_gate(
             name,
@@ -218,9 +241,19 @@ class Cluster(pulumi.ComponentResource):
         container_gates(bootstrap, [bootstrap_gate])
         previous: pulumi.Resource = api_ready
         for server in (h for h in hosts if h.role == "server" and not h.is_bootstrap):
-            previous = join_gates(server, nixos_host(server, [previous]))
-        for agent in (h for h in hosts if h.role == "agent"):
-            join_gates(agent, nixos_host(agent, [api_ready]))
+            pushed = nixos_host(server, [previous], last_rolls)
+            last_rolls = [_rolled(pushed)]
+            previous = join_gates(server, pushed)
+        agents = [h for h in hosts if h.role == "agent"]
+        batch_size = cfg.deploy.max_unavailable
+        for start in range(0, len(agents), batch_size):
+            batch = [
+                nixos_host(agent, [api_ready], last_rolls)
+                for agent in agents[start : start + batch_size]
+            ]
+            for agent, pushed in zip(agents[start : start + batch_size], batch, strict=True):
+                join_gates(agent, pushed)
+            last_rolls = [_rolled(pushed) for pushed in batch]
 
         endpoint = (
             pulumi.Output.from_input(cfg.api_endpoint)

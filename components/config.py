@@ -523,6 +523,26 @@ class DeployConfig(Model):
     nodes_ready_timeout_seconds: int = Field(
         default=900, ge=30, le=7200, description="How long to wait for every node to be Ready."
     )
+    max_unavailable: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Rolling upgrade (a change of k3s.package or the nixpkgs pin): agents drained "
+        "and upgraded at once, per batch. Servers always go one at a time.",
+    )
+    drain_timeout_seconds: int = Field(
+        default=300,
+        ge=30,
+        le=7200,
+        description="Rolling upgrade: how long `kubectl drain` may take (it respects "
+        "PodDisruptionBudgets); a drain that does not finish stops the roll.",
+    )
+    node_ready_timeout_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=7200,
+        description="Rolling upgrade: how long an upgraded node has to be Ready again.",
+    )
 
 
 class ClusterConfig(Model):

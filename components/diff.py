@@ -345,8 +345,17 @@ def _rollout(old: Plan, new: Plan, changes: Sequence[ResourceChange]) -> str:
             for urn, r in plan.resources.items()
         }
 
-    kinds = {change.urn: change.kind for change in changes}
+    kinds = {change.urn: change.kind for change in changes if _runs(change)}
     return rollout.mermaid(nodes(new), kinds, nodes(old))
+
+
+def _runs(change: ResourceChange) -> bool:
+    """Whether the deploy does work for this change. A host's roll step does only when its
+    ROLL_KEY changes (an upgrade); created, or updated for any other reason, it only records
+    the key (see NixosHost._roll)."""
+    if not (change.type.startswith("command:") and change.name.endswith("-roll")):
+        return True
+    return change.kind != "add" and any(v.path == rollout.ROLL_KEY_PATH for v in change.changes)
 
 
 def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:

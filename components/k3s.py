@@ -74,6 +74,17 @@ class GateTarget:
     def environment(self, bootstrap: bool) -> pulumi.Output[dict[str, str]]:
         return self._environments[bootstrap]
 
+    @functools.cached_property
+    def roll_environment(self) -> pulumi.Output[dict[str, str]]:
+        """The same server as GATE_* variables, for node-roll.sh (whose TARGET_* is the node)."""
+        return pulumi.Output.all(self.ssh_host, self.host_public_key).apply(
+            lambda v: {
+                "GATE_HOST": v[0],
+                "GATE_USER": self.ssh_user,
+                "GATE_HOST_PUBLIC_KEY": v[1],
+            }
+        )
+
 
 def node_gate(
     node: str,

@@ -101,6 +101,18 @@ class NixosHostArgs:
     rollback_timeout_seconds: int
     push_after: Sequence[pulumi.Resource] = field(default_factory=list)
     wake: WakeCommand | None = None
+    roll: RollArgs | None = None
+
+
+@dataclass(frozen=True)
+class RollArgs:
+    """The host's place in a rolling upgrade (see NixosHost.roll)."""
+
+    key: str  # changes only with the k3s package or the nixpkgs pin
+    gate_environment: pulumi.Input[Mapping[str, str]]  # GATE_* of the server that drains
+    after: Sequence[pulumi.Resource]  # the rolls of the previous batch
+    drain_timeout_seconds: int
+    ready_timeout_seconds: int
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,7 @@ class NixosHost(pulumi.ComponentResource):
     secrets: command.remote.Command
     push: command.local.Command
     connection: command.remote.ConnectionArgs
+    roll: command.local.Command | None = None
 
     def __init__(self, name: str, args: NixosHostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("nixos-k3s:index:NixosHost", name, None, opts)
@@ -197,24 +210,67 @@ class NixosHost(pulumi.ComponentResource):
             ),
         )
 
+        push_env: dict[str, pulumi.Input[str]] = {
+            **base_env,
+            "TARGET_USER": args.ssh_user,
+            "HOST_JSON": args.host_json,
+            "RELEASE_ID": args.content_hash,
+            "HEALTH_UNITS": " ".join(args.health_units),
+            "ROLLBACK_TIMEOUT": str(args.rollback_timeout_seconds),
+        }
+        push_after = list(args.push_after)
+        if args.roll is not None:
+            self.roll = self._roll(name, args.roll, push_env, args.deploy_key)
+            push_after.append(self.roll)
         self.push = command.local.Command(
             f"{name}-push",
             create=local_invocation("deploy.sh"),
-            environment={
-                **base_env,
-                "TARGET_USER": args.ssh_user,
-                "HOST_JSON": args.host_json,
-                "RELEASE_ID": args.content_hash,
-                "HEALTH_UNITS": " ".join(args.health_units),
-                "ROLLBACK_TIMEOUT": str(args.rollback_timeout_seconds),
-            },
+            environment=push_env,
             stdin=args.deploy_key.private_openssh,
             triggers=[args.content_hash],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.secrets, *args.push_after],
+                depends_on=[self.secrets, *push_after],
                 additional_secret_outputs=["stderr"],
             ),
         )
         self.register_outputs({"contentHash": args.content_hash})
+
+    def _roll(
+        self,
+        name: str,
+        roll: RollArgs,
+        push_env: Mapping[str, pulumi.Input[str]],
+        deploy_key: DeployKey,
+    ) -> command.local.Command:
+        """Drain, push, wait for Ready, uncordon: only when ROLL_KEY changes (an upgrade).
+
+        Created with the host (its create only records the key). Any change of its environment
+        runs its update, node-roll.sh, which compares ROLL_KEY with the key it printed last time
+        (pulumi-command hands the previous stdout over as PULUMI_COMMAND_STDOUT): the same key
+        means no upgrade, and the push does the work as usual; a new key rolls this node. The
+        push waits for it (and then finds its release active), and the next batch's rolls wait
+        for this one, so an upgrade goes through the nodes in order and stops at the first one
+        that fails. Its environment is the push's plus the draining server's: not secret.
+        """
+        environment = pulumi.Output.all(push_env, roll.gate_environment).apply(
+            lambda envs: {
+                **envs[0],
+                **envs[1],
+                "ROLL_KEY": roll.key,
+                "DRAIN_TIMEOUT": str(roll.drain_timeout_seconds),
+                "READY_TIMEOUT": str(roll.ready_timeout_seconds),
+            }
+        )
+        return command.local.Command(
+            f"{name}-roll",
+            create=f"echo {roll.key}",
+            update=local_invocation("node-roll.sh"),
+            environment=environment,
+            stdin=deploy_key.private_openssh,
+            add_previous_output_in_env=True,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=list(roll.after), additional_secret_outputs=["stderr"]
+            ),
+        )

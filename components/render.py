@@ -6,8 +6,11 @@ modules read. Secrets never enter it: only the paths of the 0600 files that hold
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from components import catalog
 from components.config import ClusterConfig
@@ -124,6 +127,16 @@ def _etcd_s3(cfg: ClusterConfig) -> EtcdS3 | None:
         region=s3.region,
         environment_file=ETCD_S3_ENV_FILE,
     )
+
+
+FLAKE_LOCK = Path(__file__).resolve().parent.parent / "nixos" / "flake.lock"
+
+
+def roll_key(cfg: ClusterConfig) -> str:
+    """What a rolling upgrade is keyed on: the k3s package and the nixpkgs revision."""
+    lock = json.loads(FLAKE_LOCK.read_text(encoding="utf-8"))
+    revision = lock["nodes"]["nixpkgs"]["locked"]["rev"]
+    return hashlib.sha256(f"{cfg.k3s.package}\0{revision}".encode()).hexdigest()[:16]
 
 
 def etcd_s3_environment(access_key_id: str, secret_access_key: str) -> str:

@@ -4,10 +4,10 @@ The order is derived from the plan's dependency graph (each resource's `dependsO
 provider, and component dependencies expanded to the component's resources), never written down
 here: a stage resource A comes before B when B (transitively) depends on A. Only the resources
 that the deploy will create, replace or update are drawn, grouped by stage (machines, installs,
-node rolls, pushes, joins, Helm releases, nodes Ready), with an edge where one must finish
-before the other starts (transitive reduction of that order). Added, replaced and changed
-resources are coloured differently; removed ones are listed in a block of their own (Pulumi
-deletes them after the rest). A large change is drawn one box per stage, with counts.
+node rolls of a rolling upgrade, pushes, joins, Helm releases, nodes Ready), with an edge where
+one must finish before the other starts (transitive reduction of that order). Added, replaced
+and changed resources are coloured differently; removed ones are listed in a block of their own
+(Pulumi deletes them after the rest). A large change is drawn one box per stage, with counts.
 """
 
 from __future__ import annotations
@@ -48,13 +48,14 @@ STAGES: tuple[Stage, ...] = (
         lambda n: n.type == "hcloud:index/server:Server" or _command("-vm")(n),
     ),
     Stage("installs", "NixOS installs", _command("-install")),
-    Stage("drains", "Drains (rolling upgrade)", _command("-drain")),
+    Stage("rolls", "Node rolls (drain, push, Ready, uncordon)", _command("-roll")),
     Stage("pushes", "Pushes (nixos-rebuild)", _command("-push")),
-    Stage("uncordons", "Uncordons (rolling upgrade)", _command("-uncordon")),
     Stage("joins", "Joins (node registered)", _command("-joined")),
     Stage("releases", "Helm releases (Cilium)", lambda n: n.type.startswith("kubernetes:helm.sh/")),
     Stage("ready", "Nodes Ready", _command("-nodes-ready")),
 )
+# The input whose change makes a host's roll step drain and upgrade its node.
+ROLL_KEY_PATH = "environment.ROLL_KEY"
 # Beyond this many boxes, the picture is drawn one box per stage.
 MAX_NODES = 60
 KIND_LABEL = {"add": "added", "replace": "replaced", "change": "changed", "remove": "removed"}

@@ -4,6 +4,8 @@
 # Runs on the OPERATOR machine (pulumi_command.local.Command, cwd = project root):
 #   bash components/scripts/node-gate-client.sh wait NODE TIMEOUT [label:K=V|taint:K[=V]:E ...]
 #   bash components/scripts/node-gate-client.sh remove NODE
+#   bash components/scripts/node-gate-client.sh drain|ready NODE TIMEOUT | uncordon NODE
+#     (rolling upgrades, node-roll.sh)
 # Env:
 #   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root): the bootstrap server
 #   HOST_PUBLIC_KEY  its pinned SSH host key (required)
@@ -60,8 +62,9 @@ main() {
   local verb=${1:-}
   case $verb in
   wait) (($# >= 3)) || bad_input "usage: $PROG wait NODE TIMEOUT [MARKING...]" ;;
-  remove) (($# == 2)) || bad_input "usage: $PROG remove NODE" ;;
-  *) bad_input "usage: $PROG wait NODE TIMEOUT | $PROG remove NODE" ;;
+  remove | uncordon) (($# == 2)) || bad_input "usage: $PROG $verb NODE" ;;
+  drain | ready) (($# == 3)) || bad_input "usage: $PROG $verb NODE TIMEOUT" ;;
+  *) bad_input "usage: $PROG wait NODE TIMEOUT | $PROG remove|uncordon NODE | $PROG drain|ready NODE TIMEOUT" ;;
   esac
   setup "$verb"
   if ! wait_for_ssh "" </dev/null; then

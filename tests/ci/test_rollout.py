@@ -202,3 +202,26 @@ def test_labels_are_escaped_for_mermaid() -> None:
     if mermaid:
         [vertex] = mermaid["vertices"].values()
         assert vertex["text"] == 'a"b<c>&#d`-push<br>added'
+
+
+def test_a_k3s_upgrade_draws_the_roll_chain_servers_first(before: Path, tmp_path: Path) -> None:
+    data = stack_data("prod")
+    data["k3s"]["package"] = "k3s_1_33"
+    edges = named_edges(diagram(before, write(tmp_path, "k3s-roll", data)))
+
+    rolls = {(a, b) for a, b in edges if a.endswith("-roll") and b.endswith("-roll")}
+    assert rolls == {
+        ("prod-control-1-roll", "prod-control-2-roll"),
+        ("prod-control-2-roll", "prod-control-3-roll"),
+        ("prod-control-3-roll", "prod-workers-1-roll"),
+        ("prod-workers-1-roll", "prod-workers-2-roll"),
+    }
+    for host in ("prod-control-1", "prod-workers-2"):
+        assert (f"{host}-roll", f"{host}-push") in edges
+
+
+def test_a_label_change_draws_no_roll(before: Path, tmp_path: Path) -> None:
+    data = stack_data("prod")
+    data["nodePools"][1]["labels"] = {"tier": "batch"}
+    text = diagram(before, write(tmp_path, "label-roll", data))
+    assert "-roll" not in text and "prod-workers-1-push" in text
