@@ -75,15 +75,13 @@ class GateTarget:
         return self._environments[bootstrap]
 
     @functools.cached_property
-    def roll_environment(self) -> pulumi.Output[dict[str, str]]:
+    def roll_environment(self) -> dict[str, pulumi.Input[str]]:
         """The same server as GATE_* variables, for node-roll.sh (whose TARGET_* is the node)."""
-        return pulumi.Output.all(self.ssh_host, self.host_public_key).apply(
-            lambda v: {
-                "GATE_HOST": v[0],
-                "GATE_USER": self.ssh_user,
-                "GATE_HOST_PUBLIC_KEY": v[1],
-            }
-        )
+        return {
+            "GATE_HOST": self.ssh_host,
+            "GATE_USER": self.ssh_user,
+            "GATE_HOST_PUBLIC_KEY": self.host_public_key,
+        }
 
 
 def node_gate(

@@ -109,7 +109,7 @@ class RollArgs:
     """The host's place in a rolling upgrade (see NixosHost.roll)."""
 
     key: str  # changes only with the k3s package or the nixpkgs pin
-    gate_environment: pulumi.Input[Mapping[str, str]]  # GATE_* of the server that drains
+    gate_environment: Mapping[str, pulumi.Input[str]]  # GATE_* of the server that drains
     after: Sequence[pulumi.Resource]  # the rolls of the previous batch
     drain_timeout_seconds: int
     ready_timeout_seconds: int
@@ -254,15 +254,13 @@ class NixosHost(pulumi.ComponentResource):
         for this one, so an upgrade goes through the nodes in order and stops at the first one
         that fails. Its environment is the push's plus the draining server's: not secret.
         """
-        environment = pulumi.Output.all(push_env, roll.gate_environment).apply(
-            lambda envs: {
-                **envs[0],
-                **envs[1],
-                "ROLL_KEY": roll.key,
-                "DRAIN_TIMEOUT": str(roll.drain_timeout_seconds),
-                "READY_TIMEOUT": str(roll.ready_timeout_seconds),
-            }
-        )
+        environment = {
+            **push_env,
+            **roll.gate_environment,
+            "ROLL_KEY": roll.key,
+            "DRAIN_TIMEOUT": str(roll.drain_timeout_seconds),
+            "READY_TIMEOUT": str(roll.ready_timeout_seconds),
+        }
         return command.local.Command(
             f"{name}-roll",
             create=f"echo {roll.key}",
