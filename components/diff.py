@@ -352,10 +352,16 @@ def _rollout(old: Plan, new: Plan, changes: Sequence[ResourceChange]) -> str:
 def _runs(change: ResourceChange) -> bool:
     """Whether the deploy does work for this change. A host's roll step does only when its
     ROLL_KEY changes (an upgrade); created, or updated for any other reason, it only records
-    the key (see NixosHost._roll)."""
-    if not (change.type.startswith("command:") and change.name.endswith("-roll")):
+    the key (see NixosHost._roll). An install's update only says it is installed already
+    (nixos_host.ALREADY_INSTALLED); it runs again only when replaced with its machine."""
+    if not change.type.startswith("command:"):
         return True
-    return change.kind != "add" and any(v.path == rollout.ROLL_KEY_PATH for v in change.changes)
+    if change.name.endswith("-install"):
+        return change.kind != "change"
+    if change.name.endswith("-roll"):
+        paths = {value.path for value in change.changes}
+        return change.kind != "add" and rollout.ROLL_KEY_PATH in paths
+    return True
 
 
 def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:

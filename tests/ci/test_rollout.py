@@ -225,3 +225,5 @@ def test_a_label_change_draws_no_roll(before: Path, tmp_path: Path) -> None:
     data["nodePools"][1]["labels"] = {"tier": "batch"}
     text = diagram(before, write(tmp_path, "label-roll", data))
     assert "-roll" not in text and "prod-workers-1-push" in text
+    # the installs' update only says "already installed": nothing to draw
+    assert "-install" not in text
