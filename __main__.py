@@ -16,6 +16,7 @@ cluster = Cluster(
         config=stack.cluster,
         tailscale_auth_key=stack.tailscale_auth_key,
         hcloud_token=stack.hcloud_token,
+        etcd_s3_credentials=stack.etcd_s3_credentials,
     ),
 )
 

@@ -117,3 +117,94 @@ K3S_MANAGED_FLAGS = (
     "--vpn-auth-file",
     "--write-kubeconfig-mode",
 )
+
+# ---------------------------------------------------------------------------------------------
+# Monthly list prices, for the cost line of the plan and the PR diff.
+#
+# EUR per month, excluding VAT, Hetzner's monthly price cap (hourly billing never exceeds it).
+# Source: the rate card in force from 2026-04-01, as published by Hetzner
+# (https://www.hetzner.com/cloud, and the "old price" column of
+# https://docs.hetzner.com/general/infrastructure-and-availability/price-adjustment), read
+# offline on 2026-12-03 through third-party transcriptions:
+#   - server types: one transcription of that price-adjustment page; cx23 3.99 and cx33 6.49
+#     are confirmed by a second, independent one (a bill of 2026-04-15, and the Hetzner pricing
+#     API queried on 2026-05-27 for fsn1). The others rest on that single transcription.
+#   - volumes: 0.0572 per GB, the Hetzner pricing API on 2026-05-27 (fsn1).
+#   - primary IPv4 0.50 and load balancers lb11 5.39, lb21 11.60, lb31 18.66: older figures
+#     (before 2026-04-01; the load balancers derived from prices incl. 19 % VAT) that could not
+#     be confirmed for 2026. They are marked unconfirmed and the PR comment says so.
+# Hetzner's 2026-06-15 adjustment changed the price of new orders and rescales only (existing
+# servers keep theirs); its figures could not be verified offline, so a server created after it
+# may cost more than shown. Types with no price for a region below are reported as "no price",
+# never guessed. Update PRICES_AS_OF with the table.
+PRICES_AS_OF = "2026-05-27"
+PRICE_BASIS = f"EUR per month, excl. VAT, Hetzner list prices as of {PRICES_AS_OF}"
+
+# Price regions: Hetzner prices differ between the EU, the US and Singapore locations.
+PRICE_REGIONS: dict[str, str] = {
+    "fsn1": "eu",
+    "nbg1": "eu",
+    "hel1": "eu",
+    "ash": "us",
+    "hil": "us",
+    "sin": "sin",
+}
+NETWORK_ZONE_PRICE_REGIONS: dict[str, str] = {
+    "eu-central": "eu",
+    "us-east": "us",
+    "us-west": "us",
+    "ap-southeast": "sin",
+}
+
+# Server type -> monthly price per price region; a type missing from a region has no price.
+SERVER_PRICES: dict[str, dict[str, str]] = {
+    "eu": {
+        "cx23": "3.99",
+        "cx33": "6.49",
+        "cx43": "11.99",
+        "cx53": "22.49",
+        "cax11": "4.49",
+        "cax21": "7.99",
+        "cax31": "15.99",
+        "cax41": "31.49",
+        "cpx22": "7.99",
+        "cpx32": "13.99",
+        "cpx42": "25.49",
+        "cpx52": "36.49",
+        "cpx62": "50.49",
+        "ccx13": "15.99",
+        "ccx23": "31.49",
+        "ccx33": "62.49",
+        "ccx43": "124.99",
+        "ccx53": "249.99",
+        "ccx63": "374.49",
+    },
+    "us": {
+        "ccx13": "16.99",
+        "ccx23": "33.99",
+        "ccx33": "64.99",
+        "ccx43": "129.99",
+        "ccx53": "259.99",
+        "ccx63": "389.99",
+    },
+    "sin": {
+        "cpx12": "7.99",
+        "cpx22": "15.99",
+        "cpx32": "32.49",
+        "cpx42": "55.99",
+        "cpx52": "77.99",
+        "cpx62": "100.49",
+        "ccx13": "27.49",
+        "ccx23": "51.49",
+        "ccx33": "96.99",
+        "ccx43": "178.49",
+        "ccx53": "382.49",
+        "ccx63": "626.99",
+    },
+}
+LOAD_BALANCER_PRICES: dict[str, str] = {"lb11": "5.39", "lb21": "11.60", "lb31": "18.66"}
+LOAD_BALANCER_PRICES_CONFIRMED = False
+VOLUME_PRICE_PER_GB = "0.0572"
+VOLUME_PRICE_CONFIRMED = True
+PRIMARY_IPV4_PRICE = "0.50"
+PRIMARY_IPV4_PRICE_CONFIRMED = False

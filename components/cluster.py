@@ -17,7 +17,7 @@ import pulumi_tls as tls
 
 from components import config, hcloud_addons, hostspec, inventory, k3s, render
 from components.colima import ColimaMachine, ColimaMachineArgs
-from components.config import ClusterConfig
+from components.config import ClusterConfig, EtcdS3Credentials
 from components.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
 from components.hostspec import HostSpec
 from components.inventory import Host
@@ -26,6 +26,7 @@ from components.nixos_host import (
     HostKey,
     NixosHost,
     NixosHostArgs,
+    RollArgs,
     SecretSet,
     WakeCommand,
     connection,
@@ -39,6 +40,7 @@ class ClusterArgs:
     tailscale_auth_key: pulumi.Input[str] | None = None
     # Hetzner API token for the in-cluster cloud controller and CSI driver (a Pulumi secret).
     hcloud_token: pulumi.Input[str] | None = None
+    etcd_s3_credentials: EtcdS3Credentials | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class MachineView:
         return pulumi.Output.all(*self.fact_inputs, *extra).apply(
             lambda v: render_spec(self.facts_of(v[:k]), *v[k:])
         )
+
+
+def _rolled(host: NixosHost) -> pulumi.Resource:
+    assert host.roll is not None  # every host of a cluster has its roll step
+    return host.roll
 
 
 def vpn_auth_content(auth_key: str) -> str:
@@ -124,7 +131,9 @@ class Cluster(pulumi.ComponentResource):
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
         bootstrap_ip = machines[bootstrap.name].private_ipv4
-        secrets = self._secret_contents(cfg, token, args.tailscale_auth_key)
+        secrets = self._secret_contents(
+            cfg, token, args.tailscale_auth_key, args.etcd_s3_credentials
+        )
         secret_sets: dict[tuple[str, ...], SecretSet] = {}
 
         def secret_set(host: Host) -> SecretSet:
@@ -153,7 +162,26 @@ class Cluster(pulumi.ComponentResource):
         content_hash = hostspec.content_hasher()
         hashes = {n: text.apply(content_hash) for n, text in host_json.items()}
 
-        def nixos_host(host: Host, after: list[pulumi.Resource]) -> NixosHost:
+        roll_key = render.roll_key(cfg)
+        gate_target = k3s.GateTarget(
+            ssh_host=machines[bootstrap.name].ssh_host,
+            ssh_user=machines[bootstrap.name].ssh_user,
+            host_public_key=host_keys[bootstrap.name].public_openssh,
+            deploy_private_key=deploy_key.private_openssh,
+        )
+
+        def roll_args(after: Sequence[pulumi.Resource]) -> RollArgs:
+            return RollArgs(
+                key=roll_key,
+                gate_environment=gate_target.roll_environment,
+                after=after,
+                drain_timeout_seconds=cfg.deploy.drain_timeout_seconds,
+                ready_timeout_seconds=cfg.deploy.node_ready_timeout_seconds,
+            )
+
+        def nixos_host(
+            host: Host, after: list[pulumi.Resource], roll_after: Sequence[pulumi.Resource]
+        ) -> NixosHost:
             machine = machines[host.name]
             return NixosHost(
                 host.name,
@@ -173,22 +201,20 @@ class Cluster(pulumi.ComponentResource):
                     push_after=after,
                     wake=machine.wake,
                     stock_host_key=machine.stock_host_key,
+                    roll=roll_args(roll_after),
                 ),
                 opts=child,
             )
 
-        first = nixos_host(bootstrap, [])
+        # Rolling upgrade order: the bootstrap server, the other servers one at a time, then
+        # the agents in batches of deploy.maxUnavailable (see NixosHost._roll).
+        first = nixos_host(bootstrap, [], [])
+        last_rolls: list[pulumi.Resource] = [_rolled(first)]
         admin = connection(
             machines[bootstrap.name].ssh_host,
             machines[bootstrap.name].ssh_user,
             host_keys[bootstrap.name],
             deploy_key,
-        )
-        gate_target = k3s.GateTarget(
-            ssh_host=machines[bootstrap.name].ssh_host,
-            ssh_user=machines[bootstrap.name].ssh_user,
-            host_public_key=host_keys[bootstrap.name].public_openssh,
-            deploy_private_key=deploy_key.private_openssh,
         )
         api_ready = k3s.api_ready_gate(
             name,
@@ -239,9 +265,19 @@ class Cluster(pulumi.ComponentResource):
         container_gates(bootstrap, [bootstrap_gate])
         previous: pulumi.Resource = api_ready
         for server in (h for h in hosts if h.role == "server" and not h.is_bootstrap):
-            previous = join_gates(server, nixos_host(server, [previous]))
-        for agent in (h for h in hosts if h.role == "agent"):
-            join_gates(agent, nixos_host(agent, [api_ready]))
+            pushed = nixos_host(server, [previous], last_rolls)
+            last_rolls = [_rolled(pushed)]
+            previous = join_gates(server, pushed)
+        agents = [h for h in hosts if h.role == "agent"]
+        batch_size = cfg.deploy.max_unavailable
+        for start in range(0, len(agents), batch_size):
+            batch = [
+                nixos_host(agent, [api_ready], last_rolls)
+                for agent in agents[start : start + batch_size]
+            ]
+            for agent, pushed in zip(agents[start : start + batch_size], batch, strict=True):
+                join_gates(agent, pushed)
+            last_rolls = [_rolled(pushed) for pushed in batch]
 
         endpoint_url = self._endpoint_url(cfg, lb, machines[bootstrap.name].ssh_host)
         kubeconfig_cmd = k3s.kubeconfig_command(
@@ -404,11 +440,20 @@ class Cluster(pulumi.ComponentResource):
 
     @staticmethod
     def _secret_contents(
-        cfg: ClusterConfig, token: random.RandomPassword, tailscale_key: pulumi.Input[str] | None
+        cfg: ClusterConfig,
+        token: random.RandomPassword,
+        tailscale_key: pulumi.Input[str] | None,
+        s3: EtcdS3Credentials | None = None,
     ) -> dict[str, pulumi.Output[str]]:
         contents = {render.TOKEN_FILE: pulumi.Output.secret(token.result)}
         if tailscale_key is not None:
             contents[render.VPN_AUTH_FILE] = pulumi.Output.secret(
                 pulumi.Output.from_input(tailscale_key).apply(vpn_auth_content)
+            )
+        if s3 is not None:
+            contents[render.ETCD_S3_ENV_FILE] = pulumi.Output.secret(
+                pulumi.Output.all(s3.access_key_id, s3.secret_access_key).apply(
+                    lambda keys: render.etcd_s3_environment(keys[0], keys[1])
+                )
             )
         return contents

@@ -151,12 +151,77 @@ class GracefulShutdown(Model):
     )
 
 
+S3_ENDPOINT = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$")
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_FOLDER = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+S3_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def _s3_endpoint(value: str) -> str:
+    if "://" in value:
+        raise ValueError(
+            f"{value!r}: give the host name without a scheme (k3s always uses HTTPS), "
+            "e.g. 'fsn1.your-objectstorage.com'"
+        )
+    if not S3_ENDPOINT.match(value):
+        raise ValueError(f"{value!r} is not a host name[:port] like 'fsn1.your-objectstorage.com'")
+    return value
+
+
+def _s3_bucket(value: str) -> str:
+    if not S3_BUCKET.match(value) or ".." in value:
+        raise ValueError(
+            f"{value!r} is not an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _s3_folder(value: str) -> str:
+    if not S3_FOLDER.match(value):
+        raise ValueError(
+            f"{value!r} is not a folder: path segments of letters, digits, '.', '_' and '-' "
+            "separated by '/', no leading or trailing '/'"
+        )
+    return value
+
+
+def _s3_region(value: str) -> str:
+    if not S3_REGION.match(value):
+        raise ValueError(f"{value!r} is not a region name like 'fsn1' or 'eu-central-1'")
+    return value
+
+
+class EtcdS3(Model):
+    """Where k3s uploads its scheduled snapshots (k3s --etcd-s3-*); keys are Pulumi secrets."""
+
+    endpoint: Annotated[str, AfterValidator(_s3_endpoint)] = Field(
+        description="S3 host name[:port] without scheme, e.g. 'fsn1.your-objectstorage.com' "
+        "(Hetzner Object Storage) or 's3.eu-central-1.amazonaws.com'."
+    )
+    bucket: Annotated[str, AfterValidator(_s3_bucket)] = Field(description="Bucket name.")
+    folder: Annotated[str, AfterValidator(_s3_folder)] | None = Field(
+        default=None,
+        description="Folder (key prefix) inside the bucket; default: the cluster name, so "
+        "clusters can share a bucket.",
+    )
+    region: Annotated[str, AfterValidator(_s3_region)] = Field(
+        default="us-east-1",
+        description="Bucket region (k3s's default us-east-1; Hetzner: fsn1, nbg1 or hel1).",
+    )
+
+
 class EtcdSnapshots(Model):
     enabled: bool = Field(default=True, description="Scheduled etcd snapshots on every server.")
     schedule_cron: str = Field(
         default="0 */12 * * *", description="Cron schedule of the snapshots (5 fields)."
     )
     retention: int = Field(default=5, ge=1, le=1000, description="Snapshots kept per server.")
+    s3: EtcdS3 | None = Field(
+        default=None,
+        description="Also upload every snapshot to this S3 bucket; needs the secrets "
+        "nixos-k3s:etcdS3AccessKeyId and nixos-k3s:etcdS3SecretAccessKey.",
+    )
 
     @field_validator("schedule_cron")
     @classmethod
@@ -480,6 +545,26 @@ class DeployConfig(Model):
     nodes_ready_timeout_seconds: int = Field(
         default=900, ge=30, le=7200, description="How long to wait for every node to be Ready."
     )
+    max_unavailable: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Rolling upgrade (a change of k3s.package or the nixpkgs pin): agents drained "
+        "and upgraded at once, per batch. Servers always go one at a time.",
+    )
+    drain_timeout_seconds: int = Field(
+        default=300,
+        ge=30,
+        le=7200,
+        description="Rolling upgrade: how long `kubectl drain` may take (it respects "
+        "PodDisruptionBudgets); a drain that does not finish stops the roll.",
+    )
+    node_ready_timeout_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=7200,
+        description="Rolling upgrade: how long an upgraded node has to be Ready again.",
+    )
 
 
 class ClusterConfig(Model):
@@ -766,6 +851,12 @@ def _k3s_problems(cfg: ClusterConfig) -> Iterable[Problem]:
         )
     if cfg.cilium.hubble.ui and not cfg.cilium.hubble.enabled:
         yield Problem("cilium.hubble.ui", "needs cilium.hubble.enabled: true")
+    snapshots = cfg.k3s.etcd_snapshots
+    if snapshots.s3 is not None and not snapshots.enabled:
+        yield Problem(
+            "k3s.etcdSnapshots.s3",
+            "needs k3s.etcdSnapshots.enabled: true (k3s uploads the scheduled snapshots)",
+        )
     total = node_count(cfg)
     replicas = cfg.cilium.operator_replicas
     if replicas is not None and replicas > total:
@@ -1183,6 +1274,7 @@ class StackConfig:
     # The Hetzner API token for the in-cluster cloud controller and CSI driver (a Kubernetes
     # Secret); None when neither is installed.
     hcloud_token: pulumi.Output[str] | None = None
+    etcd_s3_credentials: EtcdS3Credentials | None = None
 
 
 def needs_tailscale_key(cfg: ClusterConfig) -> bool:
@@ -1256,6 +1348,56 @@ def _tailscale_key(cluster: ClusterConfig) -> pulumi.Output[str] | None:
     return pulumi.Output.secret(str(raw))
 
 
+ETCD_S3_ACCESS_KEY = "nixos-k3s:etcdS3AccessKeyId"
+ETCD_S3_SECRET_KEY = "nixos-k3s:etcdS3SecretAccessKey"
+# What a systemd EnvironmentFile line holds unquoted: no whitespace, quotes, '\\' or '$'.
+S3_CREDENTIAL = re.compile(r"^[A-Za-z0-9+/=_.:@-]{1,256}$")
+
+
+@dataclass(frozen=True)
+class EtcdS3Credentials:
+    """The S3 key pair for etcd snapshot uploads, both Pulumi secrets."""
+
+    access_key_id: pulumi.Output[str]
+    secret_access_key: pulumi.Output[str]
+
+
+def _etcd_s3_credentials(cluster: ClusterConfig) -> EtcdS3Credentials | None:
+    """Both keys when snapshots go to S3; each must be set, encrypted and one line of text.
+
+    The messages never quote a value: these are secrets.
+    """
+    if cluster.k3s.etcd_snapshots.s3 is None:
+        return None
+    problems: list[Problem] = []
+    values: dict[str, str] = {}
+    for key, example in ((ETCD_S3_ACCESS_KEY, "<access key>"), (ETCD_S3_SECRET_KEY, "<secret>")):
+        raw = pulumi.runtime.get_config(key)
+        hint = f"{REQUIRED_SECRET_HINT} {key} {example}"
+        if not raw:
+            problems.append(Problem(key, f"k3s.etcdSnapshots.s3 is set but this is not: {hint}"))
+        elif not pulumi.runtime.is_config_secret(key):
+            problems.append(
+                Problem(key, f"is stored in plain text in the stack file: set it again with {hint}")
+            )
+        elif not S3_CREDENTIAL.match(str(raw)):
+            problems.append(
+                Problem(
+                    key,
+                    "has characters an S3 key does not have (whitespace, quotes, '\\' or '$'): "
+                    f"set it again with {hint}",
+                )
+            )
+        else:
+            values[key] = str(raw)
+    if problems:
+        raise ConfigError(problems)
+    return EtcdS3Credentials(
+        access_key_id=pulumi.Output.secret(values[ETCD_S3_ACCESS_KEY]),
+        secret_access_key=pulumi.Output.secret(values[ETCD_S3_SECRET_KEY]),
+    )
+
+
 def load_config() -> StackConfig:
     """The validated stack config; raises ConfigError (no traceback in `pulumi up`)."""
     config = pulumi.Config("nixos-k3s")
@@ -1271,6 +1413,12 @@ def load_config() -> StackConfig:
     if cluster.provider == "hetzner":
         _check_hcloud_token()
     key = _tailscale_key(cluster)
+    s3_credentials = _etcd_s3_credentials(cluster)
     for warning in semantic_warnings(cluster):
         pulumi.log.warn(str(warning))
-    return StackConfig(cluster=cluster, tailscale_auth_key=key, hcloud_token=_hcloud_token(cluster))
+    return StackConfig(
+        cluster=cluster,
+        tailscale_auth_key=key,
+        hcloud_token=_hcloud_token(cluster),
+        etcd_s3_credentials=s3_credentials,
+    )

@@ -15,10 +15,14 @@ import html
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, NoReturn
+
+from components import cost, rollout
 
 SECRET = "[secret]"
 PLAN_FILE = "plan.json"
@@ -78,6 +82,8 @@ class Resource:
     custom: bool
     inputs: Mapping[str, Any]
     provider: str | None
+    parent: str | None = None
+    depends_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,8 @@ class PlanDiff:
     resources: tuple[ResourceChange, ...]
     outputs: tuple[ValueChange, ...]
     hosts: tuple[HostChange, ...]
+    cost: CostChange | None = None
+    rollout: str = ""  # Mermaid flowchart of the deploy order of the changed part ("" if none)
 
     def count(self, kind: Kind) -> int:
         return sum(1 for change in self.resources if change.kind == kind)
@@ -136,6 +144,39 @@ class PlanDiff:
     @property
     def has_changes(self) -> bool:
         return bool(self.resources or self.outputs or self.hosts)
+
+
+@dataclass(frozen=True)
+class CostChange:
+    """Monthly cost of both plans at today's price table, and the priced items that differ."""
+
+    before: cost.Cost
+    after: cost.Cost
+
+    @property
+    def delta(self) -> Decimal:
+        return self.after.total - self.before.total
+
+    def summary(self) -> str:
+        before, after = cost.money(self.before.total), cost.money(self.after.total)
+        if self.delta == 0:
+            return f"{after} EUR per month (unchanged)"
+        sign = "+" if self.delta > 0 else "-"
+        return f"{before} -> {after} EUR per month ({sign}{cost.money(abs(self.delta))})"
+
+    def lines(self) -> tuple[str, ...]:
+        """Items added (+) and removed (-), like a diff, then the basis of the prices."""
+        old = Counter(self.before.items)
+        new = Counter(self.after.items)
+        changed = [("-", item) for item in (old - new).elements()]
+        changed += [("+", item) for item in (new - old).elements()]
+        changed.sort(key=lambda pair: (_natural(pair[1].name), pair[1].what, pair[0]))
+        lines = [
+            f"{sign} {item.name}: {item.what} "
+            + ("(no price)" if item.monthly is None else cost.money(item.monthly))
+            for sign, item in changed
+        ]
+        return (*lines, f"# {cost.describe_basis(self.after)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +235,11 @@ def _load_resources(value: Any, where: str) -> Mapping[str, Resource]:
         _expect(isinstance(item.get("inputs", {}), dict), where, f'{at}."inputs" is not an object')
         provider = item.get("provider")
         _expect(provider is None or isinstance(provider, str), where, f"{at}.provider is invalid")
+        parent = item.get("parent")
+        _expect(parent is None or isinstance(parent, str), where, f"{at}.parent is invalid")
+        depends_on = item.get("dependsOn", [])
+        valid = isinstance(depends_on, list) and all(isinstance(d, str) for d in depends_on)
+        _expect(valid, where, f'{at}."dependsOn" is not a list of strings')
         urn = item["urn"]
         _expect(urn not in resources, where, f"{at}: duplicate urn {urn}")
         resources[urn] = Resource(
@@ -203,6 +249,8 @@ def _load_resources(value: Any, where: str) -> Mapping[str, Resource]:
             custom=bool(item.get("custom", True)),
             inputs=item.get("inputs", {}),
             provider=provider,
+            parent=parent,
+            depends_on=tuple(depends_on),
         )
     return resources
 
@@ -265,16 +313,55 @@ class HostTexts:
 NO_HOST_TEXTS = HostTexts({}, {})
 
 
+def plan_cost(plan: Plan) -> cost.Cost:
+    """Priced with the current catalog, so that a diff compares resources, not price tables."""
+    return cost.plan_cost(
+        cost.PricedResource(r.urn, r.name, r.type, r.inputs)
+        for r in plan.resources.values()
+        if r.custom
+    )
+
+
 def diff_plans(old: Plan, new: Plan) -> PlanDiff:
+    before, after = plan_cost(old), plan_cost(new)
+    resources = _resource_changes(old, new)
     return PlanDiff(
         old_stack=old.stack,
         new_stack=new.stack,
         resource_count=len(new.resources),
         host_count=len(new.hosts),
-        resources=_resource_changes(old, new),
+        resources=resources,
         outputs=tuple(_value_changes(old.outputs, new.outputs, {}, {}, NO_HOST_TEXTS)),
         hosts=_host_changes(old.hosts, new.hosts),
+        cost=CostChange(before, after) if before.items or after.items else None,
+        rollout=_rollout(old, new, resources),
     )
+
+
+def _rollout(old: Plan, new: Plan, changes: Sequence[ResourceChange]) -> str:
+    def nodes(plan: Plan) -> dict[str, rollout.Node]:
+        return {
+            urn: rollout.Node(urn, r.type, r.name, r.parent, r.depends_on, r.provider, r.custom)
+            for urn, r in plan.resources.items()
+        }
+
+    kinds = {change.urn: change.kind for change in changes if _runs(change)}
+    return rollout.mermaid(nodes(new), kinds, nodes(old))
+
+
+def _runs(change: ResourceChange) -> bool:
+    """Whether the deploy does work for this change. A host's roll step does only when its
+    ROLL_KEY changes (an upgrade); created, or updated for any other reason, it only records
+    the key (see NixosHost._roll). An install's update only says it is installed already
+    (nixos_host.ALREADY_INSTALLED); it runs again only when replaced with its machine."""
+    if not change.type.startswith("command:"):
+        return True
+    if change.name.endswith("-install"):
+        return change.kind != "change"
+    if change.name.endswith("-roll"):
+        paths = {value.path for value in change.changes}
+        return change.kind != "add" and rollout.ROLL_KEY_PATH in paths
+    return True
 
 
 def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:
@@ -295,10 +382,7 @@ def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:
     return tuple(changes)
 
 
-def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that puts agent-2 before agent-10."""
-    parts = re.split(r"(\d+)", name)
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts)
+_natural = rollout.natural_key
 
 
 def _compare_resource(
@@ -475,6 +559,8 @@ def _sections(plan_diff: PlanDiff) -> list[Section]:
     for host in plan_diff.hosts:
         action = ", redeploy" if host.redeploy else ""
         sections.append(Section(f"Host {host.name} ({host.kind}{action})", host.diff))
+    if plan_diff.cost is not None and plan_diff.cost.delta != 0:
+        sections.append(Section("Monthly cost by item", plan_diff.cost.lines()))
     return sections
 
 
@@ -512,6 +598,8 @@ def render_text(plan_diff: PlanDiff, max_chars: int = 0) -> str:
         f"{changed} to change"
     )
     head.append(f"Hosts to redeploy: {len(hosts)}" + (f" ({', '.join(hosts)})" if hosts else ""))
+    if plan_diff.cost is not None:
+        head.append(f"Monthly cost: {plan_diff.cost.summary()}")
 
     def wrap(section: Section, lines: Sequence[str]) -> str:
         return "\n".join([f"{section.title}:", *lines, ""]) + "\n"
@@ -537,6 +625,15 @@ def render_markdown(plan_diff: PlanDiff, max_chars: int = DEFAULT_MARKDOWN_MAX_C
     if hosts:
         names = ", ".join(f"<code>{_md_text(host)}</code>" for host in hosts)
         table += f"Hosts to redeploy: {names}\n\n"
+    if plan_diff.cost is not None:
+        basis = cost.describe_basis(plan_diff.cost.after)
+        summary = _md_text(plan_diff.cost.summary())
+        table += f"Monthly cost: **{summary}** <sub>{_md_text(basis)}</sub>\n\n"
+    if plan_diff.rollout:
+        table += (
+            "Deploy order of the changed part (an arrow: must finish before):\n\n"
+            f"```mermaid\n{plan_diff.rollout}```\n\n"
+        )
 
     def wrap(section: Section, lines: Sequence[str]) -> str:
         fence = "`" * max(3, _longest_backtick_run(lines) + 1)

@@ -191,6 +191,27 @@ class GracefulNodeShutdown(_Model):
     )
 
 
+class EtcdS3(_Model):
+    endpoint: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$",
+        description="S3 host name[:port] (--etcd-s3-endpoint).",
+    )
+    bucket: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="Bucket (--etcd-s3-bucket)."
+    )
+    folder: str = Field(
+        pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        description="Key prefix in the bucket (--etcd-s3-folder).",
+    )
+    region: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="Bucket region (--etcd-s3-region)."
+    )
+    environment_file: AbsolutePath = Field(
+        description="0600 file with AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines, the "
+        "k3s service's EnvironmentFile (k3s reads the S3 keys from these variables)."
+    )
+
+
 class EtcdSnapshots(_Model):
     enable: bool = Field(default=True, description="Scheduled etcd snapshots (servers only).")
     schedule_cron: Annotated[str, AfterValidator(rules.cron)] = Field(
@@ -199,6 +220,9 @@ class EtcdSnapshots(_Model):
         description="Five-field cron schedule for etcd snapshots.",
     )
     retention: int = Field(default=5, ge=1, description="Number of snapshots kept.")
+    s3: EtcdS3 | None = Field(
+        default=None, description="Also upload the snapshots to S3 (k3s --etcd-s3), or null."
+    )
 
 
 class K3s(_Model):

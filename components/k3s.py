@@ -74,6 +74,15 @@ class GateTarget:
     def environment(self, bootstrap: bool) -> pulumi.Output[dict[str, str]]:
         return self._environments[bootstrap]
 
+    @functools.cached_property
+    def roll_environment(self) -> dict[str, pulumi.Input[str]]:
+        """The same server as GATE_* variables, for node-roll.sh (whose TARGET_* is the node)."""
+        return {
+            "GATE_HOST": self.ssh_host,
+            "GATE_USER": self.ssh_user,
+            "GATE_HOST_PUBLIC_KEY": self.host_public_key,
+        }
+
 
 def node_gate(
     node: str,

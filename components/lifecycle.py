@@ -16,6 +16,7 @@ COVERED_WITHOUT_DELETE: dict[str, str] = {
     "-api-ready": "read-only check of the API, changes nothing",
     "-kubeconfig": "reads k3s.yaml, changes nothing (the output lives only in Pulumi state)",
     "-nodes-ready": "read-only check of node status, changes nothing",
+    "-roll": "a rolling-upgrade step (drain, push, uncordon) of its own node: goes with it",
 }
 
 

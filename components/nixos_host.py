@@ -116,6 +116,18 @@ class NixosHostArgs:
     # Public host key of the machine before the install (stock image and kexec installer): the
     # install's first contact pins it. Required by install.sh (nothing is trusted on first use).
     stock_host_key: pulumi.Input[str] | None = None
+    roll: RollArgs | None = None
+
+
+@dataclass(frozen=True)
+class RollArgs:
+    """The host's place in a rolling upgrade (see NixosHost.roll)."""
+
+    key: str  # changes only with the k3s package or the nixpkgs pin
+    gate_environment: Mapping[str, pulumi.Input[str]]  # GATE_* of the server that drains
+    after: Sequence[pulumi.Resource]  # the rolls of the previous batch
+    drain_timeout_seconds: int
+    ready_timeout_seconds: int
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,7 @@ class NixosHost(pulumi.ComponentResource):
     build: command.local.Command
     push: command.local.Command
     connection: command.remote.ConnectionArgs
+    roll: command.local.Command | None = None
 
     def __init__(self, name: str, args: NixosHostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("nixos-k3s:index:NixosHost", name, None, opts)
@@ -216,7 +229,7 @@ class NixosHost(pulumi.ComponentResource):
             ),
         )
 
-        release_env = {
+        release_env: dict[str, pulumi.Input[str]] = {
             **base_env,
             "TARGET_USER": args.ssh_user,
             "HOST_JSON": args.host_json,
@@ -235,21 +248,66 @@ class NixosHost(pulumi.ComponentResource):
             ),
         )
 
+        push_env: dict[str, pulumi.Input[str]] = {
+            **release_env,
+            "HEALTH_UNITS": " ".join(args.health_units),
+            "ROLLBACK_TIMEOUT": str(args.rollback_timeout_seconds),
+        }
+        push_after = list(args.push_after)
+        if args.roll is not None:
+            # Built before the drain: the node is out of service only for the activation.
+            self.roll = self._roll(name, args.roll, push_env, args.deploy_key, self.build)
+            push_after.append(self.roll)
         self.push = command.local.Command(
             f"{name}-push",
             create=local_invocation("deploy.sh"),
-            environment={
-                **release_env,
-                "HEALTH_UNITS": " ".join(args.health_units),
-                "ROLLBACK_TIMEOUT": str(args.rollback_timeout_seconds),
-            },
+            environment=push_env,
             stdin=args.deploy_key.private_openssh,
             triggers=[args.content_hash],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.secrets, self.build, *args.push_after],
+                depends_on=[self.secrets, self.build, *push_after],
                 additional_secret_outputs=["stderr"],
             ),
         )
         self.register_outputs({"contentHash": args.content_hash})
+
+    def _roll(
+        self,
+        name: str,
+        roll: RollArgs,
+        push_env: Mapping[str, pulumi.Input[str]],
+        deploy_key: DeployKey,
+        build: pulumi.Resource,
+    ) -> command.local.Command:
+        """Drain, push, wait for Ready, uncordon: only when ROLL_KEY changes (an upgrade).
+
+        Created with the host (its create only records the key). Any change of its environment
+        runs its update, node-roll.sh, which compares ROLL_KEY with the key it printed last time
+        (pulumi-command hands the previous stdout over as PULUMI_COMMAND_STDOUT): the same key
+        means no upgrade, and the push does the work as usual; a new key rolls this node. The
+        push waits for it (and then finds its release active), and the next batch's rolls wait
+        for this one, so an upgrade goes through the nodes in order and stops at the first one
+        that fails. Its environment is the push's plus the draining server's: not secret.
+        """
+        environment = {
+            **push_env,
+            **roll.gate_environment,
+            "ROLL_KEY": roll.key,
+            "DRAIN_TIMEOUT": str(roll.drain_timeout_seconds),
+            "READY_TIMEOUT": str(roll.ready_timeout_seconds),
+        }
+        return command.local.Command(
+            f"{name}-roll",
+            create=f"echo {roll.key}",
+            update=local_invocation("node-roll.sh"),
+            environment=environment,
+            stdin=deploy_key.private_openssh,
+            add_previous_output_in_env=True,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[*roll.after, build],
+                additional_secret_outputs=["stderr"],
+            ),
+        )

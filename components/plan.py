@@ -2,7 +2,8 @@
 
 `python -m components plan --stack dev` needs no credentials, no Pulumi CLI and no cloud. It
 reads Pulumi.<stack>.yaml, runs __main__.py in-process against `mocks.FakeProviders`, and writes
-DIR/plan.json (every resource with its inputs, parent and dependencies, secrets redacted),
+DIR/plan.json (every resource with its inputs, parent and dependencies, secrets redacted, and
+the monthly cost at catalog.py's list prices),
 DIR/hosts/<host>.json (each host's data exactly as pushed) and a tree on stdout.
 """
 
@@ -24,7 +25,7 @@ from pulumi.runtime import settings
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
-from components import jsontext, mocks
+from components import cost, jsontext, mocks
 from components.config import ConfigError, Problem
 
 PROJECT = "nixos-k3s"
@@ -230,7 +231,17 @@ def plan_document(result: PlanResult) -> dict[str, Any]:
             name: {"contentHash": content_hash, "file": f"hosts/{name}.json"}
             for name, (_, content_hash) in result.hosts.items()
         },
+        "cost": cost.cost_document(plan_cost(result)),
     }
+
+
+def plan_cost(result: PlanResult) -> cost.Cost:
+    """Monthly cost of what the plan creates (catalog.py's dated price table)."""
+    return cost.plan_cost(
+        cost.PricedResource(reg.urn, reg.name, reg.type, reg.inputs)
+        for reg in result.registrations
+        if reg.custom
+    )
 
 
 def write_plan(result: PlanResult, out: Path) -> None:
@@ -274,4 +285,7 @@ def render_tree(result: PlanResult) -> str:
         for name, (_, content_hash) in result.hosts.items():
             lines.append(f"    {name:<32} {content_hash[:16]}")
     lines += ["", "Resources:", f"    + {len(result.registrations) + 1} to create"]
+    monthly = plan_cost(result)
+    if monthly.items:
+        lines += ["", f"Monthly cost: {cost.money(monthly.total)} ({cost.describe_basis(monthly)})"]
     return "\n".join(lines) + "\n"

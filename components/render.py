@@ -6,9 +6,12 @@ modules read. Secrets never enter it: only the paths of the 0600 files that hold
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from components import catalog, rules
 from components.config import ClusterConfig, container_mode, uses_cloud_controller
@@ -18,6 +21,7 @@ from components.hostspec import (
     Container,
     ContainerCredentials,
     ContainerK3s,
+    EtcdS3,
     EtcdSnapshots,
     Firewall,
     GracefulNodeShutdown,
@@ -34,6 +38,8 @@ from components.inventory import Host
 SECRETS_DIR = "/var/lib/nixos-k3s/secrets"
 TOKEN_FILE = f"{SECRETS_DIR}/k3s-token"
 VPN_AUTH_FILE = f"{SECRETS_DIR}/k3s-vpn-auth"
+# AWS_ACCESS_KEY_ID= / AWS_SECRET_ACCESS_KEY= lines: the k3s servers' EnvironmentFile.
+ETCD_S3_ENV_FILE = f"{SECRETS_DIR}/etcd-s3.env"
 CONTAINER_STATE_ROOT = "/var/lib/nixos-k3s/containers"
 API_PORT = rules.API_PORT
 HETZNER_NAMESERVERS: tuple[str, ...] = ("185.12.64.1", "185.12.64.2")
@@ -124,6 +130,7 @@ def _k3s(
             enable=snapshots.enabled and is_server,
             schedule_cron=snapshots.schedule_cron,
             retention=snapshots.retention,
+            s3=_etcd_s3(cfg) if is_server and snapshots.enabled else None,
         ),
         extra_flags=list(cfg.k3s.extra_flags),
         vpn_auth_file=VPN_AUTH_FILE if cfg.tailscale.enabled else None,
@@ -142,6 +149,34 @@ def _container_kubelet(cfg: ClusterConfig, node: str, kubelet: dict) -> dict:
     if not uses_cloud_controller(cfg):
         return dict(kubelet)
     return {"providerID": f"{CONTAINER_PROVIDER_ID_PREFIX}{node}", **kubelet}
+
+
+def _etcd_s3(cfg: ClusterConfig) -> EtcdS3 | None:
+    s3 = cfg.k3s.etcd_snapshots.s3
+    if s3 is None:
+        return None
+    return EtcdS3(
+        endpoint=s3.endpoint,
+        bucket=s3.bucket,
+        folder=s3.folder or cfg.name,
+        region=s3.region,
+        environment_file=ETCD_S3_ENV_FILE,
+    )
+
+
+FLAKE_LOCK = Path(__file__).resolve().parent.parent / "nixos" / "flake.lock"
+
+
+def roll_key(cfg: ClusterConfig) -> str:
+    """What a rolling upgrade is keyed on: the k3s package and the nixpkgs revision."""
+    lock = json.loads(FLAKE_LOCK.read_text(encoding="utf-8"))
+    revision = lock["nodes"]["nixpkgs"]["locked"]["rev"]
+    return hashlib.sha256(f"{cfg.k3s.package}\0{revision}".encode()).hexdigest()[:16]
+
+
+def etcd_s3_environment(access_key_id: str, secret_access_key: str) -> str:
+    """ETCD_S3_ENV_FILE's content: the variables k3s reads its S3 keys from."""
+    return f"AWS_ACCESS_KEY_ID={access_key_id}\nAWS_SECRET_ACCESS_KEY={secret_access_key}\n"
 
 
 def _containers(
@@ -282,4 +317,7 @@ def secret_files(cfg: ClusterConfig, host: Host) -> list[str]:
     files = [TOKEN_FILE]
     if cfg.tailscale.enabled or any(slot.config.tailscale for slot in host.containers):
         files.append(VPN_AUTH_FILE)
+    snapshots = cfg.k3s.etcd_snapshots
+    if host.role == "server" and snapshots.enabled and snapshots.s3 is not None:
+        files.append(ETCD_S3_ENV_FILE)
     return files

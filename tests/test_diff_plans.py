@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,55 @@ def test_switching_to_flannel_removes_cilium_and_redeploys_every_host(
     assert not [c for c in plan_diff.resources if c.kind == "add"]
     # Every host's k3s flags, firewall and Cilium host settings follow the CNI.
     assert sorted(plan_diff.redeployed_hosts) == sorted(diff.load_plan(before).hosts)
+
+
+# -- monthly cost ---------------------------------------------------------------------------------
+
+
+def test_plan_records_the_monthly_cost(before: Path) -> None:
+    document = json.loads((before / "plan.json").read_text())
+    recorded = document["cost"]
+    # three cx33 servers, two cx43 workers, each with a primary IPv4 (catalog.py prices)
+    assert recorded["monthlyTotal"] == "45.95"
+    assert recorded["basis"].startswith("EUR per month, excl. VAT")
+    whats = sorted({item["what"].split(" in ")[0] for item in recorded["items"]})
+    assert whats == ["cx33", "cx43", "primary IPv4"]
+    assert recorded["unpriced"] == []
+
+
+def test_dev_plan_on_colima_costs_nothing(tmp_path: Path) -> None:
+    plan.write_plan(run_plan(stack_data("dev"), stack="dev"), tmp_path / "dev")
+    recorded = json.loads((tmp_path / "dev" / "plan.json").read_text())["cost"]
+    assert recorded["monthlyTotal"] == "0.00" and recorded["items"] == []
+
+
+def test_pr_diff_shows_cost_before_and_after(
+    before: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = base()
+    data["nodePools"][1]["count"] = 3
+    data["nodePools"][1]["serverType"] = "cx53"
+    new = write(tmp_path, "bigger", data)
+
+    code, out = run(before, new, capsys, "--format", "markdown")
+
+    assert code == 1
+    # 3 x 6.99 + 3 x (22.49 + 0.50) = 89.94; before 3 x 6.99 + 2 x 12.49 = 45.95
+    assert "Monthly cost: **45.95 -&gt; 89.94 EUR per month (+43.99)**" in out
+    assert "<summary>Monthly cost by item</summary>" in out
+    assert "- prod-workers-1: cx43 in fsn1 11.99" in out
+    assert "+ prod-workers-1: cx53 in fsn1 22.49" in out
+    assert "+ prod-workers-3: primary IPv4 0.50" in out
+    code, text = run(before, new, capsys)
+    assert "Monthly cost: 45.95 -> 89.94 EUR per month (+43.99)" in text
+
+
+def test_unchanged_cost_is_said_once(
+    before: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = base()
+    data["cilium"]["version"] = "1.20.0"
+    code, out = run(before, write(tmp_path, "cilium2", data), capsys)
+    assert code == 1
+    assert "Monthly cost: 45.95 EUR per month (unchanged)" in out
+    assert "Monthly cost by item" not in out

@@ -6,6 +6,8 @@
 #   bash components/scripts/node-gate-client.sh remove NODE
 #   bash components/scripts/node-gate-client.sh in-service   the teardown marker's create
 #   bash components/scripts/node-gate-client.sh teardown     its delete: the stack is destroyed
+#   bash components/scripts/node-gate-client.sh drain|ready NODE TIMEOUT | uncordon NODE
+#     (rolling upgrades, node-roll.sh)
 # Env:
 #   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root): the bootstrap server
 #   HOST_PUBLIC_KEY  its pinned SSH host key (required; it also names the cluster's marker)
@@ -101,13 +103,14 @@ main() {
   local verb=${1:-}
   case $verb in
   wait) (($# >= 3)) || bad_input "usage: $PROG wait NODE TIMEOUT [MARKING...]" ;;
-  remove) (($# == 2)) || bad_input "usage: $PROG remove NODE" ;;
+  remove | uncordon) (($# == 2)) || bad_input "usage: $PROG $verb NODE" ;;
+  drain | ready) (($# == 3)) || bad_input "usage: $PROG $verb NODE TIMEOUT" ;;
   in-service | teardown)
     (($# == 1)) || bad_input "usage: $PROG $verb"
     mark "$verb"
     return 0
     ;;
-  *) bad_input "usage: $PROG wait NODE TIMEOUT | $PROG remove NODE | $PROG in-service | $PROG teardown" ;;
+  *) bad_input "usage: $PROG wait NODE TIMEOUT | $PROG remove|uncordon NODE | $PROG drain|ready NODE TIMEOUT | $PROG in-service | $PROG teardown" ;;
   esac
   setup "$verb"
   local teardown=0

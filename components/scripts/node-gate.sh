@@ -12,6 +12,14 @@
 #                                    member controller (pkg/etcd/member_controller.go, OnRemove of
 #                                    nodes labelled etcd) then removes its etcd member. Run it on
 #                                    ANOTHER server than the one being removed.
+#   node-gate.sh drain NODE TIMEOUT  rolling upgrade: cordon and drain through the eviction API
+#                                    (PodDisruptionBudgets respected, daemonsets ignored,
+#                                    emptyDir data deleted) for at most TIMEOUT seconds; when it
+#                                    does not finish, uncordon again and fail. A node that is not
+#                                    registered has nothing to drain.
+#   node-gate.sh ready NODE TIMEOUT  until node NODE reports Ready, then uncordon it; fails
+#                                    (node left cordoned) when it is not Ready in time
+#   node-gate.sh uncordon NODE       mark the node schedulable again
 # Env: POLL_INTERVAL (2), DRAIN_TIMEOUT (120), DELETE_TIMEOUT (60) seconds; API_ATTEMPTS (3):
 #   tries before `remove` decides the API is gone. NODE_GATE_BOOTSTRAP=1 marks NODE as the
 #   server that initialised etcd: `remove` refuses it while any other server is registered
@@ -36,7 +44,7 @@ say() {
 }
 
 usage() {
-  printf 'usage: node-gate.sh wait NODE TIMEOUT [label:K=V|taint:K[=V]:EFFECT ...] | node-gate.sh remove NODE\n' >&2
+  printf 'usage: node-gate.sh wait NODE TIMEOUT [label:K=V|taint:K[=V]:EFFECT ...] | node-gate.sh remove NODE | node-gate.sh drain|ready NODE TIMEOUT | node-gate.sh uncordon NODE\n' >&2
   exit 2
 }
 
@@ -113,6 +121,56 @@ cmd_remove() {
   say "node $node deleted"
 }
 
+cmd_drain() {
+  local node=$1 timeout=$2 answer
+  if ! answer=$(kubectl get node "$node" -o name 2>&1); then
+    if [[ $answer == *NotFound* ]]; then
+      say "node $node is not registered; nothing to drain"
+      return 0
+    fi
+    say "cannot look up node $node: $(one_line "$answer")"
+    return 1
+  fi
+  say "draining $node (up to ${timeout}s, PodDisruptionBudgets respected)"
+  if ! kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data \
+    --timeout="${timeout}s" >&2; then
+    say "drain of $node did not finish in ${timeout}s; uncordoning it again"
+    kubectl uncordon "$node" >&2 || say "uncordon of $node failed"
+    return 1
+  fi
+  say "node $node drained"
+}
+
+cmd_ready() {
+  local node=$1 timeout=$2 end answer status
+  end=$((SECONDS + 10#$timeout))
+  while :; do
+    status=""
+    if answer=$(kubectl get nodes -o 'jsonpath={range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>&1); then
+      status=$(printf '%s\n' "$answer" | awk -F '\t' -v n="$node" '$1 == n { print $2 }')
+    fi
+    if [[ $status == True ]]; then
+      say "node $node is Ready"
+      cmd_uncordon "$node"
+      return
+    fi
+    if ((SECONDS >= end)); then
+      say "node $node not Ready after ${timeout}s (status: ${status:-unknown}; $(one_line "$answer")); left cordoned"
+      return 1
+    fi
+    sleep "$POLL_INTERVAL"
+  done
+}
+
+cmd_uncordon() {
+  local node=$1
+  kubectl uncordon "$node" >&2 || {
+    say "uncordon of $node failed"
+    return 1
+  }
+  say "node $node uncordoned"
+}
+
 refuse_if_other_servers() {
   local node=$1 servers others=()
   if ! servers=$(kubectl get nodes -l node-role.kubernetes.io/control-plane -o name 2>&1); then
@@ -182,6 +240,18 @@ main() {
       usage
     fi
     cmd_remove "$2"
+    ;;
+  drain | ready)
+    if (($# != 3)) || ! valid_node "$2" || ! [[ $3 =~ ^[0-9]+$ ]]; then
+      usage
+    fi
+    "cmd_$verb" "$2" "$3"
+    ;;
+  uncordon)
+    if (($# != 2)) || ! valid_node "$2"; then
+      usage
+    fi
+    cmd_uncordon "$2"
     ;;
   *) usage ;;
   esac

@@ -31,6 +31,17 @@ let
         meta.mainProgram = "k3s";
       };
 
+  s3 = cfg.etcdSnapshots.s3;
+  # k3s reads the S3 keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the EnvironmentFile),
+  # so they never appear on its command line.
+  s3Flags = lib.optionals (s3 != null) [
+    "--etcd-s3"
+    "--etcd-s3-endpoint=${s3.endpoint}"
+    "--etcd-s3-bucket=${s3.bucket}"
+    "--etcd-s3-folder=${s3.folder}"
+    "--etcd-s3-region=${s3.region}"
+  ];
+
   # ExecStart= is one unquoted line: quote the argument that contains spaces.
   etcdFlags =
     if cfg.etcdSnapshots.enable then
@@ -38,6 +49,7 @@ let
         ''"--etcd-snapshot-schedule-cron=${cfg.etcdSnapshots.scheduleCron}"''
         "--etcd-snapshot-retention=${toString cfg.etcdSnapshots.retention}"
       ]
+      ++ s3Flags
     else
       [ "--etcd-disable-snapshots" ];
 
@@ -202,6 +214,43 @@ in
         default = 5;
         description = "Snapshots kept.";
       };
+      s3 = lib.mkOption {
+        default = null;
+        description = ''
+          Also upload every snapshot to this S3 bucket (k3s --etcd-s3-*). The keys come from
+          `environmentFile`, the k3s service's EnvironmentFile; /etc/nixos-k3s/etcd-restore.env
+          records the same settings for etcd-restore.sh.
+        '';
+        type = lib.types.nullOr (
+          lib.types.submodule {
+            options = {
+              endpoint = lib.mkOption {
+                type = lib.types.strMatching "[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?";
+                description = "S3 host name[:port], no scheme.";
+              };
+              bucket = lib.mkOption {
+                type = lib.types.strMatching "[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]";
+                description = "Bucket name.";
+              };
+              folder = lib.mkOption {
+                type = lib.types.strMatching "[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*";
+                description = "Key prefix inside the bucket.";
+              };
+              region = lib.mkOption {
+                type = lib.types.strMatching "[a-z0-9][a-z0-9-]{0,31}";
+                description = "Bucket region.";
+              };
+              environmentFile = lib.mkOption {
+                type = lib.types.str;
+                description = ''
+                  Absolute path of the 0600 file with AWS_ACCESS_KEY_ID= and
+                  AWS_SECRET_ACCESS_KEY= lines (never a store path).
+                '';
+              };
+            };
+          }
+        );
+      };
     };
 
     vpnAuthFile = lib.mkOption {
@@ -270,6 +319,12 @@ in
         message = "nixosK3s.k3s.tokenFile must be an absolute path outside the Nix store.";
       }
       {
+        assertion =
+          s3 != null
+          -> lib.hasPrefix "/" s3.environmentFile && !(lib.hasPrefix builtins.storeDir s3.environmentFile);
+        message = "nixosK3s.k3s.etcdSnapshots.s3.environmentFile must be an absolute path outside the Nix store.";
+      }
+      {
         assertion = cfg.vpnAuthFile != null -> cfg.runtimePackages != [ ];
         message = "nixosK3s.k3s.vpnAuthFile needs tailscale in runtimePackages (nixosK3s.tailscale.wrapK3s).";
       }
@@ -277,6 +332,16 @@ in
 
     systemd.services.k3s.unitConfig = lib.mkIf (cfg.holdUntil != null) {
       ConditionPathExists = cfg.holdUntil;
+    };
+
+    # What etcd-restore.sh needs to run `k3s server --cluster-reset` like the service would.
+    environment.etc."nixos-k3s/etcd-restore.env" = lib.mkIf (isServer && usesEtcd) {
+      mode = "0644";
+      text = ''
+        TOKEN_FILE=${cfg.tokenFile}
+        S3_FLAGS="${lib.concatStringsSep " " (lib.optionals cfg.etcdSnapshots.enable s3Flags)}"
+        S3_ENVIRONMENT_FILE=${lib.optionalString (cfg.etcdSnapshots.enable && s3 != null) s3.environmentFile}
+      '';
     };
 
     services.k3s = {
@@ -290,6 +355,8 @@ in
       nodeLabel = lib.mapAttrsToList (key: value: "${key}=${value}") cfg.nodeLabels;
       nodeTaint = cfg.nodeTaints;
       extraKubeletConfig = cfg.kubeletConfig;
+      # A string, not a Nix path: the file stays where it is and never enters the store.
+      environmentFile = lib.mkIf (isServer && usesEtcd && cfg.etcdSnapshots.enable && s3 != null) s3.environmentFile;
       gracefulNodeShutdown = {
         inherit (cfg.gracefulNodeShutdown) enable shutdownGracePeriod shutdownGracePeriodCriticalPods;
       };

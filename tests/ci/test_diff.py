@@ -254,12 +254,12 @@ def test_a_secret_that_appears_or_disappears_is_named_as_such(
 
 def assert_well_formed(markdown: str) -> None:
     assert markdown.count("<details>") == markdown.count("</details>")
-    fences = re.findall(r"^(`{3,})(diff)?$", markdown, flags=re.MULTILINE)
+    fences = re.findall(r"^(`{3,})(diff|mermaid)?$", markdown, flags=re.MULTILINE)
     assert len(fences) % 2 == 0
     opened = [fence for fence, lang in fences[0::2]]
     closed = [fence for fence, lang in fences[1::2]]
     assert opened == closed
-    assert all(lang == "diff" for _, lang in fences[0::2])
+    assert all(lang in ("diff", "mermaid") for _, lang in fences[0::2])
 
 
 def test_markdown_has_summary_table_then_a_section_per_host(
@@ -280,7 +280,9 @@ def test_markdown_has_summary_table_then_a_section_per_host(
         "Resources (7)",
         "Host prod-agent-3 (added, redeploy)",
         "Host prod-server-2 (changed, redeploy)",
+        "Monthly cost by item",
     ]
+    assert "Monthly cost: **34.95 -&gt; 41.94 EUR per month (+6.99)**" in markdown
     assert markdown.index("| added |") < markdown.index("<details>")
     assert "+- command:local:Command prod-server-2-push" in markdown
     assert "~ kubernetes:helm.sh/v3:Release cilium" in markdown

@@ -13,6 +13,7 @@ from components.hostspec import (
     Container,
     ContainerCredentials,
     ContainerK3s,
+    EtcdS3,
     EtcdSnapshots,
     Firewall,
     Hardware,
@@ -66,7 +67,17 @@ def first_server() -> HostSpec:
             node_external_ip="203.0.113.10",
             tls_sans=["203.0.113.10", "api.prod.example.com"],
             node_taints=["node-role.kubernetes.io/control-plane=true:NoSchedule"],
-            etcd_snapshots=EtcdSnapshots(schedule_cron="0 */6 * * *", retention=10),
+            etcd_snapshots=EtcdSnapshots(
+                schedule_cron="0 */6 * * *",
+                retention=10,
+                s3=EtcdS3(
+                    endpoint="fsn1.your-objectstorage.com",
+                    bucket="prod-etcd-snapshots",
+                    folder="prod",
+                    region="fsn1",
+                    environment_file=f"{SECRETS}/etcd-s3.env",
+                ),
+            ),
         ),
         firewall=Firewall(public_tcp_ports=[22, 6443]),
     )

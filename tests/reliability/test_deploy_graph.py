@@ -97,10 +97,11 @@ def test_shared_module_change_redeploys_every_host(prod: dict[str, Any], tmp_pat
     hosts = sorted(graph.push_triggers(prod))
     assert len(hosts) == 5
     assert graph.changed_pushes(prod, edited) == hosts
-    # Nothing but the pushes: the host data itself did not change.
+    # Nothing but the pushes (and the roll steps, which carry the push's environment: their
+    # update finds ROLL_KEY unchanged and does nothing): the host data itself did not change.
     changed = {r["urn"]: r["name"] for r in edited["resources"]}
     assert sorted(changed[u] for u in graph.changed_resources(prod, edited)) == sorted(
-        f"{host}-{step}" for host in hosts for step in ("build", "push")
+        f"{host}-{step}" for host in hosts for step in ("build", "push", "roll")
     )
 
 

@@ -91,6 +91,8 @@ class SshServer:
             "NIXOS_K3S_CURRENT_SYSTEM": str(self.host / "run/current-system"),
             "NIXOS_K3S_SYSTEM_PROFILE": str(self.host / "nix/var/nix/profiles/system"),
             "K3S_KUBECONFIG": str(self.host / "etc/rancher/k3s/k3s.yaml"),
+            "NIXOS_K3S_ETC_DIR": str(self.host / "etc/nixos-k3s"),
+            "K3S_DATA_DIR": str(self.host / "var/lib/rancher/k3s"),
         }
 
     def ssh(

@@ -1,0 +1,138 @@
+"""node-roll.sh (a rolling-upgrade step) against the fake host over real SSH.
+
+The fake host is both the node being upgraded and the server whose `k3s kubectl` drains it (a
+bootstrap server rolling itself); the stand-in k3s records drains and uncordons.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.remote.harness import (
+    HOST_NAME,
+    FakeHost,
+    deploy_env,
+    make_nixos_source,
+    run_operator_script,
+)
+
+OLD_KEY = "0123456789abcdef"
+NEW_KEY = "fedcba9876543210"
+
+
+def roll(
+    host: FakeHost, source: Path, previous: str | None = OLD_KEY, **overrides: str
+) -> subprocess.CompletedProcess[str]:
+    env = deploy_env(host.server, source)
+    env.update(
+        {
+            "ROLL_KEY": NEW_KEY,
+            "GATE_HOST": "127.0.0.1",
+            "GATE_PORT": str(host.server.port),
+            "GATE_USER": "root",
+            "GATE_HOST_PUBLIC_KEY": host.server.host_public_key(),
+            "DRAIN_TIMEOUT": "30",
+            "READY_TIMEOUT": "3",
+        }
+    )
+    if previous is not None:
+        env["PULUMI_COMMAND_STDOUT"] = f"{previous}\n"
+    env.update(overrides)
+    return run_operator_script("node-roll.sh", env, host.server.client_key.read_bytes())
+
+
+def set_node(host: FakeHost, ready: str) -> None:
+    nodes = host.root / "k3s/nodes"
+    nodes.mkdir(parents=True, exist_ok=True)
+    (nodes / HOST_NAME).write_text(ready)
+
+
+def kubectl_calls(host: FakeHost) -> list[str]:
+    return [
+        call.removeprefix("kubectl --request-timeout=10s ")
+        for call in host.calls("k3s")
+        if not call.startswith("kubectl --request-timeout=10s get ")
+    ]
+
+
+def cordoned(host: FakeHost) -> bool:
+    return (host.root / "k3s/cordoned" / HOST_NAME).exists()
+
+
+def test_same_key_is_no_upgrade_and_touches_nothing(host: FakeHost, tmp_path: Path) -> None:
+    set_node(host, "True")
+    result = roll(host, make_nixos_source(tmp_path), previous=NEW_KEY)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{NEW_KEY}\n"
+    assert "no upgrade to roll" in result.stderr
+    assert host.calls() == []
+
+
+def test_new_key_drains_pushes_waits_for_ready_and_uncordons(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    set_node(host, "True")
+    result = roll(host, make_nixos_source(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{NEW_KEY}\n"  # what the next run compares against
+    assert kubectl_calls(host) == [
+        f"drain {HOST_NAME} --ignore-daemonsets --delete-emptydir-data --timeout=30s",
+        f"uncordon {HOST_NAME}",
+    ]
+    # drain before the push, uncordon after it
+    calls = host.calls()
+    drain = next(i for i, c in enumerate(calls) if "drain" in c)
+    build = next(i for i, c in enumerate(calls) if c.startswith("nixos-rebuild"))
+    uncordon = next(i for i, c in enumerate(calls) if "uncordon" in c)
+    assert drain < build < uncordon
+    assert not cordoned(host)
+    assert (host.state / "current-release").exists()
+
+
+def test_a_drain_that_times_out_uncordons_and_stops_the_roll(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    set_node(host, "True")
+    (host.root / "k3s/drain-fails").write_text("")
+
+    result = roll(host, make_nixos_source(tmp_path))
+
+    assert result.returncode == 1
+    assert "drain did not finish; the node is uncordoned and unchanged" in result.stderr
+    assert result.stdout == ""  # the key is not recorded: the next `pulumi up` tries again
+    assert not cordoned(host)
+    assert host.calls("nixos-rebuild") == []
+    assert not (host.state / "current-release").exists()
+
+
+def test_a_failed_push_rolls_back_uncordons_and_stops(host: FakeHost, tmp_path: Path) -> None:
+    set_node(host, "True")
+    broken = make_nixos_source(tmp_path, {"build-fails": ""})
+
+    result = roll(host, broken)
+
+    assert result.returncode == 1
+    assert "push failed (the host rolled back to its previous system)" in result.stderr
+    assert result.stdout == ""
+    assert not cordoned(host)
+    assert host.current_system() == host.initial_system
+
+
+def test_a_node_not_ready_after_the_push_stays_cordoned(host: FakeHost, tmp_path: Path) -> None:
+    set_node(host, "False")
+
+    result = roll(host, make_nixos_source(tmp_path))
+
+    assert result.returncode == 1
+    assert "upgraded but not Ready; the node stays cordoned" in result.stderr
+    assert result.stdout == ""
+    assert cordoned(host)
+
+
+def test_bad_environment_exits_2(host: FakeHost, tmp_path: Path) -> None:
+    result = roll(host, make_nixos_source(tmp_path), ROLL_KEY="not hex")
+    assert result.returncode == 2 and "ROLL_KEY must be a hex digest" in result.stderr
+    assert host.calls() == []

@@ -1,0 +1,85 @@
+"""Rolling upgrades in the plan: each host's roll step, their order, and what keys them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components import render
+from components.config import ConfigError, parse_cluster
+from tests.conftest import Plan, run_plan, stack_data
+
+
+def cluster(workers: int = 4, max_unavailable: int | None = None, **k3s: str) -> dict[str, Any]:
+    data = stack_data("prod")
+    data["nodePools"][1]["count"] = workers
+    data["k3s"].update(k3s)
+    if max_unavailable is not None:
+        data["deploy"] = {"maxUnavailable": max_unavailable}
+    return data
+
+
+@pytest.fixture(scope="module")
+def batched() -> Plan:
+    return Plan(run_plan(cluster(max_unavailable=2), stack="prod"))
+
+
+def rolls_before(plan: Plan, name: str) -> set[str]:
+    return {dep for dep in plan.deps(f"{name}-roll") if dep.endswith("-roll")}
+
+
+def test_servers_roll_one_at_a_time_then_agents_in_batches(batched: Plan) -> None:
+    assert rolls_before(batched, "prod-control-1") == set()
+    assert rolls_before(batched, "prod-control-2") == {"prod-control-1-roll"}
+    assert rolls_before(batched, "prod-control-3") == {"prod-control-2-roll"}
+    for agent in ("prod-workers-1", "prod-workers-2"):
+        assert rolls_before(batched, agent) == {"prod-control-3-roll"}
+    for agent in ("prod-workers-3", "prod-workers-4"):
+        assert rolls_before(batched, agent) == {"prod-workers-1-roll", "prod-workers-2-roll"}
+
+
+def test_each_push_waits_for_its_roll_and_the_roll_for_nothing_of_the_install(
+    batched: Plan,
+) -> None:
+    for host in ("prod-control-1", "prod-control-3", "prod-workers-4"):
+        assert f"{host}-roll" in batched.deps(f"{host}-push")
+        # creating a cluster: the roll steps only record their key, so they must not wait
+        # for installs (agents would stop installing in parallel)
+        assert not batched.reaches(f"{host}-roll", f"{host}-install")
+
+
+def test_roll_step_inputs(batched: Plan) -> None:
+    roll = batched["prod-workers-3-roll"]
+    push = batched["prod-workers-3-push"]
+    key = render.roll_key(parse_cluster(cluster()))
+    env = roll.inputs["environment"]
+    assert roll.inputs["create"] == f"echo {key}"
+    assert roll.inputs["update"] == "bash components/scripts/node-roll.sh"
+    assert roll.inputs["addPreviousOutputInEnv"] is True
+    assert env["ROLL_KEY"] == key
+    assert env["DRAIN_TIMEOUT"] == "300" and env["READY_TIMEOUT"] == "600"
+    # the node is reached like its push, the drain runs on the bootstrap server
+    for name in ("TARGET_HOST", "HOST_NAME", "HOST_JSON", "RELEASE_ID", "HOST_PUBLIC_KEY"):
+        assert env[name] == push.inputs["environment"][name]
+    bootstrap_push = batched["prod-control-1-push"].inputs["environment"]
+    assert env["GATE_HOST"] == bootstrap_push["TARGET_HOST"]
+    assert env["GATE_HOST_PUBLIC_KEY"] == bootstrap_push["HOST_PUBLIC_KEY"]
+    assert "triggers" not in roll.inputs  # a new key updates, never replaces
+    assert roll.inputs["stdin"] == "[secret]"
+
+
+def test_only_the_k3s_package_or_the_nixpkgs_pin_change_the_roll_key() -> None:
+    base = render.roll_key(parse_cluster(cluster()))
+    assert render.roll_key(parse_cluster(cluster(package="k3s_1_33"))) != base
+    labelled = cluster()
+    labelled["nodePools"][1]["labels"] = {"tier": "batch"}
+    assert render.roll_key(parse_cluster(labelled)) == base
+    assert render.roll_key(parse_cluster(cluster(workers=9))) == base
+
+
+@pytest.mark.parametrize("value", [0, 101, "two"])
+def test_max_unavailable_is_checked(value: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_cluster(cluster(max_unavailable=value))  # type: ignore[arg-type]
+    assert "deploy.maxUnavailable" in str(caught.value)
