@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := nix-bin openssh-server shellcheck iproute2 libcap2-bin systemd-container
 STACK ?= dev
 
-.PHONY: venv plan plan-prod test lint format bench system-deps schema dev-up dev-destroy clean
+.PHONY: node-deps venv plan plan-prod test lint format bench system-deps schema dev-up dev-destroy clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,15 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else echo "not root: missing$$missing; tests that need them are skipped"; fi
 
+## node-deps: Mermaid's own parser for the PR diagram tests (npm registry), when npm is here
+MERMAID := tests/ci/mermaid
+node-deps:
+	@if command -v npm >/dev/null; then \
+	  [ -d $(MERMAID)/node_modules ] || npm ci --prefix $(MERMAID) --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Mermaid parser checks are skipped"; fi
+
 ## test: everything (unit, plan, nix parse, real sshd, fake colima, workflows)
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps node-deps
 	$(PY) -m pytest
 
 ## lint: ruff (format + check), pyright, shellcheck

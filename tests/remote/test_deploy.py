@@ -142,7 +142,8 @@ def test_health_failure_rolls_back(host: FakeHost, tmp_path: Path) -> None:
     assert "k3s.service=failed" in result.stderr
     assert_rolled_back(host)
     assert not [c for c in host.calls("nixos-rebuild") if c.startswith("switch")]
-    assert (host.root / "units/k3s.service").read_text().strip() == "active"
+    # This was the host's first, k3s-releasing push: the rollback holds k3s again (stopped).
+    assert (host.root / "units/k3s.service").read_text().strip() == "inactive"
 
     fixed = make_nixos_source(tmp_path / "fixed")
     assert deploy(host, fixed).returncode == 0
