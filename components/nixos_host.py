@@ -255,8 +255,7 @@ class NixosHost(pulumi.ComponentResource):
         }
         push_after = list(args.push_after)
         if args.roll is not None:
-            # Built before the drain: the node is out of service only for the activation.
-            self.roll = self._roll(name, args.roll, push_env, args.deploy_key, self.build)
+            self.roll = self._roll(name, args.roll, push_env, args.deploy_key)
             push_after.append(self.roll)
         self.push = command.local.Command(
             f"{name}-push",
@@ -279,7 +278,6 @@ class NixosHost(pulumi.ComponentResource):
         roll: RollArgs,
         push_env: Mapping[str, pulumi.Input[str]],
         deploy_key: DeployKey,
-        build: pulumi.Resource,
     ) -> command.local.Command:
         """Drain, push, wait for Ready, uncordon: only when ROLL_KEY changes (an upgrade).
 
@@ -306,8 +304,6 @@ class NixosHost(pulumi.ComponentResource):
             stdin=deploy_key.private_openssh,
             add_previous_output_in_env=True,
             opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[*roll.after, build],
-                additional_secret_outputs=["stderr"],
+                parent=self, depends_on=list(roll.after), additional_secret_outputs=["stderr"]
             ),
         )

@@ -168,7 +168,7 @@ def test_flannel_host_data_follows_the_cni(flannel_plan: Plan) -> None:
     assert host["cilium"] == {"hostPrerequisites": False}
     firewall = host["firewall"]
     assert firewall["privateUdpPorts"] == [8472]
-    assert firewall["privateTcpPorts"] == [6443, 10250]
+    assert firewall["privateTcpPorts"] == [10250]  # an agent: no API port
     assert firewall["trustedInterfaces"] == ["cni0", "flannel.1"]
     assert [(c["name"], c["mode"]) for c in host["containers"]] == [
         ("edge", "user-namespace"),

@@ -120,11 +120,12 @@ def test_switching_to_flannel_removes_cilium_and_redeploys_every_host(
 def test_plan_records_the_monthly_cost(before: Path) -> None:
     document = json.loads((before / "plan.json").read_text())
     recorded = document["cost"]
-    # three cx33 servers, two cx43 workers, each with a primary IPv4 (catalog.py prices)
-    assert recorded["monthlyTotal"] == "45.95"
+    # three cx33 servers, two cx43 workers, each with a primary IPv4, and the API load
+    # balancer (lb11) (catalog.py prices)
+    assert recorded["monthlyTotal"] == "51.34"
     assert recorded["basis"].startswith("EUR per month, excl. VAT")
     whats = sorted({item["what"].split(" in ")[0] for item in recorded["items"]})
-    assert whats == ["cx33", "cx43", "primary IPv4"]
+    assert whats == ["cx33", "cx43", "load balancer lb11", "primary IPv4"]
     assert recorded["unpriced"] == []
 
 
@@ -145,14 +146,14 @@ def test_pr_diff_shows_cost_before_and_after(
     code, out = run(before, new, capsys, "--format", "markdown")
 
     assert code == 1
-    # 3 x 6.99 + 3 x (22.49 + 0.50) = 89.94; before 3 x 6.99 + 2 x 12.49 = 45.95
-    assert "Monthly cost: **45.95 -&gt; 89.94 EUR per month (+43.99)**" in out
+    # 3 x 6.99 + 3 x (22.49 + 0.50) + 5.39 = 95.33; before 3 x 6.99 + 2 x 12.49 + 5.39 = 51.34
+    assert "Monthly cost: **51.34 -&gt; 95.33 EUR per month (+43.99)**" in out
     assert "<summary>Monthly cost by item</summary>" in out
     assert "- prod-workers-1: cx43 in fsn1 11.99" in out
     assert "+ prod-workers-1: cx53 in fsn1 22.49" in out
     assert "+ prod-workers-3: primary IPv4 0.50" in out
     code, text = run(before, new, capsys)
-    assert "Monthly cost: 45.95 -> 89.94 EUR per month (+43.99)" in text
+    assert "Monthly cost: 51.34 -> 95.33 EUR per month (+43.99)" in text
 
 
 def test_unchanged_cost_is_said_once(
@@ -162,5 +163,5 @@ def test_unchanged_cost_is_said_once(
     data["cilium"]["version"] = "1.20.0"
     code, out = run(before, write(tmp_path, "cilium2", data), capsys)
     assert code == 1
-    assert "Monthly cost: 45.95 EUR per month (unchanged)" in out
+    assert "Monthly cost: 51.34 EUR per month (unchanged)" in out
     assert "Monthly cost by item" not in out

@@ -1,6 +1,6 @@
 """Generated stacks that together cover every axis a rendered host varies on.
 
-Not a full cross product: a covering set in which each value of each axis (provider, Cilium
+Not a full cross product: a covering set in which each value of each axis (provider, CNI, Cilium
 version, tunnel protocol, tailscale, containers, server architecture, server count) appears at
 least once, and the risky pairs (containers with tailscale, arm with containers, 5 servers with
 each tunnel) appear together.
@@ -29,6 +29,7 @@ class Shape:
     containers: bool
     arch: str  # "x86" or "arm" (Hetzner server type family; Colima is aarch64 on vz)
     servers: int
+    cni: str = "cilium"
 
     @property
     def name(self) -> str:
@@ -41,6 +42,7 @@ class Shape:
                 "ct" if self.containers else "noct",
                 self.arch,
                 f"{self.servers}s",
+                *([] if self.cni == "cilium" else [self.cni]),
             ]
         )
 
@@ -58,6 +60,9 @@ SHAPES: tuple[Shape, ...] = (
     Shape("colima", _V19, "vxlan", False, False, "arm", 1),
     Shape("colima", _V20, "geneve", True, True, "arm", 3),
     Shape("colima", _V18, "vxlan", True, False, "arm", 1),
+    # k3s's own flannel: no Cilium settings (the version and tunnel fields are unused).
+    Shape("hetzner", _V19, "vxlan", True, True, "x86", 3, cni="flannel"),
+    Shape("colima", _V19, "vxlan", False, True, "arm", 1, cni="flannel"),
 )
 
 
@@ -89,10 +94,13 @@ def cluster_of(shape: Shape) -> dict[str, Any]:
         "provider": shape.provider,
         "sshKeys": [SSH_KEY],
         "adminUsers": ["ops"],
-        "cilium": {"version": shape.cilium_version, "tunnelProtocol": shape.tunnel},
         "tailscale": {"enabled": shape.tailscale},
         "nodePools": pools,
     }
+    if shape.cni == "cilium":
+        cluster["cilium"] = {"version": shape.cilium_version, "tunnelProtocol": shape.tunnel}
+    else:
+        cluster["k3s"] = {"cni": shape.cni}
     if shape.provider == "hetzner":
         server_type = _server_type(shape.arch)
         for pool in pools:

@@ -266,6 +266,12 @@ def test_matrix_covers_every_axis() -> None:
     assert {s.containers for s in shapes} == {True, False}
     assert {s.arch for s in shapes if s.provider == "hetzner"} == {"x86", "arm"}
     assert {s.servers for s in shapes} >= {1, 3, 5}
+    assert {(s.cni, s.provider) for s in shapes} >= {
+        ("cilium", "hetzner"),
+        ("cilium", "colima"),
+        ("flannel", "hetzner"),
+        ("flannel", "colima"),
+    }
 
 
 def test_a_port_without_a_reason_is_refused(tmp_path: Path) -> None:
