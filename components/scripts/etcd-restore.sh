@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # etcd-restore.sh: restore a cluster's embedded etcd from a snapshot, across all its servers.
 #
-# Runs on the OPERATOR machine, by hand (README "Restoring etcd from a snapshot"):
+# Runs on the OPERATOR machine, by hand (docs/operations.md, "etcd snapshots to S3, and restoring one"):
 #   components/scripts/etcd-restore.sh SNAPSHOT BOOTSTRAP_SERVER [OTHER_SERVER...]
 # SNAPSHOT: a snapshot name in the S3 bucket (`k3s etcd-snapshot ls` on a server lists local
 #   and S3 snapshots) or an absolute path of a snapshot file on BOOTSTRAP_SERVER.
