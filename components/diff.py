@@ -612,7 +612,7 @@ def render_text(plan_diff: PlanDiff, max_chars: int = 0) -> str:
 
 def render_markdown(plan_diff: PlanDiff, max_chars: int = DEFAULT_MARKDOWN_MAX_CHARS) -> str:
     """PR-comment report: summary table, then one collapsed section per block; fits max_chars."""
-    heading = f"### Plan diff: `{_md_text(_stack_label(plan_diff))}`\n\n"
+    heading = f"### Plan diff: {_md_code(_stack_label(plan_diff))}\n\n"
     if not plan_diff.has_changes:
         return heading + _no_changes_line(plan_diff) + "\n"
     added, removed, replaced, changed = _counts(plan_diff)
@@ -711,6 +711,14 @@ def _omitted_names(titles: Sequence[str]) -> str:
 def _longest_backtick_run(lines: Sequence[str]) -> int:
     runs = (len(run) for line in lines for run in re.findall(r"`+", line))
     return max(runs, default=0)
+
+
+def _md_code(text: str) -> str:
+    """A code span: shown literally, so nothing is escaped; the fence is longer than any run of
+    backticks inside."""
+    fence = "`" * (_longest_backtick_run([text]) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _md_text(text: str) -> str:

@@ -422,3 +422,10 @@ def test_unknown_values_are_shown_as_unknown(
     [change] = result.resources
     assert (change.kind, change.name) == ("replace", "prod-agent-1-net")
     assert change.changes == (diff.ValueChange("serverId", "3003 -> [unknown]", (), True),)
+
+
+def test_code_spans_are_not_escaped() -> None:
+    """Markdown shows a code span literally: an entity there would be printed as such."""
+    assert diff._md_code("dev -> prod-new") == "`dev -> prod-new`"
+    assert diff._md_code("a`b") == "``a`b``"
+    assert diff._md_code("`x") == "`` `x ``"
