@@ -564,12 +564,19 @@ def _sections(plan_diff: PlanDiff) -> list[Section]:
     return sections
 
 
-def _counts(plan_diff: PlanDiff) -> tuple[int, int, int, int]:
+def _counts(plan_diff: PlanDiff) -> tuple[int, int, int, int, int]:
+    """Added, removed, replaced, re-run, changed. A command "replaced" by a new trigger is a
+    re-run (pulumi-command deletes and creates it: its script runs again), not a machine being
+    replaced; an install updated only in state (it says it is installed already) is left out."""
+    replaced = [c for c in plan_diff.resources if c.kind == "replace"]
+    reruns = sum(1 for c in replaced if c.type.startswith("command:"))
+    changed = sum(1 for c in plan_diff.resources if c.kind == "change" and _runs(c))
     return (
         plan_diff.count("add"),
         plan_diff.count("remove"),
-        plan_diff.count("replace"),
-        plan_diff.count("change"),
+        len(replaced) - reruns,
+        reruns,
+        changed,
     )
 
 
@@ -591,11 +598,11 @@ def render_text(plan_diff: PlanDiff, max_chars: int = 0) -> str:
     head = [f"Plan diff for stack {_stack_label(plan_diff)}"]
     if not plan_diff.has_changes:
         return "\n".join([*head, _no_changes_line(plan_diff)]) + "\n"
-    added, removed, replaced, changed = _counts(plan_diff)
+    added, removed, replaced, reruns, changed = _counts(plan_diff)
     hosts = plan_diff.redeployed_hosts
     head.append(
         f"Resources: {added} to add, {removed} to remove, {replaced} to replace, "
-        f"{changed} to change"
+        f"{reruns} commands to re-run, {changed} to change"
     )
     head.append(f"Hosts to redeploy: {len(hosts)}" + (f" ({', '.join(hosts)})" if hosts else ""))
     if plan_diff.cost is not None:
@@ -615,12 +622,12 @@ def render_markdown(plan_diff: PlanDiff, max_chars: int = DEFAULT_MARKDOWN_MAX_C
     heading = f"### Plan diff: {_md_code(_stack_label(plan_diff))}\n\n"
     if not plan_diff.has_changes:
         return heading + _no_changes_line(plan_diff) + "\n"
-    added, removed, replaced, changed = _counts(plan_diff)
+    added, removed, replaced, reruns, changed = _counts(plan_diff)
     hosts = plan_diff.redeployed_hosts
     table = (
-        "| added | removed | replaced | changed | hosts redeployed |\n"
-        "| ---: | ---: | ---: | ---: | ---: |\n"
-        f"| {added} | {removed} | {replaced} | {changed} | {len(hosts)} |\n\n"
+        "| added | removed | replaced | commands re-run | changed | hosts redeployed |\n"
+        "| ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        f"| {added} | {removed} | {replaced} | {reruns} | {changed} | {len(hosts)} |\n\n"
     )
     if hosts:
         names = ", ".join(f"<code>{_md_text(host)}</code>" for host in hosts)

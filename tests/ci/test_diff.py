@@ -62,7 +62,9 @@ def test_shrinking_the_pool_removes_resources_and_redeploys_nothing(
     code, out, _ = run(capsys, old, new)
 
     assert code == 1
-    assert "Resources: 0 to add, 4 to remove, 0 to replace, 0 to change" in out
+    assert (
+        "Resources: 0 to add, 4 to remove, 0 to replace, 0 commands to re-run, 0 to change" in out
+    )
     assert "Hosts to redeploy: 0" in out
     assert "- hcloud:index/server:Server prod-agent-2" in out
     assert "Host prod-agent-2 (removed):" in out
@@ -272,8 +274,11 @@ def test_markdown_has_summary_table_then_a_section_per_host(
 
     markdown = render_markdown(result)
 
-    assert markdown.startswith("### Plan diff: `prod`\n\n| added | removed | replaced | changed |")
-    assert "| 4 | 0 | 1 | 2 | 2 |" in markdown
+    assert markdown.startswith(
+        "### Plan diff: `prod`\n\n| added | removed | replaced | commands re-run | changed |"
+    )
+    # The one replacement is a push whose trigger changed: a re-run, no machine replaced.
+    assert "| 4 | 0 | 0 | 1 | 2 | 2 |" in markdown
     assert "Hosts to redeploy: <code>prod-agent-3</code>, <code>prod-server-2</code>" in markdown
     summaries = re.findall(r"<summary>(.*?)</summary>", markdown)
     assert summaries == [
@@ -304,7 +309,7 @@ def test_markdown_is_truncated_with_a_visible_note(
     assert len(small) <= 8_000
     for cut in (default, small):
         assert "> [!WARNING]\n> Truncated to fit a comment:" in cut
-        assert "| 152 | 0 | 5 | 0 | 43 |" in cut  # the summary always survives
+        assert "| 152 | 0 | 0 | 5 | 0 | 43 |" in cut  # the summary always survives
         assert_well_formed(cut)
         assert re.search(r"^\.\.\. \d+ more lines not shown$", cut, flags=re.MULTILINE)
     assert re.search(r"and \d+ more sections not shown", small)

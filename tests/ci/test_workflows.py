@@ -370,7 +370,7 @@ def test_preview_diff_step_builds_one_comment_for_every_stack(
     dev_section, prod_section = body.split("### Plan diff: `prod`")
     assert "The base has no offline plan of `dev`: everything shows as added." in dev_section
     assert "### Plan diff: `dev`" in dev_section
-    assert "| 12 | 0 | 0 | 0 | 1 |" in dev_section  # the whole dev cluster, one host
+    assert "| 12 | 0 | 0 | 0 | 0 | 1 |" in dev_section  # the whole dev cluster, one host
     assert "| 0 | 0 | 0 | 1 | 0 |" in prod_section  # the Cilium bump
     assert '    version: "1.18.1" -> "1.18.2"' in prod_section
     assert len(body) < 65_536
