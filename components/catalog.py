@@ -117,3 +117,7 @@ K3S_MANAGED_FLAGS = (
     "--vpn-auth-file",
     "--write-kubeconfig-mode",
 )
+
+# The server type a NixOS image is built on: the smallest disk (40 GB) of each architecture, so
+# its snapshot fits every server type (a snapshot needs a disk at least as large as its source).
+IMAGE_BUILDER_TYPES: dict[Arch, str] = {"x86_64": "cpx12", "arm64": "cax11"}

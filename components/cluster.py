@@ -14,10 +14,11 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components import config, hostspec, inventory, k3s, render
+from components import catalog, config, hostspec, inventory, k3s, render
 from components.colima import ColimaMachine, ColimaMachineArgs
 from components.config import ClusterConfig
 from components.hetzner import HetznerMachines, HetznerMachinesArgs
+from components.hetzner_image import host_key_user_data
 from components.hostspec import HostSpec
 from components.inventory import Host
 from components.nixos_host import (
@@ -52,6 +53,7 @@ class MachineView:
     facts_of: Callable[[Sequence[Any]], render.MachineFacts]
     private_ipv4: pulumi.Input[str]
     wake: WakeCommand | None = None
+    from_image: bool = False
 
     def spec(
         self, extra: Sequence[pulumi.Input[Any]], render_spec: Callable[..., HostSpec]
@@ -108,7 +110,7 @@ class Cluster(pulumi.ComponentResource):
             for h in hosts
         }
         deploy_public = deploy_key.public_openssh
-        machines = self._machines(name, cfg, hosts, deploy_public)
+        machines = self._machines(name, cfg, hosts, deploy_public, deploy_key, host_keys)
 
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
@@ -160,6 +162,7 @@ class Cluster(pulumi.ComponentResource):
                     rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
                     push_after=after,
                     wake=machine.wake,
+                    from_image=machine.from_image,
                 ),
                 opts=child,
             )
@@ -266,12 +269,43 @@ class Cluster(pulumi.ComponentResource):
         )
 
     def _machines(
-        self, name: str, cfg: ClusterConfig, hosts: list[Host], deploy_public: pulumi.Output[str]
+        self,
+        name: str,
+        cfg: ClusterConfig,
+        hosts: list[Host],
+        deploy_public: pulumi.Output[str],
+        deploy_key: DeployKey,
+        host_keys: dict[str, HostKey],
     ) -> dict[str, MachineView]:
         if cfg.provider == "hetzner":
+            image_json: dict[catalog.Arch, pulumi.Output[str]] = {}
+            user_data: dict[str, pulumi.Output[str]] = {}
+            if cfg.hetzner.nixos_image:
+                for arch in sorted({h.arch for h in hosts}):
+                    image_json[arch] = deploy_public.apply(
+                        lambda key, a=arch: hostspec.host_json(
+                            render.image_spec(cfg, a, [key, *cfg.ssh_keys])
+                        )
+                    )
+                user_data = {
+                    h.name: pulumi.Output.secret(
+                        pulumi.Output.all(
+                            host_keys[h.name].public_openssh, host_keys[h.name].private_openssh
+                        ).apply(lambda v: host_key_user_data(v[0], v[1]))
+                    )
+                    for h in hosts
+                }
             hetzner = HetznerMachines(
                 f"{name}-hetzner",
-                HetznerMachinesArgs(config=cfg, hosts=hosts, deploy_public_key=deploy_public),
+                HetznerMachinesArgs(
+                    config=cfg,
+                    hosts=hosts,
+                    deploy_public_key=deploy_public,
+                    image_host_json=image_json,
+                    deploy_private_key=deploy_key.private_openssh,
+                    hcloud_token=pulumi.Config("hcloud").get_secret("token"),
+                    user_data=user_data,
+                ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             views = {}
@@ -296,6 +330,7 @@ class Cluster(pulumi.ComponentResource):
                         public_ipv6=(v[2] or None) if len(v) > 2 else None,
                     ),
                     private_ipv4=private_ip,
+                    from_image=host.arch in hetzner.images,
                 )
             return views
         views = {}

@@ -395,6 +395,13 @@ class HetznerConfig(Model):
         "system). Hetzner refuses a key whose fingerprint the project already has: set false "
         "when they are uploaded already.",
     )
+    nixos_image: bool = Field(
+        default=True,
+        description="Boot new servers from a NixOS snapshot the program makes once per nixpkgs "
+        "pin, architecture and base configuration (no kexec install: fast scale-ups and "
+        "replacements). false: every server boots `image` and nixos-anywhere installs NixOS. "
+        "Switching either way never replaces running servers.",
+    )
 
 
 class ColimaConfig(Model):

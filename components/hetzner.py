@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_hcloud as hcloud
 
 from components import catalog
 from components.config import ClusterConfig
+from components.hetzner_image import NixosImage, NixosImageArgs, image_key
 from components.inventory import Host, container_block
 
 
@@ -17,6 +19,13 @@ class HetznerMachinesArgs:
     config: ClusterConfig
     hosts: list[Host]
     deploy_public_key: pulumi.Input[str]
+    # hetzner.nixosImage: the image's base configuration per architecture (host JSON text), the
+    # deploy key the builder is installed with, the token (None: the operator's HCLOUD_TOKEN)
+    # and each host's user data (its SSH host key, installed at first boot).
+    image_host_json: Mapping[catalog.Arch, pulumi.Output[str]] = field(default_factory=dict)
+    deploy_private_key: pulumi.Output[str] | None = None
+    hcloud_token: pulumi.Output[str] | None = None
+    user_data: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,29 @@ class HetznerMachines(pulumi.ComponentResource):
         }
         firewall_ids = [firewall.id.apply(int)]
 
+        self.images: dict[str, NixosImage] = {}
+        if cfg.hetzner.nixos_image:
+            assert args.deploy_private_key is not None
+            for arch, text in sorted(args.image_host_json.items()):
+                first = next(h for h in args.hosts if h.arch == arch)
+                assert first.location is not None
+                self.images[arch] = NixosImage(
+                    f"{name}-image-{arch.replace('_', '-')}",
+                    NixosImageArgs(
+                        cluster_name=cfg.name,
+                        arch=arch,
+                        location=first.location,
+                        stock_image=cfg.hetzner.image,
+                        image_host_name=f"{cfg.name}-image-{arch.replace('_', '-')}",
+                        image_host_json=text,
+                        image_key=text.apply(lambda t, a=arch: image_key(a, t)),
+                        ssh_key_name=deploy_key.name,
+                        deploy_private_key=args.deploy_private_key,
+                        hcloud_token=args.hcloud_token,
+                    ),
+                    opts=child,
+                )
+
         self.machines = {}
         for host in args.hosts:
             assert host.private_ip is not None and host.location is not None
@@ -170,7 +202,10 @@ class HetznerMachines(pulumi.ComponentResource):
                 host.name,
                 name=host.name,
                 server_type=host.pool.server_type,
-                image=cfg.hetzner.image,
+                image=self.images[host.arch].image_id
+                if host.arch in self.images
+                else cfg.hetzner.image,
+                user_data=args.user_data.get(host.name),
                 location=host.location,
                 ssh_keys=[deploy_key.id],
                 firewall_ids=firewall_ids,
@@ -181,10 +216,16 @@ class HetznerMachines(pulumi.ComponentResource):
                 ],
                 delete_protection=protect,
                 rebuild_protection=protect,
-                # Server names are unique in a Hetzner project: a replacement (new location or
-                # image) must delete the old server before creating the new one.
+                # Server names are unique in a Hetzner project: a replacement (e.g. a new
+                # location) must delete the old server before creating the new one. The image
+                # and user data only matter at creation: a new NixOS image (a new pin), or
+                # switching hetzner.nixosImage, must not replace running servers; the push
+                # updates them. A replaced server is created again from the image in its state.
                 opts=pulumi.ResourceOptions(
-                    parent=self, depends_on=[subnet], delete_before_replace=True
+                    parent=self,
+                    depends_on=[subnet],
+                    delete_before_replace=True,
+                    ignore_changes=["image", "userData"],
                 ),
             )
             attachment = hcloud.ServerNetwork(

@@ -105,6 +105,7 @@ class NixosHostArgs:
     rollback_timeout_seconds: int
     push_after: Sequence[pulumi.Resource] = field(default_factory=list)
     wake: WakeCommand | None = None
+    from_image: bool = False  # booted the Hetzner NixOS image: the install only waits for it
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class NixosHost(pulumi.ComponentResource):
                 # The final system, built once here; k3s is held back until the push releases
                 # it, in the order the gates set (nixos/modules/k3s.nix, holdUntil).
                 "HOST_JSON": args.host_json,
+                **({"FROM_IMAGE": "1"} if args.from_image else {}),
             },
             stdin=pulumi.Output.secret(install_stdin),
             update=ALREADY_INSTALLED,

@@ -17,6 +17,9 @@
 #                    runs through `nix run github:nix-community/nixos-anywhere/$NIXOS_ANYWHERE_REF`
 #   NIXOS_ANYWHERE_REF  release tag of nixos-anywhere (1.13.0)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (60), SSH_RETRY_DELAY (5)
+#   FROM_IMAGE       1: the machine booted the NixOS image (hetzner.nixosImage), whose first
+#                    boot installs the pinned host key from the server's user data; only wait
+#                    until it answers with that key, never run nixos-anywhere (0)
 # Stdin: records `<path>\t<octal mode>\t<base64 content>`, one a line. `@deploy-key` is the SSH
 #   private key to connect with, `@host-key` the host's private ed25519 host key (installed as
 #   /etc/ssh/ssh_host_ed25519_key, 0600, with its .pub); any other path is a file put on the
@@ -54,6 +57,8 @@ setup() {
   SSH_CONNECT_TIMEOUT=${SSH_CONNECT_TIMEOUT:-10}
   SSH_CONNECT_ATTEMPTS=${SSH_CONNECT_ATTEMPTS:-60}
   SSH_RETRY_DELAY=${SSH_RETRY_DELAY:-5}
+  FROM_IMAGE=${FROM_IMAGE:-0}
+  [[ $FROM_IMAGE == 0 || $FROM_IMAGE == 1 ]] || bad_input "FROM_IMAGE must be 0 or 1: $FROM_IMAGE"
   local name
   for name in TARGET_PORT POST_KEXEC_SSH_PORT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
     require_number "$name"
@@ -175,6 +180,13 @@ main() {
   setup
   read_bundle
   local state
+  if [[ $FROM_IMAGE == 1 ]]; then
+    state=$(wait_for_answer installed)
+    [[ $state == installed ]] ||
+      fail "$HOST_NAME booted from the NixOS image does not answer with the pinned host key ($state)"
+    printf 'install.sh: %s runs the NixOS image; it answers with the pinned host key\n' "$HOST_NAME" >&2
+    return 0
+  fi
   state=$(wait_for_answer)
   case $state in
   installed)
