@@ -78,6 +78,7 @@ class Resource:
     custom: bool
     inputs: Mapping[str, Any]
     provider: str | None
+    ignore_changes: frozenset[str] = frozenset()  # top-level inputs kept from the state
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ def _load_resources(value: Any, where: str) -> Mapping[str, Resource]:
             custom=bool(item.get("custom", True)),
             inputs=item.get("inputs", {}),
             provider=provider,
+            ignore_changes=frozenset(item.get("ignoreChanges") or ()),
         )
     return resources
 
@@ -308,6 +310,12 @@ def _compare_resource(
     host_texts: HostTexts,
 ) -> ResourceChange | None:
     changes = _value_changes(before.inputs, after.inputs, *fingerprints, host_texts)
+    # ignore_changes: the engine keeps the state's value, so these inputs change nothing.
+    changes = [
+        c
+        for c in changes
+        if re.split(r"[.\[]", c.path, maxsplit=1)[0] not in after.ignore_changes
+    ]
     changes = [_mark_replacement(after.type, change) for change in changes]
     if before.provider != after.provider:
         summary = f"{_short_urn(before.provider)} -> {_short_urn(after.provider)}"
