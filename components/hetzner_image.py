@@ -29,6 +29,7 @@ import pulumi
 import pulumi_command as command
 
 from components import catalog
+from components.nixos_host import secret_bundle
 from components.scripts import PROJECT_DIR, script_path
 
 FLAKE_LOCK = PROJECT_DIR / "nixos" / "flake.lock"
@@ -97,8 +98,23 @@ class NixosImage(pulumi.ComponentResource):
             "HOST_JSON": args.image_host_json,
             "NIXOS_SOURCE_DIR": "nixos",
         }
+        # Secrets go on stdin (pulumi-command gives create, update and delete the same stdin):
+        # the deploy key for the builder and the token, unless the operator exports
+        # HCLOUD_TOKEN, which the command then inherits.
+        secrets: dict[str, pulumi.Input[str]] = {"deploy": args.deploy_private_key}
         if args.hcloud_token is not None:
-            environment["HCLOUD_TOKEN"] = pulumi.Output.secret(args.hcloud_token)
+            secrets["token"] = args.hcloud_token
+        stdin = pulumi.Output.secret(
+            pulumi.Output.all(**secrets).apply(
+                lambda v: secret_bundle(
+                    {},
+                    {
+                        "@deploy-key": v["deploy"],
+                        **({"@hcloud-token": v["token"]} if "token" in v else {}),
+                    },
+                )
+            )
+        )
         self.build = command.local.Command(
             f"{name}-build",
             create=image_invocation("create"),
@@ -107,7 +123,7 @@ class NixosImage(pulumi.ComponentResource):
             update=image_invocation("keep"),
             delete=image_invocation("delete"),
             environment=environment,
-            stdin=args.deploy_private_key,
+            stdin=stdin,
             triggers=[args.image_key],
             opts=pulumi.ResourceOptions(
                 parent=self,

@@ -42,7 +42,8 @@ def test_servers_labelled_protected_and_spread(prod_plan: Plan) -> None:
     assert server["deleteProtection"] is True and server["rebuildProtection"] is True
     assert isinstance(server["placementGroupId"], int)
     assert all(isinstance(i, int) for i in server["firewallIds"])
-    assert "userData" not in server
+    # hetzner.nixosImage: the host key for the image's first boot, secret (tests/test_hetzner_image.py).
+    assert "userData" in prod_plan["prod-control-2"].secret_paths
 
 
 def test_private_ips_are_fixed_per_host(prod_plan: Plan) -> None:

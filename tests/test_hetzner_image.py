@@ -43,7 +43,9 @@ def test_one_image_per_architecture_with_its_lifecycle(prod_plan: Plan) -> None:
     # A new key deletes the old snapshots first: the builder's name is unique per project.
     assert build.delete_before_replace
     # The token and the deploy key are secrets: in state encrypted, never on a command line.
-    assert env["HCLOUD_TOKEN"] == REDACTED and build.inputs["stdin"] == REDACTED
+    assert "HCLOUD_TOKEN" not in env and build.inputs["stdin"] == REDACTED
+    records = dict(line.split("\t", 1) for line in build.secret_paths["stdin"].splitlines())
+    assert sorted(records) == ["@deploy-key", "@hcloud-token"]
     assert "stderr" in build.additional_secret_outputs
 
 

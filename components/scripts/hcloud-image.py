@@ -9,14 +9,16 @@ library only:
   python3 components/scripts/hcloud-image.py delete   delete this cluster's snapshots of ARCH that
                                                       no server of the project was created from
 Env:
-  HCLOUD_TOKEN     API token (required; from the Pulumi secret or the operator's environment,
-                   never on a command line; never printed)
+  HCLOUD_TOKEN     API token, when stdin has no @hcloud-token record (the operator's own
+                   environment; never on a command line, never printed)
   HCLOUD_ENDPOINT  API base URL (https://api.hetzner.cloud/v1)
   CLUSTER_NAME, ARCH (x86_64|arm64), IMAGE_KEY: labels of the snapshot (required)
   create only: BUILDER_TYPE, LOCATION, STOCK_IMAGE, SSH_KEY_NAME (the deploy key's Hetzner name),
     HOST_NAME, HOST_JSON (the image's base configuration), NIXOS_SOURCE_DIR (nixos);
     INSTALL_SCRIPT (components/scripts/install.sh), POLL_SECONDS (2), POLL_LIMIT (900)
-Stdin (create): the deploy SSH private key; it lives only in a 0600 temp file.
+Stdin: records `<name>\t<mode>\t<base64>` (install.sh's bundle format): `@hcloud-token`, the
+  API token (the Pulumi secret hcloud:token), and `@deploy-key`, the deploy SSH private key the
+  builder is installed with (create only; it lives only in a 0600 temp file).
 create: a snapshot labelled with this IMAGE_KEY that exists already is reused (a re-run after a
   failure half-way). Otherwise a builder server boots STOCK_IMAGE, install.sh puts the image's
   system on it with nixos-anywhere (with a throwaway host key), its host keys and machine id are
@@ -203,7 +205,22 @@ def build_on(api: Api, server: dict[str, Any], work: Path) -> None:
     api.wait("the builder to power off", off)
 
 
-def create(api: Api) -> str:
+def read_stdin() -> dict[str, bytes]:
+    records: dict[str, bytes] = {}
+    for line in sys.stdin.read().splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3 or parts[0] not in ("@hcloud-token", "@deploy-key"):
+            raise BadInput("stdin: want @hcloud-token / @deploy-key records")
+        try:
+            records[parts[0]] = base64.b64decode(parts[2], validate=True)
+        except ValueError:
+            raise BadInput(f"stdin: {parts[0]} is not base64") from None
+    return records
+
+
+def create(api: Api, deploy_key: bytes) -> str:
     cluster, arch, key = env("CLUSTER_NAME"), env("ARCH"), env("IMAGE_KEY")
     for name in ("BUILDER_TYPE", "LOCATION", "STOCK_IMAGE", "SSH_KEY_NAME", "HOST_NAME"):
         env(name)
@@ -219,9 +236,7 @@ def create(api: Api) -> str:
     try:
         deploy = work / "deploy-key"
         deploy.touch(mode=0o600)
-        deploy.write_bytes(sys.stdin.buffer.read())
-        if not deploy.read_bytes().strip():
-            raise BadInput("no deploy private key on stdin")
+        deploy.write_bytes(deploy_key)
         name = env("HOST_NAME")
         for old in api.pages("/servers", "servers", {"name": name}):
             log(f"deleting builder {old['id']} left by an earlier run")
@@ -264,7 +279,7 @@ def create(api: Api) -> str:
     return image_id
 
 
-def keep(api: Api) -> str:
+def keep(api: Api, _: bytes) -> str:
     image_id = os.environ.get("PULUMI_COMMAND_STDOUT", "").strip()
     if not image_id.isdigit():
         raise Failure("no image id from the previous run (PULUMI_COMMAND_STDOUT)")
@@ -274,7 +289,7 @@ def keep(api: Api) -> str:
     return image_id
 
 
-def delete(api: Api) -> str:
+def delete(api: Api, _: bytes) -> str:
     sweep(api, env("CLUSTER_NAME"), env("ARCH"), keep_key=None)
     return ""
 
@@ -286,13 +301,18 @@ def main(argv: list[str]) -> int:
             raise BadInput(f"usage: {PROG} create|keep|delete")
         if env("ARCH") not in ARCHES:
             raise BadInput(f"ARCH must be one of {', '.join(ARCHES)}: {os.environ['ARCH']}")
+        records = read_stdin()
+        token = records.get("@hcloud-token", b"").decode().strip() or env("HCLOUD_TOKEN")
+        deploy_key = records.get("@deploy-key", b"")
+        if argv[0] == "create" and not deploy_key.strip():
+            raise BadInput("stdin has no @deploy-key record")
         api = Api(
             os.environ.get("HCLOUD_ENDPOINT") or "https://api.hetzner.cloud/v1",
-            env("HCLOUD_TOKEN"),
+            token,
             float(os.environ.get("POLL_SECONDS") or 2),
             int(os.environ.get("POLL_LIMIT") or 900),
         )
-        out = actions[argv[0]](api)
+        out = actions[argv[0]](api, deploy_key)
     except BadInput as exc:
         log(str(exc))
         return 2
