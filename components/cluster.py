@@ -281,7 +281,8 @@ class Cluster(pulumi.ComponentResource):
             image_json: dict[catalog.Arch, pulumi.Output[str]] = {}
             user_data: dict[str, pulumi.Output[str]] = {}
             if cfg.hetzner.nixos_image:
-                for arch in sorted({h.arch for h in hosts}):
+                arches: list[catalog.Arch] = sorted({h.arch for h in hosts})
+                for arch in arches:
                     image_json[arch] = deploy_public.apply(
                         lambda key, a=arch: hostspec.host_json(
                             render.image_spec(cfg, a, [key, *cfg.ssh_keys])

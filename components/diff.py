@@ -312,9 +312,7 @@ def _compare_resource(
     changes = _value_changes(before.inputs, after.inputs, *fingerprints, host_texts)
     # ignore_changes: the engine keeps the state's value, so these inputs change nothing.
     changes = [
-        c
-        for c in changes
-        if re.split(r"[.\[]", c.path, maxsplit=1)[0] not in after.ignore_changes
+        c for c in changes if re.split(r"[.\[]", c.path, maxsplit=1)[0] not in after.ignore_changes
     ]
     changes = [_mark_replacement(after.type, change) for change in changes]
     if before.provider != after.provider:

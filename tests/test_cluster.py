@@ -42,7 +42,7 @@ def test_servers_labelled_protected_and_spread(prod_plan: Plan) -> None:
     assert server["deleteProtection"] is True and server["rebuildProtection"] is True
     assert isinstance(server["placementGroupId"], int)
     assert all(isinstance(i, int) for i in server["firewallIds"])
-    # hetzner.nixosImage: the host key for the image's first boot, secret (tests/test_hetzner_image.py).
+    # hetzner.nixosImage: the host key for the image's first boot, a secret.
     assert "userData" in prod_plan["prod-control-2"].secret_paths
 
 

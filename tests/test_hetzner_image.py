@@ -130,9 +130,7 @@ def test_new_base_replaces_the_image_not_the_servers(before: diff.Plan, tmp_path
     assert not [c for c in changes if c.type == "hcloud:index/server:Server"]
 
 
-def test_switching_to_the_stock_image_replaces_no_server(
-    before: diff.Plan, tmp_path: Path
-) -> None:
+def test_switching_to_the_stock_image_replaces_no_server(before: diff.Plan, tmp_path: Path) -> None:
     data = stack_data("prod")
     data["hetzner"] = {**data["hetzner"], "nixosImage": False}
     changes = diff.diff_plans(before, write_plan(tmp_path, "stock", data)).resources

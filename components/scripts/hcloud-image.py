@@ -190,10 +190,12 @@ def build_on(api: Api, server: dict[str, Any], work: Path) -> None:
         raise Failure(f"install.sh failed on the builder (exit {installed.returncode})")
     ssh = ssh_base(work, f"nixos-k3s-image {public[0]} {public[1]}")
     port = os.environ.get("TARGET_PORT", "22")
-    # Every server made from the image gets its own host key (user data) and machine id.
+    # Every server made from the image gets its own host key (from its user data) and its own
+    # machine id (systemd makes one at the first boot when the file is empty). NIXOS_K3S_ROOT
+    # is unset on a real builder (the tests point it into their fake host).
     clean = (
-        "rm -f /etc/ssh/ssh_host_* && : > /etc/machine-id && rm -rf /var/lib/nixos-k3s/secrets"
-        " && sync && (sleep 1; systemctl poweroff) >/dev/null 2>&1 &"
+        'r=${NIXOS_K3S_ROOT:-}; rm -f "$r"/etc/ssh/ssh_host_* && : >"$r"/etc/machine-id'
+        ' && rm -rf "$r"/var/lib/nixos-k3s/secrets && sync && systemctl poweroff --no-block'
     )
     done = subprocess.run([*ssh, "-p", port, f"root@{address}", clean], stdin=subprocess.DEVNULL)
     if done.returncode != 0:

@@ -91,6 +91,8 @@ class SshServer:
             "NIXOS_K3S_CURRENT_SYSTEM": str(self.host / "run/current-system"),
             "NIXOS_K3S_SYSTEM_PROFILE": str(self.host / "nix/var/nix/profiles/system"),
             "K3S_KUBECONFIG": str(self.host / "etc/rancher/k3s/k3s.yaml"),
+            # hcloud-image.py's clean step on the image builder.
+            "NIXOS_K3S_ROOT": str(self.host),
         }
 
     def ssh(
