@@ -31,6 +31,8 @@ class Scenario:
     plain_cap: int = shapes.PLAIN_AGENT_CAP
     stack_file: str | None = None  # a project stack file instead of a generated shape
     default_parallel: bool = False
+    # The Hetzner NixOS image exists already (built by an earlier deploy of the same pin).
+    image_ready: bool = False
 
     def config_file(self, work: Path) -> Path:
         if self.stack_file is not None:
@@ -54,6 +56,34 @@ SCENARIOS = (
         plain_cap=50,
         default_parallel=True,
     ),
+    Scenario(
+        "hetzner-3+3-image",
+        "hetzner 3+3, image exists",
+        ANCHOR_HA3,
+        5,
+        nodes=6,
+        servers=3,
+        image_ready=True,
+    ),
+    Scenario(
+        "hetzner-3+50-image",
+        "hetzner 3+50, image exists",
+        ANCHOR_500,
+        8,
+        nodes=53,
+        servers=3,
+        plain_cap=50,
+        image_ready=True,
+    ),
+    Scenario(
+        "hetzner-5+200-image",
+        "hetzner 5+200, image exists",
+        ANCHOR_500,
+        12,
+        nodes=205,
+        servers=5,
+        image_ready=True,
+    ),
 )
 
 
@@ -71,7 +101,7 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
             plans[key] = runner.load_plan(out)
         plan = plans[key]
         parallel = table.cli_default if sc.default_parallel else table.parallel
-        modelled = deploy_model.model(plan, table, parallel)
+        modelled = deploy_model.model(plan, table, parallel, image_ready=sc.image_ready)
         hosts = len(deploy_model.host_roles(plan))
         results.append(
             {

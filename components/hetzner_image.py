@@ -115,8 +115,8 @@ class NixosImage(pulumi.ComponentResource):
                 )
             )
         )
-        self.build = command.local.Command(
-            f"{name}-build",
+        self.snapshot = command.local.Command(
+            f"{name}-snapshot",
             create=image_invocation("create"),
             # Inputs that do not change the image (the location, a rotated token) only check
             # that the snapshot still exists and print its id again.
@@ -131,5 +131,5 @@ class NixosImage(pulumi.ComponentResource):
                 additional_secret_outputs=["stderr"],
             ),
         )
-        self.image_id = self.build.stdout.apply(lambda out: out.strip())
+        self.image_id = self.snapshot.stdout.apply(lambda out: out.strip())
         self.register_outputs({"imageId": self.image_id})

@@ -20,7 +20,7 @@ from components.config import parse_cluster
 from components.mocks import REDACTED
 from tests.conftest import Plan, run_plan, stack_data
 
-IMAGE_BUILD = "prod-hetzner-image-x86-64-build"
+IMAGE_BUILD = "prod-hetzner-image-x86-64-snapshot"
 SERVERS = [f"prod-control-{i}" for i in (1, 2, 3)] + [f"prod-workers-{i}" for i in (1, 2)]
 
 

@@ -39,7 +39,7 @@ def test_kubeconfig_waits_only_for_the_bootstrap_server(prod: dict[str, Any]) ->
     paths = graph.critical_paths(prod)
     assert paths.kubeconfig.names == (
         # hetzner.nixosImage (the default): the image comes first, then only the push.
-        "prod-hetzner-image-x86-64-build",
+        "prod-hetzner-image-x86-64-snapshot",
         "prod-control-1-install",
         "prod-control-1-build",
         "prod-control-1-push",
