@@ -16,7 +16,7 @@
 #   (rolled back); 5 health check failed (rolled back when pending); 6 nothing pending to confirm
 #   (the rollback timer already fired, or activate never ran).
 # Layout: $STATE/releases/<id>/{flake/,result}, $STATE/pending (armed, unconfirmed activation),
-#   $STATE/activated (id of the pending release once `nixos-rebuild test` succeeded),
+#   $STATE/activated (id of the pending release once `switch-to-configuration test` succeeded),
 #   $STATE/current-release, $STATE/deploy.log, $STATE/host-activate.sh (copy the timer runs).
 # k3s hold: the install puts the final system on the disk with k3s.service held back
 #   (ConditionPathExists=$STATE/k3s-released, nixos/modules/k3s.nix) until the first activation
@@ -354,7 +354,9 @@ deadline=$(($(date +%s) + 10#$timeout))"
   }
   release_k3s "$id"
   say "activating $built (rollback to $previous in ${timeout}s unless confirmed)"
-  if ! (cd "$dir" && run_logged nixos-rebuild test --no-reexec --flake "$(flake_ref "$id" "$name")"); then
+  # The built system itself, as `nixos-rebuild test` would run it, without evaluating the
+  # flake again (the build step did; its result is this release's system).
+  if ! run_logged "$built/bin/switch-to-configuration" test; then
     rollback_pending || true
     die 4 "activation of release $id failed; rolled back to $previous"
   fi
@@ -434,7 +436,12 @@ cmd_confirm() {
   if [[ $(pending_get release) != "$id" || $(resolve "$CURRENT_SYSTEM") != "$built" ]]; then
     die 6 "the rollback timer fired before release $id was confirmed"
   fi
-  if ! (cd "$RELEASES/$id" && run_logged nixos-rebuild switch --no-reexec --flake "$(flake_ref "$id" "$name")"); then
+  # Persist: what `nixos-rebuild switch` does after its evaluation and build (profile, then
+  # switch-to-configuration), with `boot`, because `test` activated this system already.
+  if ! {
+    run_logged nix-env --profile "$SYSTEM_PROFILE" --set "$built" &&
+      run_logged "$built/bin/switch-to-configuration" boot
+  }; then
     restore_boot_profile
     rollback_pending || true
     die 1 "persisting release $id to the boot profile failed; rolled back to the previous generation"
