@@ -33,11 +33,15 @@ class Scenario:
     default_parallel: bool = False
     # The Hetzner NixOS image exists already (built by an earlier deploy of the same pin).
     image_ready: bool = False
+    # hetzner.nixosImage: false, every server installs NixOS with nixos-anywhere.
+    stock_install: bool = False
 
     def config_file(self, work: Path) -> Path:
         if self.stack_file is not None:
             return runner.PROJECT_DIR / self.stack_file
         cluster = shapes.cluster_config(self.nodes, self.servers, self.plain_cap)
+        if self.stock_install:
+            cluster["hetzner"] = {**cluster.get("hetzner", {}), "nixosImage": False}
         return runner.write_stack(cluster, work / f"deploy-{self.key}.yaml")
 
 
@@ -84,6 +88,16 @@ SCENARIOS = (
         servers=5,
         image_ready=True,
     ),
+    Scenario(
+        "hetzner-3+50-stock",
+        "hetzner 3+50, stock image + install",
+        ANCHOR_500,
+        None,
+        nodes=53,
+        servers=3,
+        plain_cap=50,
+        stock_install=True,
+    ),
 )
 
 
@@ -91,10 +105,10 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
     """Plan every scenario (fresh process each) and model its first deploy."""
     table = table or deploy_model.load_steps()
     work.mkdir(parents=True, exist_ok=True)
-    plans: dict[tuple[int, int | None, int, str | None], dict[str, Any]] = {}
+    plans: dict[tuple[int, int | None, int, str | None, bool], dict[str, Any]] = {}
     results = []
     for sc in SCENARIOS:
-        key = (sc.nodes, sc.servers, sc.plain_cap, sc.stack_file)
+        key = (sc.nodes, sc.servers, sc.plain_cap, sc.stack_file, sc.stock_install)
         if key not in plans:
             out = work / f"deploy-plan-{sc.key}"
             runner.plan_once(sc.config_file(work), out)
