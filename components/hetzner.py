@@ -189,6 +189,7 @@ class HetznerMachines(pulumi.ComponentResource):
                         image_host_json=text,
                         image_key=text.apply(lambda t, a=arch: image_key(a, t)),
                         ssh_key_name=deploy_key.name,
+                        firewall_id=firewall.id,
                         deploy_private_key=args.deploy_private_key,
                         hcloud_token=args.hcloud_token,
                     ),

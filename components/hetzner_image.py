@@ -75,6 +75,7 @@ class NixosImageArgs:
     image_host_json: pulumi.Input[str]
     image_key: pulumi.Input[str]
     ssh_key_name: pulumi.Input[str]
+    firewall_id: pulumi.Input[str]  # the builder gets the cluster's firewall
     deploy_private_key: pulumi.Output[str]  # marked secret
     hcloud_token: pulumi.Output[str] | None  # marked secret; None: the operator's HCLOUD_TOKEN
 
@@ -94,6 +95,7 @@ class NixosImage(pulumi.ComponentResource):
             "LOCATION": args.location,
             "STOCK_IMAGE": args.stock_image,
             "SSH_KEY_NAME": args.ssh_key_name,
+            "FIREWALL_ID": args.firewall_id,
             "HOST_NAME": args.image_host_name,
             "HOST_JSON": args.image_host_json,
             "NIXOS_SOURCE_DIR": "nixos",

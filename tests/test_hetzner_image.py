@@ -35,6 +35,8 @@ def test_one_image_per_architecture_with_its_lifecycle(prod_plan: Plan) -> None:
     # The key is the pin (flake.lock), the architecture and the base configuration.
     assert build.inputs["triggers"] == [hetzner_image.image_key("x86_64", env["HOST_JSON"])]
     assert env["IMAGE_KEY"] == build.inputs["triggers"][0]
+    firewall = next(r for r in prod_plan.of_type("hcloud:index/firewall:Firewall"))
+    assert firewall.urn in build.depends_on  # the builder gets the cluster's firewall
     assert (env["ARCH"], env["BUILDER_TYPE"], env["HOST_NAME"]) == (
         "x86_64",
         "cpx12",

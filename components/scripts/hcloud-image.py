@@ -14,6 +14,7 @@ Env:
   HCLOUD_ENDPOINT  API base URL (https://api.hetzner.cloud/v1)
   CLUSTER_NAME, ARCH (x86_64|arm64), IMAGE_KEY: labels of the snapshot (required)
   create only: BUILDER_TYPE, LOCATION, STOCK_IMAGE, SSH_KEY_NAME (the deploy key's Hetzner name),
+    FIREWALL_ID (the cluster's firewall: SSH only from its admin sources; optional),
     HOST_NAME, HOST_JSON (the image's base configuration), NIXOS_SOURCE_DIR (nixos);
     INSTALL_SCRIPT (components/scripts/install.sh), POLL_SECONDS (2), POLL_LIMIT (900)
 Stdin: records `<name>\t<mode>\t<base64>` (install.sh's bundle format): `@hcloud-token`, the
@@ -222,6 +223,15 @@ def read_stdin() -> dict[str, bytes]:
     return records
 
 
+def firewalls() -> dict[str, Any]:
+    value = os.environ.get("FIREWALL_ID", "")
+    if not value:
+        return {}
+    if not value.isdigit():
+        raise BadInput(f"FIREWALL_ID must be a numeric id: {value}")
+    return {"firewalls": [{"firewall": int(value)}]}
+
+
 def create(api: Api, deploy_key: bytes) -> str:
     cluster, arch, key = env("CLUSTER_NAME"), env("ARCH"), env("IMAGE_KEY")
     for name in ("BUILDER_TYPE", "LOCATION", "STOCK_IMAGE", "SSH_KEY_NAME", "HOST_NAME"):
@@ -255,6 +265,7 @@ def create(api: Api, deploy_key: bytes) -> str:
                 "labels": {**MANAGED, "cluster": cluster, "nixos-k3s-role": "image-builder"},
                 "public_net": {"enable_ipv4": True, "enable_ipv6": False},
                 "start_after_create": True,
+                **firewalls(),
             },
         )
         server_id = reply["server"]["id"]

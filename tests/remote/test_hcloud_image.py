@@ -163,6 +163,7 @@ def image_env(host: FakeHost, endpoint: str, source: Path, **extra: str) -> dict
         "LOCATION": "nbg1",
         "STOCK_IMAGE": "ubuntu-24.04",
         "SSH_KEY_NAME": "drill-deploy",
+        "FIREWALL_ID": "4711",
         "HOST_NAME": "drill-image-x86-64",
         "HOST_JSON": json.dumps({"name": "drill-image-x86-64"}),
         "NIXOS_SOURCE_DIR": str(source),
@@ -247,6 +248,7 @@ def test_create_builds_snapshots_and_deletes_the_builder(
             },
             "public_net": {"enable_ipv4": True, "enable_ipv6": False},
             "start_after_create": True,
+            "firewalls": [{"firewall": 4711}],
         }
     ]
     assert fake.servers == {}
