@@ -31,11 +31,17 @@ class Scenario:
     plain_cap: int = shapes.PLAIN_AGENT_CAP
     stack_file: str | None = None  # a project stack file instead of a generated shape
     default_parallel: bool = False
+    # The Hetzner NixOS image exists already (built by an earlier deploy of the same pin).
+    image_ready: bool = False
+    # hetzner.nixosImage: false, every server installs NixOS with nixos-anywhere.
+    stock_install: bool = False
 
     def config_file(self, work: Path) -> Path:
         if self.stack_file is not None:
             return runner.PROJECT_DIR / self.stack_file
         cluster = shapes.cluster_config(self.nodes, self.servers, self.plain_cap)
+        if self.stock_install:
+            cluster["hetzner"] = {**cluster.get("hetzner", {}), "nixosImage": False}
         return runner.write_stack(cluster, work / f"deploy-{self.key}.yaml")
 
 
@@ -54,6 +60,44 @@ SCENARIOS = (
         plain_cap=50,
         default_parallel=True,
     ),
+    Scenario(
+        "hetzner-3+3-image",
+        "hetzner 3+3, image exists",
+        ANCHOR_HA3,
+        5,
+        nodes=6,
+        servers=3,
+        image_ready=True,
+    ),
+    Scenario(
+        "hetzner-3+50-image",
+        "hetzner 3+50, image exists",
+        ANCHOR_500,
+        8,
+        nodes=53,
+        servers=3,
+        plain_cap=50,
+        image_ready=True,
+    ),
+    Scenario(
+        "hetzner-5+200-image",
+        "hetzner 5+200, image exists",
+        ANCHOR_500,
+        12,
+        nodes=205,
+        servers=5,
+        image_ready=True,
+    ),
+    Scenario(
+        "hetzner-3+50-stock",
+        "hetzner 3+50, stock image + install",
+        ANCHOR_500,
+        None,
+        nodes=53,
+        servers=3,
+        plain_cap=50,
+        stock_install=True,
+    ),
 )
 
 
@@ -61,17 +105,17 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
     """Plan every scenario (fresh process each) and model its first deploy."""
     table = table or deploy_model.load_steps()
     work.mkdir(parents=True, exist_ok=True)
-    plans: dict[tuple[int, int | None, int, str | None], dict[str, Any]] = {}
+    plans: dict[tuple[int, int | None, int, str | None, bool], dict[str, Any]] = {}
     results = []
     for sc in SCENARIOS:
-        key = (sc.nodes, sc.servers, sc.plain_cap, sc.stack_file)
+        key = (sc.nodes, sc.servers, sc.plain_cap, sc.stack_file, sc.stock_install)
         if key not in plans:
             out = work / f"deploy-plan-{sc.key}"
             runner.plan_once(sc.config_file(work), out)
             plans[key] = runner.load_plan(out)
         plan = plans[key]
         parallel = table.cli_default if sc.default_parallel else table.parallel
-        modelled = deploy_model.model(plan, table, parallel)
+        modelled = deploy_model.model(plan, table, parallel, image_ready=sc.image_ready)
         hosts = len(deploy_model.host_roles(plan))
         results.append(
             {

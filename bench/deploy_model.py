@@ -25,6 +25,9 @@ import yaml
 from bench import graph
 
 STEPS_FILE = Path(__file__).with_name("deploy_steps.yaml")
+# The step that makes the Hetzner NixOS image: zero time in a scenario whose image exists.
+IMAGE_STEP = "nixos image"
+IMAGE_COMPONENT = "nixos-k3s:hetzner:NixosImage"
 ROLES = ("bootstrap", "server", "agent", "container")
 BOUNDS = ("low", "high")
 
@@ -41,12 +44,15 @@ class Rule:
     role: str | None
     seconds: tuple[float, float]
     source: str
+    # True/False: only in plans with/without the Hetzner NixOS image; None: either.
+    nixos_image: bool | None = None
 
-    def matches(self, res: Mapping[str, Any], role: str | None) -> bool:
+    def matches(self, res: Mapping[str, Any], role: str | None, nixos_image: bool) -> bool:
         return (
             res["type"].startswith(self.type)
             and res["name"].endswith(self.suffix)
             and (self.role is None or self.role == role)
+            and (self.nixos_image is None or self.nixos_image == nixos_image)
         )
 
 
@@ -61,7 +67,7 @@ def _rule(index: int, entry: Any) -> Rule:
     where = f"steps[{index}]"
     if not isinstance(entry, Mapping):
         raise StepTableError(f"{where}: a rule is a mapping")
-    unknown = set(entry) - {"step", "type", "suffix", "role", "seconds", "source"}
+    unknown = set(entry) - {"step", "type", "suffix", "role", "seconds", "source", "nixosImage"}
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
     seconds = entry.get("seconds")
@@ -82,7 +88,11 @@ def _rule(index: int, entry: Any) -> Rule:
     if not str(entry.get("step", "")).strip():
         raise StepTableError(f"{where}.step: required (a short name for the step)")
     suffix = str(entry.get("suffix", ""))
+    image = entry.get("nixosImage")
+    if image is not None and not isinstance(image, bool):
+        raise StepTableError(f"{where}.nixosImage: true, false or absent; got {image!r}")
     return Rule(
+        nixos_image=image,
         step=str(entry["step"]),
         type=str(entry["type"]),
         suffix=suffix,
@@ -113,6 +123,8 @@ def host_roles(plan: Mapping[str, Any]) -> dict[str, str]:
         env = res.get("inputs", {}).get("environment")
         if not isinstance(env, Mapping) or "HOST_JSON" not in env or "HOST_NAME" not in env:
             continue
+        if "IMAGE_KEY" in env:  # the NixOS image's builder, not a host of the cluster
+            continue
         k3s = json.loads(env["HOST_JSON"]).get("k3s", {})
         roles[env["HOST_NAME"]] = "bootstrap" if k3s.get("clusterInit") else k3s.get("role", "")
     return roles
@@ -137,12 +149,17 @@ class Timed:
     seconds: tuple[float, float]
 
 
+def uses_nixos_image(plan: Mapping[str, Any]) -> bool:
+    return any(res["type"] == IMAGE_COMPONENT for res in plan["resources"])
+
+
 def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Timed]:
     roles = host_roles(plan)
+    image = uses_nixos_image(plan)
     out: dict[str, Timed] = {}
     for res in plan["resources"]:
         role = resource_role(res["name"], roles)
-        rule = next((r for r in table.rules if r.matches(res, role)), None)
+        rule = next((r for r in table.rules if r.matches(res, role, image)), None)
         if rule is None:
             raise StepTableError(
                 f"no step in {STEPS_FILE.name} for {res['type']} {res['name']!r}"
@@ -238,8 +255,17 @@ def _critical_path(
     return list(reversed(path))
 
 
-def model(plan: Mapping[str, Any], table: StepTable, parallel: int | None = None) -> dict[str, Any]:
-    """Minutes to the kubeconfig and to all nodes Ready, low and high, with critical paths."""
+def model(
+    plan: Mapping[str, Any],
+    table: StepTable,
+    parallel: int | None = None,
+    image_ready: bool = False,
+) -> dict[str, Any]:
+    """Minutes to the kubeconfig and to all nodes Ready, low and high, with critical paths.
+
+    image_ready: the Hetzner NixOS image exists already (a scale-up, a replacement, a deploy
+    after the first): its step takes no time.
+    """
     parallel = table.parallel if parallel is None else parallel
     deploy = graph.DeployGraph(plan)
     timed = timed_resources(plan, table)
@@ -252,7 +278,10 @@ def model(plan: Mapping[str, Any], table: StepTable, parallel: int | None = None
         raise ValueError("plan has no -kubeconfig or -nodes-ready command")
     result: dict[str, Any] = {"parallel": parallel}
     for index, bound in enumerate(BOUNDS):
-        durations = {urn: t.seconds[index] for urn, t in timed.items()}
+        durations = {
+            urn: 0.0 if image_ready and t.step == IMAGE_STEP else t.seconds[index]
+            for urn, t in timed.items()
+        }
         slots = schedule(deps, durations, parallel)
         peak = _peak_concurrency(slots)
         entry: dict[str, Any] = {"peakRunning": peak}

@@ -208,3 +208,6 @@ VOLUME_PRICE_PER_GB = "0.0572"
 VOLUME_PRICE_CONFIRMED = True
 PRIMARY_IPV4_PRICE = "0.50"
 PRIMARY_IPV4_PRICE_CONFIRMED = False
+# The server type a NixOS image is built on: the smallest disk (40 GB) of each architecture, so
+# its snapshot fits every server type (a snapshot needs a disk at least as large as its source).
+IMAGE_BUILDER_TYPES: dict[Arch, str] = {"x86_64": "cpx12", "arm64": "cax11"}

@@ -15,7 +15,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components import config, hcloud_addons, hostspec, inventory, k3s, render
+from components import catalog, config, hcloud_addons, hostspec, inventory, k3s, render
 from components.colima import ColimaMachine, ColimaMachineArgs
 from components.config import ClusterConfig, EtcdS3Credentials
 from components.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
@@ -32,6 +32,7 @@ from components.nixos_host import (
     connection,
 )
 from components.scripts import local_invocation
+from components.userdata import host_key_user_data
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class MachineView:
     wake: WakeCommand | None = None
     # The host key the machine answers with before NixOS is installed (stock image, installer).
     stock_host_key: pulumi.Input[str] | None = None
+    from_image: bool = False
 
     def spec(
         self, extra: Sequence[pulumi.Input[Any]], render_spec: Callable[..., HostSpec]
@@ -121,7 +123,7 @@ class Cluster(pulumi.ComponentResource):
         }
         deploy_public = deploy_key.public_openssh
         self._hetzner: HetznerMachines | None = None
-        machines = self._machines(name, cfg, hosts, deploy_public, child)
+        machines = self._machines(name, cfg, hosts, deploy_key, host_keys, child)
         lb = self._hetzner.api_load_balancer if self._hetzner else None
         # The servers' certificates also name the API load balancer's addresses.
         lb_sans: list[pulumi.Input[str]] = (
@@ -202,6 +204,7 @@ class Cluster(pulumi.ComponentResource):
                     wake=machine.wake,
                     stock_host_key=machine.stock_host_key,
                     roll=roll_args(roll_after),
+                    from_image=machine.from_image,
                 ),
                 opts=child,
             )
@@ -367,27 +370,59 @@ class Cluster(pulumi.ComponentResource):
         name: str,
         cfg: ClusterConfig,
         hosts: list[Host],
-        deploy_public: pulumi.Output[str],
+        deploy_key: DeployKey,
+        host_keys: dict[str, HostKey],
         child: pulumi.ResourceOptions,
     ) -> dict[str, MachineView]:
+        deploy_public = deploy_key.public_openssh
         if cfg.provider == "hetzner":
-            # A throwaway host key per server for the stock image (cloud-init user data, which
-            # Hetzner's API stores): distinct from the NixOS host key, which only travels over a
-            # connection pinned to this one.
-            stock_keys = {
-                h.name: tls.PrivateKey(f"{h.name}-stock-host-key", algorithm="ED25519", opts=child)
-                for h in hosts
-            }
+            # Each server's user data carries the host key its first SSH contact pins
+            # (cloud-config `ssh_keys`; Hetzner's API stores it). Booting the NixOS image, that is
+            # the host's own NixOS key (nixos/modules/hetzner-host-key.nix installs it). On the
+            # stock image it is a throwaway key, distinct from the NixOS host key, which only
+            # travels over a connection pinned to this one.
+            image_json: dict[catalog.Arch, pulumi.Output[str]] = {}
+            stock_keys: dict[str, tls.PrivateKey] = {}
+            first_contact: dict[str, tuple[pulumi.Output[str], pulumi.Output[str]]] = {}
+            if cfg.hetzner.nixos_image:
+                arches: list[catalog.Arch] = sorted({h.arch for h in hosts})
+                for arch in arches:
+                    image_json[arch] = deploy_public.apply(
+                        lambda key, a=arch: hostspec.host_json(
+                            render.image_spec(cfg, a, [key, *cfg.ssh_keys])
+                        )
+                    )
+                first_contact = {
+                    h.name: (host_keys[h.name].private_openssh, host_keys[h.name].public_openssh)
+                    for h in hosts
+                }
+            else:
+                stock_keys = {
+                    h.name: tls.PrivateKey(
+                        f"{h.name}-stock-host-key", algorithm="ED25519", opts=child
+                    )
+                    for h in hosts
+                }
+                first_contact = {
+                    n: (k.private_key_openssh, k.public_key_openssh) for n, k in stock_keys.items()
+                }
             hetzner = self._hetzner = HetznerMachines(
                 f"{name}-hetzner",
                 HetznerMachinesArgs(
                     config=cfg,
                     hosts=hosts,
                     deploy_public_key=deploy_public,
-                    stock_host_keys={
-                        n: (pulumi.Output.secret(k.private_key_openssh), k.public_key_openssh)
-                        for n, k in stock_keys.items()
+                    user_data={
+                        n: pulumi.Output.secret(
+                            pulumi.Output.all(private, public).apply(
+                                lambda keys: host_key_user_data(keys[0], keys[1])
+                            )
+                        )
+                        for n, (private, public) in first_contact.items()
                     },
+                    image_host_json=image_json,
+                    deploy_private_key=deploy_key.private_openssh,
+                    hcloud_token=pulumi.Config("hcloud").get_secret("token"),
                 ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
@@ -413,7 +448,12 @@ class Cluster(pulumi.ComponentResource):
                         public_ipv6=(v[2] or None) if len(v) > 2 else None,
                     ),
                     private_ipv4=private_ip,
-                    stock_host_key=stock_keys[host.name].public_key_openssh.apply(str.strip),
+                    stock_host_key=(
+                        stock_keys[host.name].public_key_openssh.apply(str.strip)
+                        if host.name in stock_keys
+                        else None
+                    ),
+                    from_image=host.arch in hetzner.images,
                 )
             return views
         views = {}

@@ -510,6 +510,13 @@ class HetznerConfig(Model):
         description="reclaimPolicy of the default StorageClass: Delete removes a Hetzner "
         "Volume with its PersistentVolume; Retain keeps it (and its cost) until deleted by hand.",
     )
+    nixos_image: bool = Field(
+        default=True,
+        description="Boot new servers from a NixOS snapshot the program makes once per nixpkgs "
+        "pin, architecture and base configuration (no kexec install: fast scale-ups and "
+        "replacements). false: every server boots `image` and nixos-anywhere installs NixOS. "
+        "Switching either way never replaces running servers.",
+    )
 
 
 class ColimaConfig(Model):

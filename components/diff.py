@@ -84,6 +84,7 @@ class Resource:
     provider: str | None
     parent: str | None = None
     depends_on: tuple[str, ...] = ()
+    ignore_changes: frozenset[str] = frozenset()  # top-level inputs kept from the state
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ def _load_resources(value: Any, where: str) -> Mapping[str, Resource]:
             provider=provider,
             parent=parent,
             depends_on=tuple(depends_on),
+            ignore_changes=frozenset(item.get("ignoreChanges") or ()),
         )
     return resources
 
@@ -392,6 +394,10 @@ def _compare_resource(
     host_texts: HostTexts,
 ) -> ResourceChange | None:
     changes = _value_changes(before.inputs, after.inputs, *fingerprints, host_texts)
+    # ignore_changes: the engine keeps the state's value, so these inputs change nothing.
+    changes = [
+        c for c in changes if re.split(r"[.\[]", c.path, maxsplit=1)[0] not in after.ignore_changes
+    ]
     changes = [_mark_replacement(after.type, change) for change in changes]
     if before.provider != after.provider:
         summary = f"{_short_urn(before.provider)} -> {_short_urn(after.provider)}"

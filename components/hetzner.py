@@ -10,6 +10,7 @@ import pulumi_hcloud as hcloud
 
 from components import catalog
 from components.config import ClusterConfig, load_balancer_private_ip, uses_load_balancer
+from components.hetzner_image import NixosImage, NixosImageArgs, image_key
 from components.inventory import Host, container_block
 from components.render import API_PORT
 
@@ -19,10 +20,15 @@ class HetznerMachinesArgs:
     config: ClusterConfig
     hosts: list[Host]
     deploy_public_key: pulumi.Input[str]
-    # host name -> (private, public) OpenSSH halves of the stock image's throwaway host key.
-    stock_host_keys: Mapping[str, tuple[pulumi.Output[str], pulumi.Output[str]]] = field(
-        default_factory=dict
-    )
+    # host name -> cloud-init user data with the host key the first SSH contact pins
+    # (userdata.host_key_user_data: the stock image's throwaway key, or the NixOS key with the
+    # image).
+    user_data: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    # hetzner.nixosImage: the image's base configuration per architecture (host JSON text), the
+    # deploy key the builder is installed with and the token (None: the operator's HCLOUD_TOKEN).
+    image_host_json: Mapping[catalog.Arch, pulumi.Output[str]] = field(default_factory=dict)
+    deploy_private_key: pulumi.Output[str] | None = None
+    hcloud_token: pulumi.Output[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,28 +100,6 @@ def firewall_rules(cfg: ClusterConfig) -> list[hcloud.FirewallRuleArgs]:
         for rule in fw.extra_rules
     ]
     return rules
-
-
-def stock_host_key_user_data(private_openssh: str, public_openssh: str) -> str:
-    """cloud-init user data that gives the stock image a known ed25519 host key (cc_ssh:
-    `ssh_deletekeys` drops the image's own keys, `ssh_keys` writes ours and no other is made), so
-    the install's first SSH contact already pins a key. The kexec installer nixos-anywhere boots
-    keeps the stock image's host keys, so the same key pins both phases.
-
-    Built only from the state-held key: the same key gives the same bytes (a change would
-    replace the server)."""
-    public = public_openssh.strip()
-    if "\n" in public or not public.startswith("ssh-ed25519 "):
-        raise ValueError("the stock host key must be one 'ssh-ed25519 ...' line")
-    private = "".join(f"    {line}\n" for line in private_openssh.strip().splitlines())
-    return (
-        "#cloud-config\n"
-        "ssh_deletekeys: true\n"
-        "ssh_keys:\n"
-        "  ed25519_private: |\n"
-        f"{private}"
-        f"  ed25519_public: {public}\n"
-    )
 
 
 def spread_groups(hosts: list[Host]) -> dict[str, list[Host]]:
@@ -203,24 +187,41 @@ class HetznerMachines(pulumi.ComponentResource):
         }
         firewall_ids = [firewall.id.apply(int)]
 
+        self.images: dict[str, NixosImage] = {}
+        if cfg.hetzner.nixos_image:
+            assert args.deploy_private_key is not None
+            for arch, text in sorted(args.image_host_json.items()):
+                first = next(h for h in args.hosts if h.arch == arch)
+                assert first.location is not None
+                self.images[arch] = NixosImage(
+                    f"{name}-image-{arch.replace('_', '-')}",
+                    NixosImageArgs(
+                        cluster_name=cfg.name,
+                        arch=arch,
+                        location=first.location,
+                        stock_image=cfg.hetzner.image,
+                        image_host_name=f"{cfg.name}-image-{arch.replace('_', '-')}",
+                        image_host_json=text,
+                        image_key=text.apply(lambda t, a=arch: image_key(a, t)),
+                        ssh_key_name=deploy_key.name,
+                        firewall_id=firewall.id,
+                        deploy_private_key=args.deploy_private_key,
+                        hcloud_token=args.hcloud_token,
+                    ),
+                    opts=child,
+                )
+
         self.machines = {}
         for host in args.hosts:
             assert host.private_ip is not None and host.location is not None
-            stock_key = args.stock_host_keys.get(host.name)
-            user_data = (
-                None
-                if stock_key is None
-                else pulumi.Output.secret(
-                    pulumi.Output.all(*stock_key).apply(
-                        lambda keys: stock_host_key_user_data(keys[0], keys[1])
-                    )
-                )
-            )
             server = hcloud.Server(
                 host.name,
                 name=host.name,
                 server_type=host.pool.server_type,
-                image=cfg.hetzner.image,
+                image=self.images[host.arch].image_id
+                if host.arch in self.images
+                else cfg.hetzner.image,
+                user_data=args.user_data.get(host.name),
                 location=host.location,
                 ssh_keys=[deploy_key.id],
                 firewall_ids=firewall_ids,
@@ -231,11 +232,16 @@ class HetznerMachines(pulumi.ComponentResource):
                 ],
                 delete_protection=protect,
                 rebuild_protection=protect,
-                user_data=user_data,
-                # Server names are unique in a Hetzner project: a replacement (new location or
-                # image) must delete the old server before creating the new one.
+                # Server names are unique in a Hetzner project: a replacement (e.g. a new
+                # location) must delete the old server before creating the new one. The image
+                # and user data only matter at creation: a new NixOS image (a new pin), or
+                # switching hetzner.nixosImage, must not replace running servers; the push
+                # updates them. A replaced server is created again from the image in its state.
                 opts=pulumi.ResourceOptions(
-                    parent=self, depends_on=[subnet], delete_before_replace=True
+                    parent=self,
+                    depends_on=[subnet],
+                    delete_before_replace=True,
+                    ignore_changes=["image", "userData"],
                 ),
             )
             attachment = hcloud.ServerNetwork(

@@ -147,6 +147,9 @@ class FakeProviders(pulumi.runtime.Mocks):
             # its `colima ls --json` line.
             host_key = fake_ssh_public_key(f"{env['PROFILE']}-vm-host-key").strip()
             return f"host-key {host_key}\n" + fake_colima_line(str(env["PROFILE"])) + "\n"
+        if "IMAGE_KEY" in env:
+            # hcloud-image.py prints the snapshot's numeric id; a new key is a new snapshot.
+            return f"{int.from_bytes(_digest('image', str(env['IMAGE_KEY']))[:4], 'big')}\n"
         return ""
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
@@ -167,6 +170,9 @@ class Registration:
     # Resource options the engine would act on (in-process only, not written to plan.json).
     delete_before_replace: bool = False
     additional_secret_outputs: tuple[str, ...] = ()
+    # Input paths the engine keeps from the state once the resource exists (ignore_changes);
+    # written to plan.json, where the diff leaves them out.
+    ignore_changes: tuple[str, ...] = ()
 
 
 ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
@@ -225,6 +231,7 @@ class RecordingMonitor(MockMonitor):
             provider=provider,
             delete_before_replace=bool(request.deleteBeforeReplace),
             additional_secret_outputs=tuple(sorted(request.additionalSecretOutputs)),
+            ignore_changes=tuple(sorted(request.ignoreChanges)),
         )
         with self._lock:
             self.registrations[response.urn] = registration

@@ -117,6 +117,7 @@ class NixosHostArgs:
     # install's first contact pins it. Required by install.sh (nothing is trusted on first use).
     stock_host_key: pulumi.Input[str] | None = None
     roll: RollArgs | None = None
+    from_image: bool = False  # booted the Hetzner NixOS image: the install only waits for it
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ class NixosHost(pulumi.ComponentResource):
                     if args.stock_host_key is None
                     else {"STOCK_HOST_PUBLIC_KEY": args.stock_host_key}
                 ),
+                **({"FROM_IMAGE": "1"} if args.from_image else {}),
             },
             stdin=pulumi.Output.secret(install_stdin),
             update=ALREADY_INSTALLED,

@@ -218,6 +218,7 @@ def plan_document(result: PlanResult) -> dict[str, Any]:
                 "dependsOn": reg.depends_on,
                 "inputs": reg.inputs,
                 "provider": reg.provider,
+                **({"ignoreChanges": list(reg.ignore_changes)} if reg.ignore_changes else {}),
             }
             for reg in result.registrations
         ],

@@ -321,3 +321,41 @@ def secret_files(cfg: ClusterConfig, host: Host) -> list[str]:
     if host.role == "server" and snapshots.enabled and snapshots.s3 is not None:
         files.append(ETCD_S3_ENV_FILE)
     return files
+
+
+def image_name(cfg: ClusterConfig, arch: catalog.Arch) -> str:
+    """Host name of the NixOS image's configuration (and of its builder server)."""
+    return f"{cfg.name}-image-{arch.replace('_', '-')}"
+
+
+def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str]) -> HostSpec:
+    """The base system of the Hetzner NixOS image: what every host of `arch` shares.
+
+    The machine layer, the disk layout, SSH access and the host firewall; no k3s, no private
+    network and no public IPv6 (they are per host and come with the first push). The private
+    address is the network's gateway address, a placeholder nothing configures.
+    """
+    placeholder = str(ipaddress.ip_network(cfg.network.ip_range).network_address + 1)
+    return HostSpec(
+        name=image_name(cfg, arch),
+        cluster_name=cfg.name,
+        system=catalog.NIX_SYSTEMS[arch],  # type: ignore[arg-type]
+        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        network=Network(
+            private_ipv4=placeholder,
+            private_cidr=cfg.network.ip_range,
+            private_interface=HETZNER_PRIVATE_INTERFACE,
+            mtu=catalog.HETZNER_PRIVATE_MTU,
+        ),
+        ssh=Ssh(authorized_keys=authorized_keys),
+        k3s=K3s(
+            enable=False,
+            role="server",
+            cluster_init=True,
+            token_file=TOKEN_FILE,
+            node_ip=placeholder,
+        ),
+        # The image serves no API until its first push makes it a node: only SSH and the
+        # ports every node opens.
+        firewall=_firewall(cfg, is_server=False),
+    )

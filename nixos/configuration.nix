@@ -24,6 +24,8 @@ let
       inputs.disko.nixosModules.disko
       ./hardware/hetzner-cloud.nix
       ./disko/hetzner.nix
+      ./modules/hetzner-host-key.nix
+      ./modules/hetzner-grow-root.nix
     ];
     colima-vz = [ ./hardware/colima-vz.nix ];
   };
@@ -167,6 +169,9 @@ in
         publicIpv6PrefixLength = net.publicIpv6PrefixLength;
       };
       nixosK3s.disk.device = h.hardware.diskDevice;
+      # No-op once the host has a key; installs it at the first boot from the NixOS image.
+      nixosK3s.hetznerHostKey.enable = true;
+      nixosK3s.hetznerGrowRoot.enable = true;
     })
   ];
 }

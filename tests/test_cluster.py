@@ -44,6 +44,8 @@ def test_servers_labelled_protected_and_spread(prod_plan: Plan) -> None:
     assert isinstance(server["placementGroupId"], int)
     assert all(isinstance(i, int) for i in server["firewallIds"])
     assert server["userData"] == "[secret]", "the stock host key (see test_first_contact.py)"
+    # hetzner.nixosImage: the host key for the image's first boot, a secret.
+    assert "userData" in prod_plan["prod-control-2"].secret_paths
 
 
 def test_private_ips_are_fixed_per_host(prod_plan: Plan) -> None:

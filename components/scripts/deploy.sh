@@ -23,7 +23,8 @@
 # Exit codes: 0 deployed and confirmed; 1 any failure (the message and the last lines of the
 #   on-host log say which); 2 bad environment.
 # Flow: receive (atomic upload) -> activate (build unless built, arm rollback timer,
-#   nixos-rebuild test) -> confirm over a FRESH connection (health, disarm, nixos-rebuild switch).
+#   switch-to-configuration test of the built system) -> confirm over a FRESH connection (health,
+#   disarm, persist: nix-env --set + switch-to-configuration boot; no flake evaluation again).
 #   `build`: receive -> build; exit 1 when the build fails (nothing is activated).
 set -euo pipefail
 

@@ -12,18 +12,18 @@
 # Env (tests only): NIXOS_K3S_STATE_DIR (default /var/lib/nixos-k3s), NIXOS_K3S_CURRENT_SYSTEM
 #   (default /run/current-system), NIXOS_K3S_SYSTEM_PROFILE (default /nix/var/nix/profiles/system).
 # Stdin: only `receive` reads it. No secret passes through this script.
-# Deadlines: `nixos-rebuild test` runs in a session of its own under a deadline of two thirds of
-#   ROLLBACK_TIMEOUT (k3s servers are Type=notify with TimeoutStartSec=0, so a config that cuts a
-#   server off from etcd would block it for ever); past it, the activation's process group and
-#   the switch-to-configuration unit nixos-rebuild-ng runs it in are stopped and the previous
-#   generation comes back. The rollback timer never waits on an activation either: it stops the
+# Deadlines: the built system's `switch-to-configuration test` runs in a session of its own under
+#   a deadline of two thirds of ROLLBACK_TIMEOUT (k3s servers are Type=notify with
+#   TimeoutStartSec=0, so a config that cuts a server off from etcd would block it for ever); past
+#   it, the activation's process group (and any switch-to-configuration unit a manual
+#   nixos-rebuild-ng left) is stopped and the previous generation comes back. The rollback timer never waits on an activation either: it stops the
 #   activation that holds the lock (TERM, then KILL after STOP_GRACE seconds) and rolls back.
 # Exit codes: 0 ok; 1 error; 2 usage; 3 build failed (nothing activated); 4 activation failed
 #   (rolled back); 5 health check failed (rolled back when pending); 6 nothing pending to confirm
 #   (the rollback timer already fired, or activate never ran).
 # Layout: $STATE/releases/<id>/{flake/,result}, $STATE/pending (armed, unconfirmed activation),
 #   $STATE/lock and $STATE/lock.owner (the step holding the lock: command, pid, activation pgid),
-#   $STATE/activated (id of the pending release once `nixos-rebuild test` succeeded),
+#   $STATE/activated (id of the pending release once `switch-to-configuration test` succeeded),
 #   $STATE/current-release, $STATE/deploy.log, $STATE/host-activate.sh (copy the timer runs).
 # k3s hold: the install puts the final system on the disk with k3s.service held back
 #   (ConditionPathExists=$STATE/k3s-released, nixos/modules/k3s.nix) until the first activation
@@ -153,7 +153,7 @@ stop_process_group() {
   kill -KILL -- "-$pgid" 2>/dev/null || true
 }
 
-# The rollback's lock: an activation (`nixos-rebuild test`) that still holds it is stopped,
+# The rollback's lock: an activation (`switch-to-configuration test`) that still holds it is stopped,
 # never waited on.
 take_lock_for_rollback() {
   exec 9>"$STATE/lock"
@@ -434,11 +434,11 @@ deadline=$(($(date +%s) + 10#$timeout))"
   local limit=$((10#$timeout * 2 / 3)) status=0
   ((limit >= 1)) || limit=1
   say "activating $built (deadline ${limit}s; rollback to $previous in ${timeout}s unless confirmed)"
-  run_activation "$id" "$name" "$limit" || status=$?
+  run_activation "$id" "$limit" || status=$?
   if ((status == 124 || status == 137 || status == 143)); then
     stop_switch_units
     rollback_pending || true
-    die 4 "activation of release $id did not finish within ${limit}s (nixos-rebuild test hung or was stopped); stopped it and rolled back to $previous"
+    die 4 "activation of release $id did not finish within ${limit}s (switch-to-configuration test hung or was stopped); stopped it and rolled back to $previous"
   elif ((status != 0)); then
     rollback_pending || true
     die 4 "activation of release $id failed; rolled back to $previous"
@@ -452,15 +452,18 @@ deadline=$(($(date +%s) + 10#$timeout))"
   say "release $id activated; waiting for confirmation"
 }
 
-# `nixos-rebuild test` in a session (and process group) of its own, under `timeout` (which
+# The built system's `switch-to-configuration test`, as `nixos-rebuild test` would run it but
+# without evaluating the flake again (the build step did; its result is this release's system),
+# in a session (and process group) of its own, under `timeout` (which
 # signals that whole group), recorded in lock.owner so that the rollback can stop it too. The
 # lock's descriptor is not inherited: a stray process must not keep the lock. Returns its status
 # (124/137: the deadline hit).
 run_activation() {
-  local id=$1 name=$2 limit=$3 status=0 pgid
-  say "+ nixos-rebuild test --no-reexec --flake $(flake_ref "$id" "$name") (deadline ${limit}s)"
-  (cd "$RELEASES/$id" && exec setsid timeout --kill-after="$STOP_GRACE" "$limit" \
-    nixos-rebuild test --no-reexec --flake "$(flake_ref "$id" "$name")") 9>&- \
+  local id=$1 limit=$2 status=0 pgid built
+  built=$(resolve "$RELEASES/$id/result")
+  say "+ $built/bin/switch-to-configuration test (deadline ${limit}s)"
+  (exec setsid timeout --kill-after="$STOP_GRACE" "$limit" \
+    "$built/bin/switch-to-configuration" test) 9>&- \
     > >(tee -a --output-error=warn "$LOG" >&2 2>/dev/null 9>&-) 2>&1 &
   pgid=$!
   record_owner "activation=$pgid"
@@ -536,7 +539,12 @@ cmd_confirm() {
   if [[ $(pending_get release) != "$id" || $(resolve "$CURRENT_SYSTEM") != "$built" ]]; then
     die 6 "the rollback timer fired before release $id was confirmed"
   fi
-  if ! (cd "$RELEASES/$id" && run_logged nixos-rebuild switch --no-reexec --flake "$(flake_ref "$id" "$name")"); then
+  # Persist: what `nixos-rebuild switch` does after its evaluation and build (profile, then
+  # switch-to-configuration), with `boot`, because `test` activated this system already.
+  if ! {
+    run_logged nix-env --profile "$SYSTEM_PROFILE" --set "$built" &&
+      run_logged "$built/bin/switch-to-configuration" boot
+  }; then
     restore_boot_profile
     rollback_pending || true
     die 1 "persisting release $id to the boot profile failed; rolled back to the previous generation"

@@ -10,7 +10,8 @@
 #   NIXOS_SOURCE_DIR the static nixos/ tree (nixos)
 #   HOST_PUBLIC_KEY  public half of the pre-generated host key (required); every connection
 #                    after the install pins it
-#   STOCK_HOST_PUBLIC_KEY  the host key the machine answers with before NixOS (required): the
+#   STOCK_HOST_PUBLIC_KEY  the host key the machine answers with before NixOS (required unless
+#                    FROM_IMAGE=1): the
 #                    stock image's (Hetzner: installed by cloud-init user data; Colima: read
 #                    through `colima ssh`), which the kexec installer keeps (nixos-images copies
 #                    /etc/ssh/ssh_host_*). The first contact and all of nixos-anywhere's
@@ -22,6 +23,9 @@
 #                    runs through `nix run github:nix-community/nixos-anywhere/$NIXOS_ANYWHERE_REF`
 #   NIXOS_ANYWHERE_REF  release tag of nixos-anywhere (1.13.0)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (60), SSH_RETRY_DELAY (5)
+#   FROM_IMAGE       1: the machine booted the NixOS image (hetzner.nixosImage), whose first
+#                    boot installs the pinned host key from the server's user data; only wait
+#                    until it answers with that key, never run nixos-anywhere (0)
 # Stdin: an install-secrets.sh bundle (header with record count and sha256, then records
 #   `<path>\t<octal mode>\t<base64 content>`), checked before anything is used. It holds exactly
 #   what the install needs: `@deploy-key`, the SSH private key to connect with, and `@host-key`,
@@ -51,12 +55,8 @@ source "$SCRIPT_DIR/operator-lib.sh"
 # The release whose flags this script passes (src/nixos-anywhere.sh of that tag).
 readonly DEFAULT_NIXOS_ANYWHERE_REF=1.13.0
 
-
-
-
-
 setup() {
-  require_env TARGET_HOST HOST_NAME HOST_JSON HOST_PUBLIC_KEY STOCK_HOST_PUBLIC_KEY
+  require_env TARGET_HOST HOST_NAME HOST_JSON HOST_PUBLIC_KEY
   TARGET_PORT=${TARGET_PORT:-22}
   TARGET_USER=${TARGET_USER:-root}
   NIXOS_SOURCE_DIR=${NIXOS_SOURCE_DIR:-nixos}
@@ -67,6 +67,11 @@ setup() {
   SSH_CONNECT_TIMEOUT=${SSH_CONNECT_TIMEOUT:-10}
   SSH_CONNECT_ATTEMPTS=${SSH_CONNECT_ATTEMPTS:-60}
   SSH_RETRY_DELAY=${SSH_RETRY_DELAY:-5}
+  FROM_IMAGE=${FROM_IMAGE:-0}
+  [[ $FROM_IMAGE == 0 || $FROM_IMAGE == 1 ]] || bad_input "FROM_IMAGE must be 0 or 1: $FROM_IMAGE"
+  # The NixOS image answers with the host key from the start: no stock key to pin.
+  [[ $FROM_IMAGE == 1 ]] || require_env STOCK_HOST_PUBLIC_KEY
+  STOCK_HOST_PUBLIC_KEY=${STOCK_HOST_PUBLIC_KEY:-}
   local name
   for name in TARGET_PORT POST_KEXEC_SSH_PORT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
     require_number "$name"
@@ -75,7 +80,7 @@ setup() {
   [[ $HOST_NAME =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_input "invalid HOST_NAME: $HOST_NAME"
   [[ $HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
     bad_input "HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
-  [[ $STOCK_HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
+  [[ $FROM_IMAGE == 1 || $STOCK_HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
     bad_input "STOCK_HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
   [[ $NIXOS_ANYWHERE_REF =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
     bad_input "NIXOS_ANYWHERE_REF must be a tag or commit: $NIXOS_ANYWHERE_REF"
@@ -119,8 +124,11 @@ read_bundle() {
   pinned="$pinned_type $pinned_body"
   printf 'nixos-k3s-target %s\n' "$pinned" >"$WORK/known_hosts"
   local stock_type stock_body
-  read -r stock_type stock_body _ <<<"$STOCK_HOST_PUBLIC_KEY"
-  printf 'nixos-k3s-stock %s %s\n' "$stock_type" "$stock_body" >"$WORK/known_hosts_stock"
+  : >"$WORK/known_hosts_stock"
+  if [[ -n $STOCK_HOST_PUBLIC_KEY ]]; then
+    read -r stock_type stock_body _ <<<"$STOCK_HOST_PUBLIC_KEY"
+    printf 'nixos-k3s-stock %s %s\n' "$stock_type" "$stock_body" >"$WORK/known_hosts_stock"
+  fi
 }
 
 # The tree nixos-anywhere copies onto the new root: the host key only. Its directories are 0755
@@ -222,6 +230,13 @@ main() {
   setup
   read_bundle
   local state
+  if [[ $FROM_IMAGE == 1 ]]; then
+    state=$(wait_for_answer installed)
+    [[ $state == installed ]] ||
+      fail "$HOST_NAME booted from the NixOS image does not answer with the pinned host key ($state)"
+    printf 'install.sh: %s runs the NixOS image; it answers with the pinned host key\n' "$HOST_NAME" >&2
+    return 0
+  fi
   state=$(wait_for_answer)
   case $state in
   installed)

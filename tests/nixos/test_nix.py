@@ -215,10 +215,12 @@ def test_configuration_maps_host_data() -> None:
     fixture = HERE / "fixtures" / "hetzner-containers.json"
     host = json.loads(fixture.read_text(encoding="utf-8"))
     result = evaluated(fixture)
-    assert result["imports"][-3:] == [
+    assert result["imports"][-5:] == [
         "inputs.disko.nixosModules.disko",
         str(NIXOS / "hardware" / "hetzner-cloud.nix"),
         str(NIXOS / "disko" / "hetzner.nix"),
+        str(NIXOS / "modules" / "hetzner-host-key.nix"),
+        str(NIXOS / "modules" / "hetzner-grow-root.nix"),
     ]
     config = merged_config(fixture)
     k3s = config["nixosK3s"]["k3s"]

@@ -38,6 +38,8 @@ def prod() -> dict[str, Any]:
 def test_kubeconfig_waits_only_for_the_bootstrap_server(prod: dict[str, Any]) -> None:
     paths = graph.critical_paths(prod)
     assert paths.kubeconfig.names == (
+        # hetzner.nixosImage (the default): the image comes first, then only the push.
+        "prod-hetzner-image-x86-64-snapshot",
         "prod-control-1-install",
         "prod-control-1-build",
         "prod-control-1-push",
@@ -130,8 +132,13 @@ def test_builds_are_off_the_gated_chain(stack: str) -> None:
     hosts = sorted(graph.push_triggers(doc))
     assert len(hosts) >= 2
     for host in hosts:
-        # Machines (a Colima VM: an agent's data names the first server's address) are no gate.
-        waits_for = {n for n in command_ancestors(doc, f"{host}-build") if not n.endswith("-vm")}
+        # Machines (a Colima VM: an agent's data names the first server's address, a Hetzner
+        # server the NixOS image it boots) are no gate.
+        waits_for = {
+            n
+            for n in command_ancestors(doc, f"{host}-build")
+            if not n.endswith("-vm") and "-image-" not in n
+        }
         assert waits_for <= {f"{host}-install", f"{host}-wake"}, waits_for
         assert f"{host}-install" in waits_for
         # Only the push (activation, confirm, k3s release) is gated, and it activates this build.

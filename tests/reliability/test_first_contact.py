@@ -1,18 +1,33 @@
 """The install's first SSH contact is pinned: the stock image's host key comes from cloud-init
-user data (Hetzner) or through `colima ssh` (Colima), and the user data stays byte-identical
-(a change would replace the server)."""
+user data (Hetzner, `hetzner.nixosImage: false`) or through `colima ssh` (Colima), and the user
+data stays byte-identical. (With the NixOS image the user data carries the NixOS host key
+itself: tests/test_hetzner_image.py.)"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 import yaml
 
-from components.hetzner import stock_host_key_user_data
 from components.mocks import fake_private_key, fake_ssh_public_key
+from components.userdata import host_key_user_data
 from tests.conftest import Plan, stack_data
 
 SERVER_TYPE = "hcloud:index/server:Server"
+
+
+def stock_stack() -> dict[str, Any]:
+    data = stack_data("prod")
+    data["hetzner"] = {**data["hetzner"], "nixosImage": False}
+    return data
+
+
+@pytest.fixture
+def stock_plan(plan_of: Callable[..., Plan]) -> Plan:
+    """prod on the stock image with nixos-anywhere (no NixOS image)."""
+    return plan_of(stock_stack(), stack="prod")
 
 
 def user_data(plan: Plan) -> dict[str, str]:
@@ -24,8 +39,8 @@ def user_data(plan: Plan) -> dict[str, str]:
     return found
 
 
-def test_stock_image_gets_a_pinned_throwaway_host_key(prod_plan: Plan) -> None:
-    data = user_data(prod_plan)
+def test_stock_image_gets_a_pinned_throwaway_host_key(stock_plan: Plan) -> None:
+    data = user_data(stock_plan)
     assert data
     for host, text in data.items():
         assert text.startswith("#cloud-config\n")
@@ -36,18 +51,18 @@ def test_stock_image_gets_a_pinned_throwaway_host_key(prod_plan: Plan) -> None:
         assert keys["ed25519_private"] == fake_private_key(f"{host}-stock-host-key")
         stock_public = fake_ssh_public_key(f"{host}-stock-host-key").strip()
         assert keys["ed25519_public"] == stock_public
-        install = prod_plan[f"{host}-install"].inputs["environment"]
+        install = stock_plan[f"{host}-install"].inputs["environment"]
         assert install["STOCK_HOST_PUBLIC_KEY"] == stock_public, "the first contact pins it"
         assert install["HOST_PUBLIC_KEY"] != stock_public, "distinct from the NixOS host key"
         assert fake_private_key(f"{host}-host-key") not in text, "the NixOS key stays out"
 
 
 def test_user_data_bytes_do_not_change_with_unrelated_stack_changes(
-    prod_plan: Plan, plan_of: Callable[..., Plan]
+    stock_plan: Plan, plan_of: Callable[..., Plan]
 ) -> None:
-    before = user_data(prod_plan)
-    assert user_data(plan_of(stack_data("prod"), stack="prod")) == before, "plan twice"
-    changed = stack_data("prod")
+    before = user_data(stock_plan)
+    assert user_data(plan_of(stock_stack(), stack="prod")) == before, "plan twice"
+    changed = stock_stack()
     changed["nodePools"][1]["labels"] = {"node.example.com/pool": "changed"}
     changed["nodePools"][1]["count"] = 3
     changed["k3s"]["etcdSnapshots"]["retention"] = 5
@@ -61,8 +76,8 @@ def test_user_data_bytes_do_not_change_with_unrelated_stack_changes(
 def test_user_data_is_a_pure_function_of_the_key() -> None:
     private = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n"
     public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeStockKeyForTestsOnly0123456789abcdef\n"
-    text = stock_host_key_user_data(private, public)
-    assert text == stock_host_key_user_data(private, public)
+    text = host_key_user_data(private, public)
+    assert text == host_key_user_data(private, public)
     assert yaml.safe_load(text)["ssh_keys"]["ed25519_private"] == private
 
 

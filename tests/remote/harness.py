@@ -93,6 +93,8 @@ class SshServer:
             "K3S_KUBECONFIG": str(self.host / "etc/rancher/k3s/k3s.yaml"),
             "NIXOS_K3S_ETC_DIR": str(self.host / "etc/nixos-k3s"),
             "K3S_DATA_DIR": str(self.host / "var/lib/rancher/k3s"),
+            # hcloud-image.py's clean step on the image builder.
+            "NIXOS_K3S_ROOT": str(self.host),
         }
 
     def ssh(

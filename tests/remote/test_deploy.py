@@ -70,21 +70,30 @@ def test_success_pushes_activates_confirms_and_persists(host: FakeHost, tmp_path
     assert (flake / "modules/base.nix").is_file()
 
     flake_ref = f"path:{flake}#{HOST_NAME}"
-    assert host.calls("nixos-rebuild") == [
-        f"build --no-reexec --flake {flake_ref}",
-        f"test --no-reexec --flake {flake_ref}",
-        f"switch --no-reexec --flake {flake_ref}",
+    # One evaluation (the build); activation and persisting use the built system itself.
+    assert host.calls("nixos-rebuild") == [f"build --no-reexec --flake {flake_ref}"]
+    built = built_system(host, release)
+    assert host.calls("switch-to-configuration") == [f"{built} test", f"{built} boot"]
+    assert host.calls("nix-env") == [
+        f"--profile {host.root / 'nix/var/nix/profiles/system'} --set {built}"
     ]
     (arm,) = timers_armed(host)
     assert "--unit=nixos-k3s-rollback" in arm
     assert "--on-active=60s" in arm
     assert arm.endswith(f"{host.state}/host-activate.sh rollback {release}")
     assert "systemctl\tstop nixos-k3s-rollback.timer" in host.calls()
-    order = [line.split("\t")[0] + " " + line.split("\t")[1].split()[0] for line in host.calls()]
-    assert order.index("systemd-run --unit=nixos-k3s-rollback") < order.index("nixos-rebuild test")
-    disarm = len(order) - 1 - order[::-1].index("systemctl stop")
-    assert order.index("nixos-rebuild test") < order.index("systemctl is-active") < disarm
-    assert disarm < order.index("nixos-rebuild switch")
+    order = [line.replace("\t", " ") for line in host.calls()]
+    test = order.index(f"switch-to-configuration {built} test")
+    persist = order.index(f"switch-to-configuration {built} boot")
+    arm_at = next(i for i, c in enumerate(order) if c.startswith("systemd-run --unit=nixos-k3s"))
+    assert arm_at < test
+    disarm = (
+        len(order)
+        - 1
+        - next(i for i, c in enumerate(reversed(order)) if c.startswith("systemctl stop"))
+    )
+    health = next(i for i, c in enumerate(order) if c.startswith("systemctl is-active"))
+    assert test < health < disarm < persist
 
     key_text = host.server.client_key.read_text()
     for path in [host.root / "calls.log", host.state / "deploy.log"]:
@@ -124,8 +133,9 @@ def test_activation_failure_rolls_back_immediately(host: FakeHost, tmp_path: Pat
     result = deploy(host, broken)
     assert result.returncode == 1
     assert "activation of release" in result.stderr
-    assert "returned non-zero exit status 4" in result.stderr
     assert_rolled_back(host)
+    built = next(c.split()[0] for c in host.calls("switch-to-configuration"))
+    assert built != str(host.initial_system)
     assert f"switch-to-configuration\t{host.initial_system} test" in host.calls()
     assert "nixos-rebuild" not in "".join(c for c in host.calls() if "switch --no-reexec" in c)
 
@@ -155,10 +165,14 @@ def test_failed_persist_after_a_healthy_confirm_rolls_back(host: FakeHost, tmp_p
     result = deploy(host, flaky)
     assert result.returncode == 1
     assert "persisting release" in result.stderr and "rolled back" in result.stderr
-    # `switch` had already moved the boot profile: it points at the old generation again.
+    # The persist step had already moved the boot profile: it points at the old generation again.
     assert_rolled_back(host)
     profile = host.root / "nix/var/nix/profiles/system"
-    assert host.calls("nix-env") == [f"--profile {profile} --set {host.initial_system}"]
+    new = built_system(host, release_of(host, flaky))
+    assert host.calls("nix-env") == [
+        f"--profile {profile} --set {new}",
+        f"--profile {profile} --set {host.initial_system}",
+    ]
 
     fixed = make_nixos_source(tmp_path / "fixed")
     assert deploy(host, fixed).returncode == 0
@@ -356,7 +370,9 @@ def test_the_push_after_a_build_only_activates(host: FakeHost, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert "already built" in result.stderr
     assert_deployed(host, source)
-    assert [c.split()[0] for c in host.calls("nixos-rebuild")] == ["build", "test", "switch"]
+    assert [c.split()[0] for c in host.calls("nixos-rebuild")] == ["build"]
+    built = built_system(host, release_of(host, source))
+    assert host.calls("switch-to-configuration") == [f"{built} test", f"{built} boot"]
 
 
 def test_build_mode_failure_activates_nothing(host: FakeHost, tmp_path: Path) -> None:
@@ -375,7 +391,9 @@ def test_first_push_releases_the_held_k3s(host: FakeHost, tmp_path: Path) -> Non
     assert release_of(host, source) in (host.state / "k3s-released").read_text()
     assert not (host.state / "k3s-release-pending").exists()
     calls = host.calls()
-    test = next(i for i, c in enumerate(calls) if c.startswith("nixos-rebuild\ttest"))
+    test = next(
+        i for i, c in enumerate(calls) if c.startswith("switch-to-configuration") and "test" in c
+    )
     start = calls.index("systemctl\tstart --no-block k3s.service")
     assert test < start < next(i for i, c in enumerate(calls) if "is-active" in c)
 
