@@ -46,6 +46,10 @@ class Rule:
     source: str
     # True/False: only in plans with/without the Hetzner NixOS image; None: either.
     nixos_image: bool | None = None
+    # Resources of this rule that run at the same time wait for each other: the k-th to start
+    # while k-1 others of the same queue still run takes (k-1) x queue_seconds longer.
+    queue: str | None = None
+    queue_seconds: tuple[float, float] = (0.0, 0.0)
 
     def matches(self, res: Mapping[str, Any], role: str | None, nixos_image: bool) -> bool:
         return (
@@ -67,17 +71,19 @@ def _rule(index: int, entry: Any) -> Rule:
     where = f"steps[{index}]"
     if not isinstance(entry, Mapping):
         raise StepTableError(f"{where}: a rule is a mapping")
-    unknown = set(entry) - {"step", "type", "suffix", "role", "seconds", "source", "nixosImage"}
+    unknown = set(entry) - {
+        "step",
+        "type",
+        "suffix",
+        "role",
+        "seconds",
+        "source",
+        "nixosImage",
+        "queue",
+    }
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
-    seconds = entry.get("seconds")
-    if (
-        not isinstance(seconds, list)
-        or len(seconds) != 2
-        or not all(isinstance(s, int | float) and s >= 0 for s in seconds)
-        or seconds[0] > seconds[1]
-    ):
-        raise StepTableError(f"{where}.seconds: want [low, high], 0 <= low <= high; got {seconds}")
+    seconds = _seconds(f"{where}.seconds", entry.get("seconds"))
     role = entry.get("role")
     if role is not None and role not in ROLES:
         raise StepTableError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
@@ -91,15 +97,40 @@ def _rule(index: int, entry: Any) -> Rule:
     image = entry.get("nixosImage")
     if image is not None and not isinstance(image, bool):
         raise StepTableError(f"{where}.nixosImage: true, false or absent; got {image!r}")
+    queue, queue_seconds = _queue(where, entry.get("queue"))
     return Rule(
+        queue=queue,
+        queue_seconds=queue_seconds,
         nixos_image=image,
         step=str(entry["step"]),
         type=str(entry["type"]),
         suffix=suffix,
         role=role,
-        seconds=(float(seconds[0]), float(seconds[1])),
+        seconds=seconds,
         source=" ".join(str(entry["source"]).split()),
     )
+
+
+def _seconds(where: str, seconds: Any) -> tuple[float, float]:
+    if (
+        not isinstance(seconds, list)
+        or len(seconds) != 2
+        or not all(isinstance(s, int | float) and s >= 0 for s in seconds)
+        or seconds[0] > seconds[1]
+    ):
+        raise StepTableError(f"{where}: want [low, high], 0 <= low <= high; got {seconds}")
+    return float(seconds[0]), float(seconds[1])
+
+
+def _queue(where: str, entry: Any) -> tuple[str | None, tuple[float, float]]:
+    """`queue: {name, seconds: [low, high], source}` of a rule, or no queue."""
+    if entry is None:
+        return None, (0.0, 0.0)
+    if not isinstance(entry, Mapping) or set(entry) != {"name", "seconds", "source"}:
+        raise StepTableError(f"{where}.queue: want a mapping with name, seconds and source")
+    if not str(entry["name"]).strip() or not str(entry["source"]).strip():
+        raise StepTableError(f"{where}.queue: name and source must not be empty")
+    return str(entry["name"]), _seconds(f"{where}.queue.seconds", entry["seconds"])
 
 
 def load_steps(path: Path = STEPS_FILE) -> StepTable:
@@ -147,6 +178,8 @@ class Timed:
     name: str
     step: str
     seconds: tuple[float, float]
+    queue: str | None = None
+    queue_seconds: tuple[float, float] = (0.0, 0.0)
 
 
 def uses_nixos_image(plan: Mapping[str, Any]) -> bool:
@@ -165,7 +198,9 @@ def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Time
                 f"no step in {STEPS_FILE.name} for {res['type']} {res['name']!r}"
                 f" (role {role or 'none'}): add a rule"
             )
-        out[res["urn"]] = Timed(res["urn"], res["name"], rule.step, rule.seconds)
+        out[res["urn"]] = Timed(
+            res["urn"], res["name"], rule.step, rule.seconds, rule.queue, rule.queue_seconds
+        )
     return out
 
 
@@ -176,13 +211,18 @@ class Slot:
 
 
 def schedule(
-    deps: Mapping[str, set[str]], durations: Mapping[str, float], parallel: int
+    deps: Mapping[str, set[str]],
+    durations: Mapping[str, float],
+    parallel: int,
+    queues: Mapping[str, tuple[str, float]] | None = None,
 ) -> dict[str, Slot]:
     """Start and end of every resource with at most `parallel` running at once.
 
-    A resource of zero duration takes no worker (nothing to wait for). Ties are broken by URN,
-    so the schedule is deterministic.
+    A resource of zero duration takes no worker (nothing to wait for). A resource in a queue
+    (`queues`: urn -> queue name, seconds) that starts while k others of its queue run takes
+    k x seconds longer. Ties are broken by URN, so the schedule is deterministic.
     """
+    queues = queues or {}
     waiting = {urn: set(d) for urn, d in deps.items()}
     dependents: dict[str, list[str]] = {}
     for urn, ds in deps.items():
@@ -209,8 +249,13 @@ def schedule(
                 slots[urn] = Slot(now, now)
                 finish(urn, now)
             elif len(running) < parallel:
-                slots[urn] = Slot(now, now + durations[urn])
-                heapq.heappush(running, (now + durations[urn], urn))
+                length = durations[urn]
+                if urn in queues:
+                    name, extra = queues[urn]
+                    ahead = sum(1 for _, other in running if queues.get(other, ("",))[0] == name)
+                    length += ahead * extra
+                slots[urn] = Slot(now, now + length)
+                heapq.heappush(running, (now + length, urn))
             else:
                 deferred.append(item)
         for item in deferred:
@@ -282,7 +327,8 @@ def model(
             urn: 0.0 if image_ready and t.step == IMAGE_STEP else t.seconds[index]
             for urn, t in timed.items()
         }
-        slots = schedule(deps, durations, parallel)
+        queues = {urn: (t.queue, t.queue_seconds[index]) for urn, t in timed.items() if t.queue}
+        slots = schedule(deps, durations, parallel, queues)
         peak = _peak_concurrency(slots)
         entry: dict[str, Any] = {"peakRunning": peak}
         for key, urns in targets.items():

@@ -251,7 +251,7 @@ class Cluster(pulumi.ComponentResource):
                 )
 
         def join_gates(host: Host, pushed: NixosHost) -> pulumi.Resource:
-            """The host's node gate (what the next server waits for), and its containers'."""
+            """The host's node gate, and its containers'."""
             after: list[pulumi.Resource] = [pushed.push, bootstrap_gate]
             gate = k3s.node_gate(
                 host.name,
@@ -266,11 +266,17 @@ class Cluster(pulumi.ComponentResource):
             return gate
 
         container_gates(bootstrap, [bootstrap_gate])
-        previous: pulumi.Resource = api_ready
+        # The other servers join at once, once the API answers, as hetzner-k3s joins its
+        # additional masters (set_up_additional_masters: one fiber each). etcd admits one
+        # learner at a time: a join that finds another learner fails (ErrTooManyLearners), k3s
+        # exits and systemd starts it again 5 s later (nixpkgs k3s module: Restart=always,
+        # RestartSec=5s) until the leader has promoted the one before; each push's confirm
+        # waits for its k3s.service, under the rollback deadline as before. Their rolls (an
+        # upgrade drains a running server) still go one at a time.
         for server in (h for h in hosts if h.role == "server" and not h.is_bootstrap):
-            pushed = nixos_host(server, [previous], last_rolls)
+            pushed = nixos_host(server, [api_ready], last_rolls)
             last_rolls = [_rolled(pushed)]
-            previous = join_gates(server, pushed)
+            join_gates(server, pushed)
         agents = [h for h in hosts if h.role == "agent"]
         batch_size = cfg.deploy.max_unavailable
         for start in range(0, len(agents), batch_size):

@@ -331,8 +331,8 @@ def image_name(cfg: ClusterConfig, arch: catalog.Arch) -> str:
 def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str]) -> HostSpec:
     """The base system of the Hetzner NixOS image: what every host of `arch` shares.
 
-    The machine layer, the disk layout, SSH access and the host firewall; no k3s, no private
-    network and no public IPv6 (they are per host and come with the first push). The private
+    The machine layer, the disk layout, SSH access, the host firewall and k3s (held back); no
+    private network and no public IPv6 (they are per host and come with the first push). The private
     address is the network's gateway address, a placeholder nothing configures.
     """
     placeholder = str(ipaddress.ip_network(cfg.network.ip_range).network_address + 1)
@@ -348,8 +348,11 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
             mtu=catalog.HETZNER_PRIVATE_MTU,
         ),
         ssh=Ssh(authorized_keys=authorized_keys),
+        # k3s is in the image (its closure is most of what a host adds to the base system), held
+        # back like on every installed host (holdUntil: no released marker, no token); the push
+        # brings each host's own role and flags.
         k3s=K3s(
-            enable=False,
+            enable=True,
             role="server",
             cluster_init=True,
             token_file=TOKEN_FILE,

@@ -103,12 +103,17 @@ def test_install_runs_once_per_server(prod_plan: Plan) -> None:
     assert len(install.inputs["triggers"]) == 1
 
 
-def test_servers_join_one_at_a_time(prod_plan: Plan) -> None:
+def test_servers_join_together_once_the_api_answers(prod_plan: Plan) -> None:
     deps = prod_plan.deps
     assert "prod-control-1-push" in deps("prod-api-ready")
-    assert "prod-api-ready" in deps("prod-control-2-push")
-    assert "prod-control-2-joined" in deps("prod-control-3-push")
-    assert prod_plan.reaches("prod-control-3-push", "prod-control-2-push")
+    for server, other in (
+        ("prod-control-2", "prod-control-3"),
+        ("prod-control-3", "prod-control-2"),
+    ):
+        assert "prod-api-ready" in deps(f"{server}-push")
+        assert not prod_plan.reaches(f"{server}-push", f"{other}-push")
+    # An upgrade still drains and rolls one server at a time.
+    assert prod_plan.reaches("prod-control-3-roll", "prod-control-2-roll")
 
 
 def test_agents_wait_only_for_the_api(prod_plan: Plan) -> None:

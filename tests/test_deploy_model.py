@@ -96,7 +96,9 @@ def test_model_of_prod_follows_the_server_joins(table: deploy_model.StepTable) -
         assert 0 < entry["kubeconfigMinutes"] < entry["nodesReadyMinutes"]
         names = [step["resource"] for step in entry["nodesReadyPath"]]
         assert names[-1] == "prod-nodes-ready"
-        assert names.index("prod-control-3-joined") > names.index("prod-control-2-joined")
+        # The servers after the first push together, after the API answered; the second in
+        # the etcd learner queue is the later one.
+        assert names.index("prod-api-ready") < names.index("prod-control-3-push")
         ends = [step["endMinutes"] for step in entry["nodesReadyPath"]]
         assert ends == sorted(ends) and ends[-1] == entry["nodesReadyMinutes"]
     assert result["low"]["nodesReadyMinutes"] < result["high"]["nodesReadyMinutes"]
@@ -114,3 +116,27 @@ def test_deploy_report_names_the_anchors() -> None:
     assert any("500" in sc.anchor for sc in deploy.SCENARIOS)
     labels = [sc.label for sc in deploy.SCENARIOS]
     assert {"hetzner 3+2", "hetzner 3+50", "hetzner 5+200", "colima 1+1 (dev)"} <= set(labels)
+
+
+def test_servers_joining_together_wait_in_the_learner_queue(table: deploy_model.StepTable) -> None:
+    five = stack_data("prod")
+    five["nodePools"][0]["count"] = 5
+    doc = json.loads(json.dumps(plan.plan_document(run_plan(five, stack="prod"))))
+    result = deploy_model.model(doc, table)
+    rule = next(r for r in table.rules if r.queue)
+    for index, bound in enumerate(deploy_model.BOUNDS):
+        pushes = [s for s in result[bound]["nodesReadyPath"] if s["step"] == rule.step]
+        (last,) = pushes
+        # Four servers start together: the last in the queue waits for the three ahead.
+        length = last["endMinutes"] - last["startMinutes"]
+        expected = rule.seconds[index] + 3 * rule.queue_seconds[index]
+        assert abs(length * 60 - expected) < 1, (bound, length)
+
+
+def test_a_queue_serialises_only_its_own_members() -> None:
+    deps: dict[str, set[str]] = {"a": set(), "b": set(), "c": set(), "d": set()}
+    durations = {"a": 10.0, "b": 10.0, "c": 10.0, "d": 10.0}
+    queues = {"a": ("q", 5.0), "b": ("q", 5.0), "c": ("q", 5.0)}
+    slots = deploy_model.schedule(deps, durations, 8, queues)
+    assert sorted(slot.end for urn, slot in slots.items() if urn in queues) == [10.0, 15.0, 20.0]
+    assert slots["d"].end == 10.0

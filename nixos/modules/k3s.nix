@@ -298,8 +298,8 @@ in
       description = ''
         When set, k3s.service starts only once this file exists (ConditionPathExists=): an
         installed host boots with k3s held back, and the deploy creates the file when the host's
-        turn to join comes (components/scripts/host-activate.sh), so servers still join etcd one
-        at a time although every host is installed with its final system.
+        turn to join comes (components/scripts/host-activate.sh): after the first server's API
+        answers, although every host is installed (or booted from the image) with k3s in it.
       '';
     };
   };

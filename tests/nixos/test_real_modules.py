@@ -129,8 +129,14 @@ SOURCES = sources()
 
 
 def _plan_hosts(stack_file: plan.StackFile) -> dict[str, str]:
+    """Every host of the plan, and the base system of each Hetzner NixOS image it makes."""
     result = plan.run_program(stack_file)
-    return {name: host_json for name, (host_json, _) in result.hosts.items()}
+    hosts = {name: host_json for name, (host_json, _) in result.hosts.items()}
+    for reg in result.registrations:
+        env = reg.inputs.get("environment")
+        if isinstance(env, dict) and "IMAGE_KEY" in env:
+            hosts[str(env["HOST_NAME"])] = str(env["HOST_JSON"])
+    return hosts
 
 
 @dataclass(frozen=True)
