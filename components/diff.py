@@ -17,7 +17,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -85,6 +85,7 @@ class Resource:
     parent: str | None = None
     depends_on: tuple[str, ...] = ()
     ignore_changes: frozenset[str] = frozenset()  # top-level inputs kept from the state
+    aliases: tuple[str, ...] = ()  # URNs the engine takes as this resource (a moved resource)
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,9 @@ def _load_resources(value: Any, where: str) -> Mapping[str, Resource]:
         depends_on = item.get("dependsOn", [])
         valid = isinstance(depends_on, list) and all(isinstance(d, str) for d in depends_on)
         _expect(valid, where, f'{at}."dependsOn" is not a list of strings')
+        aliases = item.get("aliases", [])
+        valid = isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)
+        _expect(valid, where, f'{at}."aliases" is not a list of strings')
         urn = item["urn"]
         _expect(urn not in resources, where, f"{at}: duplicate urn {urn}")
         resources[urn] = Resource(
@@ -253,6 +257,7 @@ def _load_resources(value: Any, where: str) -> Mapping[str, Resource]:
             parent=parent,
             depends_on=tuple(depends_on),
             ignore_changes=frozenset(item.get("ignoreChanges") or ()),
+            aliases=tuple(aliases),
         )
     return resources
 
@@ -324,11 +329,48 @@ def plan_cost(plan: Plan) -> cost.Cost:
     )
 
 
+def as_seen_by(old: Plan, new: Plan) -> Plan:
+    """`old` with its URNs as `new` names the same resources, so that the diff compares what the
+    engine would: a plan of another stack name (the stack is part of every URN; the resources
+    are matched as if `old` were planned under `new`'s name), and a resource that `new` moved
+    under another parent with an alias to its old URN."""
+    prefix_old, prefix_new = f"urn:pulumi:{old.stack}::", f"urn:pulumi:{new.stack}::"
+
+    def restacked(urn: str) -> str:
+        return prefix_new + urn[len(prefix_old) :] if urn.startswith(prefix_old) else urn
+
+    moved = {
+        alias: urn
+        for urn, res in new.resources.items()
+        for alias in map(restacked, res.aliases)
+        if alias not in new.resources
+    }
+
+    def seen(urn: str) -> str:
+        urn = restacked(urn)
+        return moved.get(urn, urn)
+
+    resources = {
+        seen(urn): replace(
+            res,
+            urn=seen(urn),
+            provider=seen(res.provider) if res.provider else None,
+            parent=seen(res.parent) if res.parent else None,
+            depends_on=tuple(seen(d) for d in res.depends_on),
+        )
+        for urn, res in old.resources.items()
+    }
+    fingerprints = {seen(urn): paths for urn, paths in old.fingerprints.items()}
+    return replace(old, resources=resources, fingerprints=fingerprints)
+
+
 def diff_plans(old: Plan, new: Plan) -> PlanDiff:
+    old_stack = old.stack
+    old = as_seen_by(old, new)
     before, after = plan_cost(old), plan_cost(new)
     resources = _resource_changes(old, new)
     return PlanDiff(
-        old_stack=old.stack,
+        old_stack=old_stack,
         new_stack=new.stack,
         resource_count=len(new.resources),
         host_count=len(new.hosts),

@@ -16,7 +16,7 @@ import hashlib
 import ipaddress
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +173,9 @@ class Registration:
     # Input paths the engine keeps from the state once the resource exists (ignore_changes);
     # written to plan.json, where the diff leaves them out.
     ignore_changes: tuple[str, ...] = ()
+    # The URNs the engine also takes as this resource (its aliases, and those it inherits from
+    # an aliased parent), so that a moved resource is the same resource; written to plan.json.
+    aliases: tuple[str, ...] = ()
 
 
 ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
@@ -193,6 +196,32 @@ def engine_urn(stack: str, project: str, parent: str, type_: str, name: str) -> 
         if parent_type != ROOT_STACK_TYPE:
             type_path = f"{parent_type}${type_}"
     return f"urn:pulumi:{stack}::{project}::{type_path}::{name}"
+
+
+def alias_urns(request: Any, urn: str, parent_aliases: Sequence[str]) -> tuple[str, ...]:
+    """The URNs the engine takes as this resource besides its own: each alias (a URN or a spec:
+    unset parts are the resource's own, pulumi/pulumi's alias resolution) and, for each alias of
+    its parent, the URN it had under that parent (the engine's inherited child aliases)."""
+    stack, project = pulumi.get_stack(), pulumi.get_project()
+    found = set()
+    for alias in request.aliases:
+        if alias.WhichOneof("alias") == "urn":
+            found.add(alias.urn)
+            continue
+        spec = alias.spec
+        parent = "" if spec.noParent else (spec.parentUrn or request.parent)
+        found.add(
+            engine_urn(
+                spec.stack or stack,
+                spec.project or project,
+                parent,
+                spec.type or request.type,
+                spec.name or request.name,
+            )
+        )
+    for parent_alias in parent_aliases:
+        found.add(engine_urn(stack, project, parent_alias, request.type, request.name))
+    return tuple(sorted(found - {urn}))
 
 
 class RecordingMonitor(MockMonitor):
@@ -219,7 +248,10 @@ class RecordingMonitor(MockMonitor):
             depends.update(deps.urns)
         # A provider reference is "<provider urn>::<provider id>".
         provider = request.provider.rsplit("::", 1)[0] if request.provider else None
+        with self._lock:
+            parent = self.registrations.get(request.parent)
         registration = Registration(
+            aliases=alias_urns(request, response.urn, parent.aliases if parent else ()),
             urn=response.urn,
             type=request.type,
             name=request.name,

@@ -219,6 +219,7 @@ def plan_document(result: PlanResult) -> dict[str, Any]:
                 "inputs": reg.inputs,
                 "provider": reg.provider,
                 **({"ignoreChanges": list(reg.ignore_changes)} if reg.ignore_changes else {}),
+                **({"aliases": list(reg.aliases)} if reg.aliases else {}),
             }
             for reg in result.registrations
         ],

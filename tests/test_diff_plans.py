@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,56 @@ def test_unchanged_cost_is_said_once(
     assert code == 1
     assert "Monthly cost: 51.34 EUR per month (unchanged)" in out
     assert "Monthly cost by item" not in out
+
+
+def test_a_plan_under_another_stack_name_compares_resource_by_resource(
+    before: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stack name is part of every URN: `plan --config-file x/Pulumi.prod-new.yaml` names
+    the stack prod-new, and its diff against prod still matches the same resources."""
+    result = run_plan(
+        base(),
+        stack="prod-new",
+        extra={"nixos-k3s:tailscaleAuthKey": SECRET_A},
+        secret_keys=frozenset({"nixos-k3s:tailscaleAuthKey"}),
+    )
+    other = tmp_path / "prod-new"
+    plan.write_plan(result, other)
+    plan_diff = diff.diff_plans(diff.load_plan(before), diff.load_plan(other))
+    assert plan_diff.old_stack == "prod" and plan_diff.new_stack == "prod-new"
+    assert not plan_diff.resources, [(c.kind, c.name) for c in plan_diff.resources][:5]
+
+
+def moved(document: dict[str, Any], name: str, new_parent: dict[str, Any]) -> dict[str, Any]:
+    """`document` with resource `name` moved under `new_parent`, aliased to its old URN."""
+    doc = copy.deepcopy(document)
+    res = next(r for r in doc["resources"] if r["name"] == name)
+    old = res["urn"]
+    parent_type = new_parent["urn"].split("::")[2]
+    res["urn"] = f"{old.rsplit('::', 2)[0]}::{parent_type}${res['type']}::{name}"
+    res["parent"] = new_parent["urn"]
+    res["aliases"] = [old]
+    for other in doc["resources"]:
+        other["dependsOn"] = [res["urn"] if d == old else d for d in other["dependsOn"]]
+    fingerprints = doc["secretFingerprints"]
+    if old in fingerprints:
+        fingerprints[res["urn"]] = fingerprints.pop(old)
+    return doc
+
+
+def test_a_resource_moved_with_its_alias_is_the_same_resource(before: Path, tmp_path: Path) -> None:
+    document = json.loads((before / "plan.json").read_text())
+    stage = next(r for r in document["resources"] if r["type"] == "nixos-k3s:hetzner:Machines")
+    new_dir = tmp_path / "moved"
+    shutil.copytree(before, new_dir)
+    (new_dir / "plan.json").write_text(json.dumps(moved(document, "prod-api-ready", stage)))
+    plan_diff = diff.diff_plans(diff.load_plan(before), diff.load_plan(new_dir))
+    assert not plan_diff.resources
+    # Without the alias the engine would delete and create it: so does the diff.
+    unaliased = moved(document, "prod-api-ready", stage)
+    next(r for r in unaliased["resources"] if r["name"] == "prod-api-ready")["aliases"] = []
+    (new_dir / "plan.json").write_text(json.dumps(unaliased))
+    kinds = {
+        c.kind for c in diff.diff_plans(diff.load_plan(before), diff.load_plan(new_dir)).resources
+    }
+    assert kinds == {"add", "remove"}
