@@ -20,7 +20,7 @@ def inlined_names(name: str) -> list[str]:
 
 def test_host_side_scripts_name_lib_functions() -> None:
     users = {name for name in SCRIPTS if inlined_names(name)}
-    assert {"api-ready.sh", "node-gate.sh", "nodes-ready.sh"} <= users
+    assert {"api-ready.sh", "install-secrets.sh", "node-gate.sh", "nodes-ready.sh"} <= users
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
