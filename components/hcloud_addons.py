@@ -179,32 +179,27 @@ def hcloud_addons(
     after_secret = pulumi.ResourceOptions.merge(
         in_cluster, pulumi.ResourceOptions(depends_on=[secret])
     )
-    ccm = (
-        helm.chart_release(
-            f"{name}-hcloud-ccm",
-            chart=CCM_CHART,
+
+    def release(
+        suffix: str, chart: str, version: str, values: dict[str, Any]
+    ) -> k8s.helm.v3.Release:
+        return helm.chart_release(
+            f"{name}-{suffix}",
+            chart=chart,
             repo=CHART_REPO,
-            version=CCM_VERSION,
+            version=version,
             namespace=NAMESPACE,
-            values=ccm_values(cfg),
+            values=values,
             provider=provider,
             opts=after_secret,
         )
+
+    ccm = (
+        release("hcloud-ccm", CCM_CHART, CCM_VERSION, ccm_values(cfg))
         if cfg.hetzner.cloud_controller_manager
         else None
     )
     csi = (
-        helm.chart_release(
-            f"{name}-hcloud-csi",
-            chart=CSI_CHART,
-            repo=CHART_REPO,
-            version=CSI_VERSION,
-            namespace=NAMESPACE,
-            values=csi_values(cfg),
-            provider=provider,
-            opts=after_secret,
-        )
-        if cfg.hetzner.csi
-        else None
+        release("hcloud-csi", CSI_CHART, CSI_VERSION, csi_values(cfg)) if cfg.hetzner.csi else None
     )
     return HcloudAddons(token_secret=secret, ccm=ccm, csi=csi)
