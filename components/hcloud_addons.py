@@ -23,7 +23,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import valuesschema
+from components import helm, valuesschema
 
 # Helm drops keys set to null before it validates; paths are shown as for Cilium's values.
 from components.cilium import _format_path, _without_nulls
@@ -155,24 +155,6 @@ class HcloudAddons:
         return [r for r in (self.ccm, self.csi) if r is not None]
 
 
-def _release(
-    name: str, chart: str, version: str, values: dict[str, Any], opts: pulumi.ResourceOptions
-) -> k8s.helm.v3.Release:
-    return k8s.helm.v3.Release(
-        name,
-        name=chart,
-        chart=chart,
-        version=version,
-        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPO),
-        namespace=NAMESPACE,
-        values=values,
-        # Like Cilium's: the pods start only once Cilium has made the nodes Ready, and the
-        # nodes-Ready gate after them waits for that.
-        skip_await=True,
-        opts=opts,
-    )
-
-
 def hcloud_addons(
     name: str,
     cfg: ClusterConfig,
@@ -197,14 +179,27 @@ def hcloud_addons(
     after_secret = pulumi.ResourceOptions.merge(
         in_cluster, pulumi.ResourceOptions(depends_on=[secret])
     )
+
+    def release(
+        suffix: str, chart: str, version: str, values: dict[str, Any]
+    ) -> k8s.helm.v3.Release:
+        return helm.chart_release(
+            f"{name}-{suffix}",
+            chart=chart,
+            repo=CHART_REPO,
+            version=version,
+            namespace=NAMESPACE,
+            values=values,
+            provider=provider,
+            opts=after_secret,
+        )
+
     ccm = (
-        _release(f"{name}-hcloud-ccm", CCM_CHART, CCM_VERSION, ccm_values(cfg), after_secret)
+        release("hcloud-ccm", CCM_CHART, CCM_VERSION, ccm_values(cfg))
         if cfg.hetzner.cloud_controller_manager
         else None
     )
     csi = (
-        _release(f"{name}-hcloud-csi", CSI_CHART, CSI_VERSION, csi_values(cfg), after_secret)
-        if cfg.hetzner.csi
-        else None
+        release("hcloud-csi", CSI_CHART, CSI_VERSION, csi_values(cfg)) if cfg.hetzner.csi else None
     )
     return HcloudAddons(token_secret=secret, ccm=ccm, csi=csi)

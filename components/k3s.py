@@ -17,7 +17,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
 
-from components import cilium
+from components import cilium, helm
 from components.config import ClusterConfig, Taint, cilium_settings
 from components.scripts import local_invocation, remote_invocation
 
@@ -178,17 +178,15 @@ def cilium_release(
     values = pulumi.Output.from_input(api_host).apply(
         lambda host: cilium.render_values(cilium_settings(cfg, host, node_count))
     )
-    release = k8s.helm.v3.Release(
+    release = helm.chart_release(
         f"{name}-cilium",
-        name="cilium",
         chart=cilium.CHART_NAME,
+        repo=cilium.CHART_REPO,
         version=cfg.cilium.version,
-        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=cilium.CHART_REPO),
         namespace=cilium.NAMESPACE,
         values=values,
-        # Nodes stay NotReady until Cilium runs: the release must not wait for them.
-        skip_await=True,
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider)),
+        provider=provider,
+        opts=opts,
     )
     return CiliumRelease(provider=provider, release=release)
 

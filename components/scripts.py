@@ -2,12 +2,17 @@
 
 Scripts that run on the operator's machine are started by path (Pulumi runs programs from the
 project directory), so their text never lands in Pulumi state. Scripts that run on a host travel
-inside the remote command itself, because the host has no copy of this repository.
+inside the remote command itself, because the host has no copy of this repository. Such a script
+may use functions of operator-lib.sh: in a checkout it sources the lib with a line that names
+them (`source ".../operator-lib.sh" # inline on hosts: poll_until one_line`), and the text sent
+to a host has their definitions in place of that line (operator-lib.sh's inline_script does the
+same for the scripts the operator-side scripts send).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +34,27 @@ def script_text(name: str) -> str:
     return script_path(name).read_text(encoding="utf-8")
 
 
+LIB = "operator-lib.sh"
+_INLINE_MARKER = re.compile(r'^source .*/operator-lib\.sh" # inline on hosts: (.+)$', re.MULTILINE)
+
+
+def lib_function(name: str) -> str:
+    """The definition of function NAME in operator-lib.sh: `NAME() {` up to the first `}` line."""
+    match = re.search(rf"^{re.escape(name)}\(\) {{\n(?:.*\n)*?}}\n", script_text(LIB), re.MULTILINE)
+    if match is None:
+        raise ValueError(f"{LIB} has no function {name!r}")
+    return match.group(0)
+
+
+@functools.cache
+def inline_script(name: str) -> str:
+    """The text of a host-side script as it travels: the lib functions it names put in place."""
+    return _INLINE_MARKER.sub(
+        lambda marker: "".join(lib_function(f) for f in marker.group(1).split()).removesuffix("\n"),
+        script_text(name),
+    )
+
+
 def local_invocation(name: str, *args: str) -> str:
     """Command line for a local.Command: the script by its path relative to the project."""
     relative = script_path(name).relative_to(PROJECT_DIR)
@@ -44,7 +70,7 @@ def remote_invocation(name: str, *args: str, env: Mapping[str, str] | None = Non
     may go into `args` or `env`: the command line is stored in state and visible in `ps`.
     """
     assignments = [f"{key}={value}" for key, value in sorted((env or {}).items())]
-    argv = ["bash", "-c", script_text(name), name, *args]
+    argv = ["bash", "-c", inline_script(name), name, *args]
     if assignments:
         argv = ["env", *assignments, *argv]
     return shlex.join(argv)

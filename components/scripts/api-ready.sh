@@ -9,12 +9,18 @@
 #   2 usage.
 set -euo pipefail
 
+readonly PROG=api-ready.sh
 readonly POLL_INTERVAL=${POLL_INTERVAL:-2}
+# shellcheck source-path=SCRIPTDIR source=operator-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/operator-lib.sh" # inline on hosts: one_line poll_until
 
-one_line() {
-  local text=$1
-  text=${text//$'\n'/ }
-  printf '%s' "${text:0:400}"
+api_ready() {
+  local answer
+  if answer=$(k3s kubectl --request-timeout=5s get --raw=/readyz 2>&1) && [[ $answer == ok ]]; then
+    return 0
+  fi
+  POLL_DETAIL="; last answer: $(one_line "${answer:-<none>}")"
+  return 1
 }
 
 main() {
@@ -22,20 +28,9 @@ main() {
     printf 'usage: api-ready.sh TIMEOUT_SECONDS\n' >&2
     exit 2
   fi
-  local timeout=$1 end answer
-  end=$((SECONDS + 10#$timeout))
-  while :; do
-    if answer=$(k3s kubectl --request-timeout=5s get --raw=/readyz 2>&1) && [[ $answer == ok ]]; then
-      printf 'api-ready.sh: Kubernetes API on %s is ready\n' "$(uname -n)" >&2
-      return 0
-    fi
-    if ((SECONDS >= end)); then
-      printf 'api-ready.sh: Kubernetes API on %s not ready after %ss; last answer: %s\n' \
-        "$(uname -n)" "$timeout" "$(one_line "${answer:-<none>}")" >&2
-      return 1
-    fi
-    sleep "$POLL_INTERVAL"
-  done
+  poll_until "$1" "$POLL_INTERVAL" "Kubernetes API on $(uname -n) not ready" api_ready ||
+    return 1
+  printf 'api-ready.sh: Kubernetes API on %s is ready\n' "$(uname -n)" >&2
 }
 
 main "$@"

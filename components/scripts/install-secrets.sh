@@ -55,16 +55,8 @@ refuse_bundle() {
   exit 2
 }
 
-# operator-lib.sh's sha256_stdin again: this script travels inline to hosts, it cannot source it.
-sha256_hex() {
-  local sum
-  if command -v sha256sum >/dev/null 2>&1; then
-    sum=$(sha256sum)
-  else
-    sum=$(shasum -a 256)
-  fi
-  printf '%s' "${sum%% *}"
-}
+# shellcheck source-path=SCRIPTDIR source=operator-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/operator-lib.sh" # inline on hosts: sha256_stdin
 
 # Reads all of stdin and checks it against its header; sets BODY to the record lines. The bundle
 # stays in memory (no here-string or temp file holds the secrets).
@@ -83,7 +75,7 @@ read_verified_bundle() {
   fi
   expected_count=${BASH_REMATCH[1]}
   expected_sum=${BASH_REMATCH[2]}
-  actual_sum=$(printf '%s' "$BODY" | sha256_hex)
+  actual_sum=$(printf '%s' "$BODY" | sha256_stdin)
   [[ $actual_sum == "$expected_sum" ]] ||
     refuse_bundle "sha256 of the records does not match the header: the bundle is cut short, altered or has extra bytes"
   lines=$(printf '%s' "$BODY" | wc -l)

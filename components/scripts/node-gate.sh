@@ -34,13 +34,16 @@
 # Exit codes: 0 ok; 1 timeout or a failed delete; 2 usage.
 set -euo pipefail
 
+readonly PROG=node-gate.sh
 readonly POLL_INTERVAL=${POLL_INTERVAL:-2}
 readonly DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-120}
 readonly DELETE_TIMEOUT=${DELETE_TIMEOUT:-60}
 readonly API_ATTEMPTS=${API_ATTEMPTS:-3}
+# shellcheck source-path=SCRIPTDIR source=operator-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/operator-lib.sh" # inline on hosts: one_line poll_until
 
 say() {
-  printf 'node-gate.sh: %s\n' "$*" >&2
+  printf '%s: %s\n' "$PROG" "$*" >&2
 }
 
 usage() {
@@ -52,28 +55,20 @@ kubectl() {
   k3s kubectl --request-timeout=10s "$@"
 }
 
-one_line() {
-  local text=$1
-  text=${text//$'\n'/ }
-  printf '%s' "${text:0:400}"
+node_registered() {
+  local answer
+  answer=$(kubectl get node "$1" -o name 2>&1) && return 0
+  POLL_DETAIL="; last answer: $(one_line "$answer")"
+  return 1
 }
 
 cmd_wait() {
-  local node=$1 timeout=$2 end answer
+  local node=$1 timeout=$2
   shift 2
-  end=$((SECONDS + 10#$timeout))
-  while :; do
-    if answer=$(kubectl get node "$node" -o name 2>&1); then
-      say "node $node is registered"
-      apply_labels_and_taints "$node" "$@"
-      return
-    fi
-    if ((SECONDS >= end)); then
-      say "node $node not registered on $(uname -n) after ${timeout}s; last answer: $(one_line "$answer")"
-      return 1
-    fi
-    sleep "$POLL_INTERVAL"
-  done
+  poll_until "$timeout" "$POLL_INTERVAL" "node $node not registered on $(uname -n)" \
+    node_registered "$node" || return 1
+  say "node $node is registered"
+  apply_labels_and_taints "$node" "$@"
 }
 
 api_answers() {
@@ -141,25 +136,22 @@ cmd_drain() {
   say "node $node drained"
 }
 
+node_ready() {
+  local status
+  if ! status=$(kubectl get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>&1); then
+    POLL_DETAIL=" (status: unknown; $(one_line "$status")); left cordoned"
+    return 1
+  fi
+  [[ $status == True ]] && return 0
+  POLL_DETAIL=" (status: ${status:-unknown}); left cordoned"
+  return 1
+}
+
 cmd_ready() {
-  local node=$1 timeout=$2 end answer status
-  end=$((SECONDS + 10#$timeout))
-  while :; do
-    status=""
-    if answer=$(kubectl get nodes -o 'jsonpath={range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>&1); then
-      status=$(printf '%s\n' "$answer" | awk -F '\t' -v n="$node" '$1 == n { print $2 }')
-    fi
-    if [[ $status == True ]]; then
-      say "node $node is Ready"
-      cmd_uncordon "$node"
-      return
-    fi
-    if ((SECONDS >= end)); then
-      say "node $node not Ready after ${timeout}s (status: ${status:-unknown}; $(one_line "$answer")); left cordoned"
-      return 1
-    fi
-    sleep "$POLL_INTERVAL"
-  done
+  local node=$1 timeout=$2
+  poll_until "$timeout" "$POLL_INTERVAL" "node $node not Ready" node_ready "$node" || return 1
+  say "node $node is Ready"
+  cmd_uncordon "$node"
 }
 
 cmd_uncordon() {

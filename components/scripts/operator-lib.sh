@@ -1,5 +1,7 @@
 # operator-lib.sh: helpers shared by the scripts that run on the OPERATOR machine
 # (deploy.sh, install.sh). Sourced, never run; the sourcing script sets PROG to its name.
+# Scripts that run on a host source it too, naming the functions they use; when such a script
+# is sent to a host, those functions are put in its text instead (see inline_script).
 # Portable to the bash 3.2 and BSD tools of macOS.
 # shellcheck shell=bash
 
@@ -42,12 +44,12 @@ shquote() {
   printf "'%s'" "$escaped"
 }
 
-# The remote command line for SCRIPT ARGS...: the script inline, exactly as
+# The remote command line for SCRIPT ARGS...: the script inline (see inline_script), exactly as
 # components/scripts.py remote_invocation builds it (the host has no copy of this repository).
 remote_command() {
   local script=$1 text word line
   shift
-  text=$(<"$SCRIPT_DIR/$script")
+  text=$(inline_script "$script")
   line="bash -c $(shquote "$text") $script"
   for word in "$@"; do
     line+=" $(shquote "$word")"
@@ -104,4 +106,59 @@ sha256_stdin() {
     sum=$(shasum -a 256)
   fi
   printf '%s' "${sum%% *}"
+}
+
+# At most 400 characters of TEXT on one line, for a message that quotes a command's answer.
+one_line() {
+  local text=$1
+  text=${text//$'\n'/ }
+  printf '%s' "${text:0:400}"
+}
+
+# poll_until SECONDS INTERVAL WHAT CHECK [ARGS...]: runs CHECK ARGS... at once and then every
+# INTERVAL seconds until it succeeds (returns 0) or SECONDS seconds have passed (returns 1, after
+# the message "PROG: WHAT after SECONDSs" and POLL_DETAIL). WHAT says what has not happened, e.g.
+# "node agent-1 not Ready". CHECK may set POLL_DETAIL to what its last try saw, with its own
+# separator ("; last answer: ..."), and POLL_WHAT when its last try knows better than WHAT
+# ("only 2 of 3 nodes Ready"). CHECK runs as a condition (errexit off): it tests what it runs.
+poll_until() {
+  local seconds=$1 interval=$2 what=$3 end
+  shift 3
+  end=$((SECONDS + 10#$seconds))
+  POLL_DETAIL="" POLL_WHAT=""
+  while ! "$@"; do
+    if ((SECONDS >= end)); then
+      printf '%s: %s after %ss%s\n' "$PROG" "${POLL_WHAT:-$what}" "$seconds" "$POLL_DETAIL" >&2
+      return 1
+    fi
+    sleep "$interval"
+  done
+}
+
+# The text of SCRIPT as it travels to a host, the same as components/scripts.py inline_script:
+# its line `source ".../operator-lib.sh" # inline on hosts: NAME...` becomes the definitions of
+# the functions NAME... from this file (a host has no copy of this repository).
+inline_script() {
+  local line name marker='^source .*/operator-lib\.sh" # inline on hosts: (.+)$'
+  while IFS= read -r line || [[ -n $line ]]; do
+    if [[ $line =~ $marker ]]; then
+      for name in ${BASH_REMATCH[1]}; do
+        lib_function "$name"
+      done
+    else
+      printf '%s\n' "$line"
+    fi
+  done <"$SCRIPT_DIR/$1"
+}
+
+# The definition of function NAME in this file: from `NAME() {` to the first line `}`.
+lib_function() {
+  local line inside=0
+  while IFS= read -r line; do
+    [[ $line == "$1() {" ]] && inside=1
+    ((inside)) || continue
+    printf '%s\n' "$line"
+    [[ $line == "}" ]] && return 0
+  done <"$SCRIPT_DIR/operator-lib.sh"
+  fail "operator-lib.sh has no function $1"
 }

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -118,6 +118,21 @@ def names_of(mask: int) -> set[str]:
     return {name for bit, name in enumerate(kernel_capabilities()) if mask >> bit & 1}
 
 
+def assert_node_ran(mode: str, output: str, steps: Sequence[str]) -> None:
+    """The container held the mode's bounding set and printed every step of its CNI's work.
+
+    A new user namespace hands its root every capability inside it, whatever this process's own
+    bounding set lacks: the set is exactly the mode's. Without one it is the mode's set less
+    what this machine's own bounding set lacks.
+    """
+    expected = mode_capabilities(mode)
+    if not containermodes.modes()[mode].user_namespaced:
+        expected &= own_bounding_set()
+    assert names_of(bounding_mask_line(output)) == expected, output
+    for step in steps:
+        assert step in output, output
+
+
 def require_kernel(feature: str, script: str) -> None:
     """Skip (naming the feature) when even full root in a fresh netns cannot do `script`."""
     probe = subprocess.run(
@@ -168,6 +183,19 @@ echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter && echo "rp_filter loose"
 
 CILIUM_NODE = cilium_node(sys.executable, str(BPF_PROG))
 FLANNEL_NODE = flannel_node(sys.executable, str(BPF_PROG))
+# What the scripts above print when every step works.
+CILIUM_STEPS = (
+    "bpffs mounted",
+    "cgroup2 mounted",
+    "veth created",
+    "clsact added",
+    "loaded",
+    "pinned",
+    "tc program attached",
+    "rp_filter loose",
+    "direct-action",
+)
+FLANNEL_STEPS = ("vxlan created", "bridge created", "veth created", "rp_filter loose")
 
 
 def test_drill_capabilities_come_from_the_rendered_data() -> None:
@@ -186,22 +214,7 @@ def test_host_users_mode_runs_what_cilium_needs() -> None:
         "ip link add drill0 type veth peer name drill1 && tc qdisc add dev drill0 clsact",
     )
     require_kernel("BPF (CONFIG_BPF_SYSCALL)", f"{sys.executable} {BPF_PROG}")
-    output = run_in_container("host-users", CILIUM_NODE)
-    held = names_of(bounding_mask_line(output))
-    # Exactly the mode's set, less what this machine's own bounding set lacks.
-    assert held == mode_capabilities("host-users") & own_bounding_set(), output
-    for step in (
-        "bpffs mounted",
-        "cgroup2 mounted",
-        "veth created",
-        "clsact added",
-        "loaded",
-        "pinned",
-        "tc program attached",
-        "rp_filter loose",
-    ):
-        assert step in output, output
-    assert "direct-action" in output, output
+    assert_node_ran("host-users", run_in_container("host-users", CILIUM_NODE), CILIUM_STEPS)
 
 
 def test_bpf_load_needs_the_capabilities_the_mode_grants() -> None:
@@ -219,12 +232,7 @@ def test_user_namespace_mode_runs_flannel_and_cannot_load_bpf() -> None:
     require_kernel("VXLAN", "ip link add drill0 type vxlan id 1 dstport 8472")
     require_kernel("bridges", "ip link add drill0 type bridge")
     output = run_in_container("user-namespace", FLANNEL_NODE)
-    held = names_of(bounding_mask_line(output))
-    # A new user namespace hands its root every capability inside it, whatever this process's
-    # own bounding set lacks: the set is exactly the mode's.
-    assert held == mode_capabilities("user-namespace"), output
-    for step in ("vxlan created", "bridge created", "veth created", "rp_filter loose"):
-        assert step in output, output
+    assert_node_ran("user-namespace", output, FLANNEL_STEPS)
     assert "vxlan id 1" in output and "dstport 8472" in output, output
     # The refused combination: Cilium in a user-namespaced container. The kernel checks BPF
     # capabilities against the initial user namespace, so the load fails however many
@@ -345,23 +353,8 @@ timeout 2 head -n 1 /dev/kmsg >/dev/null && echo "kmsg readable"
 def test_host_users_mode_under_systemd_nspawn(nspawn_root: Path) -> None:
     script = cilium_node(NSPAWN_PYTHON, NSPAWN_PROG, HOST_BOUND_BPFFS) + ISOLATION_KEPT
     output = run_in_nspawn("host-users", script, nspawn_root)
-    held = names_of(bounding_mask_line(output))
-    assert held == mode_capabilities("host-users") & own_bounding_set(), output
-    for step in (
-        "bpffs mounted",
-        "cgroup2 mounted",
-        "veth created",
-        "clsact added",
-        "loaded",
-        "pinned",
-        "tc program attached",
-        "rp_filter loose",
-        "kernel sysctls read-only",
-        "sysfs read-only",
-        "kmsg readable",
-    ):
-        assert step in output, output
-    assert "direct-action" in output, output
+    isolation = ("kernel sysctls read-only", "sysfs read-only", "kmsg readable")
+    assert_node_ran("host-users", output, CILIUM_STEPS + isolation)
     # The program was pinned in the container's own bpffs instance, bound in from the host.
     assert "host-side bpffs of the container: [" in output and "'cil_from_container'" in output
 
@@ -369,7 +362,5 @@ def test_host_users_mode_under_systemd_nspawn(nspawn_root: Path) -> None:
 @needs_nspawn
 def test_user_namespace_mode_under_systemd_nspawn(nspawn_root: Path) -> None:
     output = run_in_nspawn("user-namespace", flannel_node(NSPAWN_PYTHON, NSPAWN_PROG), nspawn_root)
-    assert names_of(bounding_mask_line(output)) == mode_capabilities("user-namespace"), output
-    for step in ("vxlan created", "bridge created", "veth created", "rp_filter loose"):
-        assert step in output, output
+    assert_node_ran("user-namespace", output, FLANNEL_STEPS)
     assert "load: EPERM" in output and "loaded" not in output, output
