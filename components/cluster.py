@@ -1,14 +1,16 @@
 """The Cluster component: the only thing __main__.py builds.
 
-stack config -> machines (Hetzner or Colima) -> host data -> NixOS hosts (install, secrets,
-build, push) -> k3s gates -> kubeconfig -> Cilium -> nodes-Ready gate.
+Its stages: machines (Hetzner or Colima, each layer returns a MachineView per host) -> host
+data (render, one HostSpec per host) -> NixOS hosts (install, secrets, build, push; a
+NixosHosts component) -> the k3s bring-up that orders the pushes and gates the joins
+(K3sBringUp: API-ready, node gates, kubeconfig) -> Cilium and the Hetzner add-ons -> the
+nodes-Ready gate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -16,11 +18,13 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from components import catalog, config, hcloud_addons, hostspec, inventory, k3s, render
+from components.bringup import BringUpArgs, K3sBringUp, NixosHosts
 from components.colima import ColimaMachine, ColimaMachineArgs
 from components.config import ClusterConfig, EtcdS3Credentials
 from components.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
 from components.hostspec import HostSpec
 from components.inventory import Host
+from components.machineview import MachineView
 from components.nixos_host import (
     DeployKey,
     HostKey,
@@ -28,10 +32,8 @@ from components.nixos_host import (
     NixosHostArgs,
     RollArgs,
     SecretSet,
-    WakeCommand,
     connection,
 )
-from components.scripts import local_invocation
 from components.userdata import host_key_user_data
 
 
@@ -42,39 +44,6 @@ class ClusterArgs:
     # Hetzner API token for the in-cluster cloud controller and CSI driver (a Pulumi secret).
     hcloud_token: pulumi.Input[str] | None = None
     etcd_s3_credentials: EtcdS3Credentials | None = None
-
-
-@dataclass(frozen=True)
-class MachineView:
-    """What the NixOS layer needs of a machine, whatever made it."""
-
-    ssh_host: pulumi.Output[str]
-    ssh_user: str
-    install_user: str
-    machine_id: pulumi.Output[str]
-    # The machine's facts are built from these Outputs' values, inside the one apply that
-    # renders the host (an apply of their own would be one more Output per host to settle).
-    fact_inputs: tuple[pulumi.Output[Any], ...]
-    facts_of: Callable[[Sequence[Any]], render.MachineFacts]
-    private_ipv4: pulumi.Input[str]
-    wake: WakeCommand | None = None
-    # The host key the machine answers with before NixOS is installed (stock image, installer).
-    stock_host_key: pulumi.Input[str] | None = None
-    from_image: bool = False
-
-    def spec(
-        self, extra: Sequence[pulumi.Input[Any]], render_spec: Callable[..., HostSpec]
-    ) -> pulumi.Output[HostSpec]:
-        """render_spec(facts, *extra values) in one apply over the facts and `extra`."""
-        k = len(self.fact_inputs)
-        return pulumi.Output.all(*self.fact_inputs, *extra).apply(
-            lambda v: render_spec(self.facts_of(v[:k]), *v[k:])
-        )
-
-
-def _rolled(host: NixosHost) -> pulumi.Resource:
-    assert host.roll is not None  # every host of a cluster has its roll step
-    return host.roll
 
 
 def vpn_auth_content(auth_key: str) -> str:
@@ -171,22 +140,14 @@ class Cluster(pulumi.ComponentResource):
             host_public_key=host_keys[bootstrap.name].public_openssh,
             deploy_private_key=deploy_key.private_openssh,
         )
+        nixos_hosts = NixosHosts(f"{name}-hosts", self, child)
 
-        def roll_args(after: Sequence[pulumi.Resource]) -> RollArgs:
-            return RollArgs(
-                key=roll_key,
-                gate_environment=gate_target.roll_environment,
-                after=after,
-                drain_timeout_seconds=cfg.deploy.drain_timeout_seconds,
-                ready_timeout_seconds=cfg.deploy.node_ready_timeout_seconds,
-            )
-
-        def nixos_host(
+        def add_host(
             host: Host, after: list[pulumi.Resource], roll_after: Sequence[pulumi.Resource]
         ) -> NixosHost:
             machine = machines[host.name]
-            return NixosHost(
-                host.name,
+            return nixos_hosts.add(
+                host,
                 NixosHostArgs(
                     host_name=host.name,
                     ssh_host=machine.ssh_host,
@@ -203,96 +164,41 @@ class Cluster(pulumi.ComponentResource):
                     push_after=after,
                     wake=machine.wake,
                     stock_host_key=machine.stock_host_key,
-                    roll=roll_args(roll_after),
+                    roll=RollArgs(
+                        key=roll_key,
+                        gate_environment=gate_target.roll_environment,
+                        after=roll_after,
+                        drain_timeout_seconds=cfg.deploy.drain_timeout_seconds,
+                        ready_timeout_seconds=cfg.deploy.node_ready_timeout_seconds,
+                    ),
                     from_image=machine.from_image,
                 ),
-                opts=child,
             )
 
-        # Rolling upgrade order: the bootstrap server, the other servers one at a time, then
-        # the agents in batches of deploy.maxUnavailable (see NixosHost._roll).
-        first = nixos_host(bootstrap, [], [])
-        last_rolls: list[pulumi.Resource] = [_rolled(first)]
+        endpoint_url = self._endpoint_url(cfg, lb, machines[bootstrap.name].ssh_host)
         admin = connection(
             machines[bootstrap.name].ssh_host,
             machines[bootstrap.name].ssh_user,
             host_keys[bootstrap.name],
             deploy_key,
         )
-        api_ready = k3s.api_ready_gate(
-            name,
-            admin,
-            cfg.deploy.api_ready_timeout_seconds,
-            k3s.gate_options(self, [first.push]),
+        bring_up = K3sBringUp(
+            f"{name}-k3s",
+            BringUpArgs(
+                prefix=name,
+                config=cfg,
+                hosts=hosts,
+                machines=machines,
+                gate_target=gate_target,
+                admin=admin,
+                endpoint_url=endpoint_url,
+                add_host=add_host,
+            ),
+            was=self,
+            opts=child,
         )
-        bootstrap_gate = k3s.node_gate(
-            bootstrap.name,
-            gate_target,
-            machine_id=machines[bootstrap.name].machine_id,
-            bootstrap=True,
-            markings=k3s.node_markings(bootstrap.pool.labels, bootstrap.pool.taints),
-            opts=k3s.gate_options(self, [api_ready]),
-        )
-        gates: list[pulumi.Resource] = [bootstrap_gate]
-
-        def container_gates(host: Host, after: list[pulumi.Resource]) -> None:
-            """One node gate per nspawn agent the host carries (they join with the host)."""
-            for slot in host.containers:
-                node = render.container_node_name(host.name, slot.config.name)
-                gates.append(
-                    k3s.node_gate(
-                        node,
-                        gate_target,
-                        machine_id=machines[host.name].machine_id,
-                        bootstrap=False,
-                        markings=k3s.node_markings(slot.config.labels, slot.config.taints),
-                        opts=k3s.gate_options(self, after),
-                    )
-                )
-
-        def join_gates(host: Host, pushed: NixosHost) -> pulumi.Resource:
-            """The host's node gate, and its containers'."""
-            after: list[pulumi.Resource] = [pushed.push, bootstrap_gate]
-            gate = k3s.node_gate(
-                host.name,
-                gate_target,
-                machine_id=machines[host.name].machine_id,
-                bootstrap=False,
-                markings=k3s.node_markings(host.pool.labels, host.pool.taints),
-                opts=k3s.gate_options(self, after),
-            )
-            gates.append(gate)
-            container_gates(host, after)
-            return gate
-
-        container_gates(bootstrap, [bootstrap_gate])
-        # The other servers join at once, once the API answers, as hetzner-k3s joins its
-        # additional masters (set_up_additional_masters: one fiber each). etcd admits one
-        # learner at a time: a join that finds another learner fails (ErrTooManyLearners), k3s
-        # exits and systemd starts it again 5 s later (nixpkgs k3s module: Restart=always,
-        # RestartSec=5s) until the leader has promoted the one before; each push's confirm
-        # waits for its k3s.service, under the rollback deadline as before. Their rolls (an
-        # upgrade drains a running server) still go one at a time.
-        for server in (h for h in hosts if h.role == "server" and not h.is_bootstrap):
-            pushed = nixos_host(server, [api_ready], last_rolls)
-            last_rolls = [_rolled(pushed)]
-            join_gates(server, pushed)
-        agents = [h for h in hosts if h.role == "agent"]
-        batch_size = cfg.deploy.max_unavailable
-        for start in range(0, len(agents), batch_size):
-            batch = [
-                nixos_host(agent, [api_ready], last_rolls)
-                for agent in agents[start : start + batch_size]
-            ]
-            for agent, pushed in zip(agents[start : start + batch_size], batch, strict=True):
-                join_gates(agent, pushed)
-            last_rolls = [_rolled(pushed) for pushed in batch]
-
-        endpoint_url = self._endpoint_url(cfg, lb, machines[bootstrap.name].ssh_host)
-        kubeconfig_cmd = k3s.kubeconfig_command(
-            name, admin, endpoint_url, cfg.name, k3s.gate_options(self, [api_ready])
-        )
-        self.kubeconfig = pulumi.Output.secret(kubeconfig_cmd.stdout)
+        nixos_hosts.done()
+        self.kubeconfig = pulumi.Output.secret(bring_up.kubeconfig.stdout)
         node_count = config.node_count(cfg)
         # Cilium's agents reach the API through the load balancer when there is one, so they
         # keep it while any one server (the bootstrap server too) is down.
@@ -311,14 +217,7 @@ class Cluster(pulumi.ComponentResource):
             )
             cni_ready.append(release.release)
         addons = self._hcloud_addons(name, cfg, args.hcloud_token, provider, cni_ready)
-        k3s.nodes_ready_gate(
-            name,
-            admin,
-            node_count,
-            cfg.deploy.nodes_ready_timeout_seconds,
-            k3s.gate_options(self, [*cni_ready, *addons, *gates]),
-        )
-        k3s.teardown_marker(name, gate_target, gates, self)
+        bring_up.finish(node_count, [*cni_ready, *addons])
 
         self.api_endpoint = endpoint_url
         self.host_addresses = pulumi.Output.all(
@@ -432,57 +331,18 @@ class Cluster(pulumi.ComponentResource):
                 ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            views = {}
-            for host in hosts:
-                m = hetzner.machines[host.name]
-                private_ip = host.private_ip or ""
-                views[host.name] = MachineView(
-                    ssh_host=m.ssh_host,
-                    ssh_user="root",
-                    install_user="root",
-                    machine_id=m.server.id,
-                    fact_inputs=(
-                        m.public_ipv4,
-                        m.private_mac_address,
-                        *([] if m.public_ipv6 is None else [m.public_ipv6]),
-                    ),
-                    facts_of=lambda v, ip=private_ip: render.MachineFacts(
-                        private_ipv4=ip,
-                        private_cidr=cfg.network.ip_range,
-                        public_ipv4=v[0],
-                        private_mac_address=v[1],
-                        public_ipv6=(v[2] or None) if len(v) > 2 else None,
-                    ),
-                    private_ipv4=private_ip,
-                    stock_host_key=(
-                        stock_keys[host.name].public_key_openssh.apply(str.strip)
-                        if host.name in stock_keys
-                        else None
-                    ),
-                    from_image=host.arch in hetzner.images,
-                )
-            return views
-        views = {}
-        for host in hosts:
-            vm = ColimaMachine(
+            return hetzner.views(
+                cfg,
+                {n: k.public_key_openssh.apply(str.strip) for n, k in stock_keys.items()},
+            )
+        return {
+            host.name: ColimaMachine(
                 host.name,
                 colima_machine_args(cfg, host, deploy_public),
                 opts=pulumi.ResourceOptions(parent=self),
-            )
-            views[host.name] = MachineView(
-                ssh_host=vm.address,
-                ssh_user="root",
-                install_user="root",
-                machine_id=vm.machine_id,
-                wake=WakeCommand(local_invocation("colima-create.sh"), vm.environment),
-                fact_inputs=(vm.address,),
-                facts_of=lambda v: render.MachineFacts(
-                    private_ipv4=v[0], private_cidr=render.COLIMA_NETWORK
-                ),
-                private_ipv4=vm.address,
-                stock_host_key=vm.stock_host_key,
-            )
-        return views
+            ).view()
+            for host in hosts
+        }
 
     @staticmethod
     def _secret_contents(

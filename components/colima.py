@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import local
 
-from components import rules
+from components import render, rules
+from components.machineview import MachineView, WakeCommand
 from components.scripts import local_invocation
 
 TYPE_TOKEN = "nixos-k3s:colima:Machine"
@@ -262,4 +263,21 @@ class ColimaMachine(pulumi.ComponentResource):
         self.profile = pulumi.Output.from_input(profile)
         self.register_outputs(
             {"address": self.address, "ssh_user": self.ssh_user, "profile": self.profile}
+        )
+
+    def view(self) -> MachineView:
+        """The VM as the NixOS layer sees it: reached as root at its vzNAT address, woken by
+        the create script after the install (a vz VM may stop instead of rebooting)."""
+        return MachineView(
+            ssh_host=self.address,
+            ssh_user="root",
+            install_user="root",
+            machine_id=self.machine_id,
+            wake=WakeCommand(local_invocation("colima-create.sh"), self.environment),
+            fact_inputs=(self.address,),
+            facts_of=lambda v: render.MachineFacts(
+                private_ipv4=v[0], private_cidr=render.COLIMA_NETWORK
+            ),
+            private_ipv4=self.address,
+            stock_host_key=self.stock_host_key,
         )

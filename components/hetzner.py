@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_hcloud as hcloud
 
-from components import catalog
+from components import catalog, render
 from components.config import ClusterConfig, load_balancer_private_ip, uses_load_balancer
 from components.hetzner_image import NixosImage, NixosImageArgs, image_key
 from components.inventory import Host, container_block
+from components.machineview import MachineView
 from components.render import API_PORT
 
 
@@ -187,6 +188,8 @@ class HetznerMachines(pulumi.ComponentResource):
         }
         firewall_ids = [firewall.id.apply(int)]
 
+        self._private_ips = {h.name: h.private_ip or "" for h in args.hosts}
+        self._arch = {h.name: h.arch for h in args.hosts}
         self.images: dict[str, NixosImage] = {}
         if cfg.hetzner.nixos_image:
             assert args.deploy_private_key is not None
@@ -347,3 +350,35 @@ class HetznerMachines(pulumi.ComponentResource):
             public_ipv4=lb.ipv4 if cfg.hetzner.load_balancer_public else None,
             ready=[attachment, service, *targets],
         )
+
+    def views(
+        self, cfg: ClusterConfig, stock_host_keys: Mapping[str, pulumi.Output[str]]
+    ) -> dict[str, MachineView]:
+        """Each server as the NixOS layer sees it: reached as root at its public IPv4, its
+        facts from the server and its network attachment. stock_host_keys: host name -> the
+        public key the stock image answers with before NixOS (none when it boots the image)."""
+        views = {}
+        for name, m in self.machines.items():
+            private_ip = self._private_ips[name]
+            views[name] = MachineView(
+                ssh_host=m.ssh_host,
+                ssh_user="root",
+                install_user="root",
+                machine_id=m.server.id,
+                fact_inputs=(
+                    m.public_ipv4,
+                    m.private_mac_address,
+                    *([] if m.public_ipv6 is None else [m.public_ipv6]),
+                ),
+                facts_of=lambda v, ip=private_ip: render.MachineFacts(
+                    private_ipv4=ip,
+                    private_cidr=cfg.network.ip_range,
+                    public_ipv4=v[0],
+                    private_mac_address=v[1],
+                    public_ipv6=(v[2] or None) if len(v) > 2 else None,
+                ),
+                private_ipv4=private_ip,
+                stock_host_key=stock_host_keys.get(name),
+                from_image=self._arch[name] in self.images,
+            )
+        return views

@@ -192,12 +192,12 @@ def cilium_release(
 
 
 def teardown_marker(
-    name: str, target: GateTarget, gates: Sequence[pulumi.Resource], parent: pulumi.Resource
+    name: str, target: GateTarget, opts: pulumi.ResourceOptions
 ) -> command.local.Command:
     """Tells the node gates whether the whole stack is being destroyed.
 
-    It depends on every gate, so `pulumi destroy` deletes it first: its delete leaves a marker
-    on the operator's machine, and the gates deleted after it may then take an unreachable
+    It depends on every gate (opts), so `pulumi destroy` deletes it first: its delete leaves a
+    marker on the operator's machine, and the gates deleted after it may then take an unreachable
     bootstrap server (or API) as "the cluster is gone". Its create (`pulumi up`) removes the
     marker. In a scale-down it stays, and a removal that cannot reach the cluster fails, so the
     machine is kept instead of dropping a server that is still an etcd member.
@@ -208,7 +208,7 @@ def teardown_marker(
         delete=local_invocation("node-gate-client.sh", "teardown"),
         environment=target.environment(False),
         add_previous_output_in_env=False,
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(gates)),
+        opts=opts,
     )
 
 

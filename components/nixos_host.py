@@ -26,6 +26,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_tls as tls
 
+from components.machineview import WakeCommand
 from components.scripts import local_invocation, remote_invocation
 
 # The install runs once per machine (its trigger is the machine's id). Later changes to its
@@ -129,18 +130,6 @@ class RollArgs:
     after: Sequence[pulumi.Resource]  # the rolls of the previous batch
     drain_timeout_seconds: int
     ready_timeout_seconds: int
-
-
-@dataclass(frozen=True)
-class WakeCommand:
-    """Run on the operator's machine after the install, to bring a machine back up.
-
-    A Colima (Virtualization.framework) VM may stop instead of rebooting at the end of the
-    install; re-running the idempotent create script starts it and waits for its address.
-    """
-
-    create: str
-    environment: Mapping[str, pulumi.Input[str]]
 
 
 def connection(

@@ -51,8 +51,9 @@ def test_plan_writes_plan_json_and_hosts(prod_dir: Path) -> None:
     ]
     assert sorted(plan["hosts"]) == hosts
     for resource in plan["resources"]:
-        # ignoreChanges only where the program sets it (the servers: image, userData).
-        assert set(resource) - {"ignoreChanges"} == {
+        # ignoreChanges only where the program sets it (the servers: image, userData); aliases
+        # only on what moved into the stage components (and their children).
+        assert set(resource) - {"ignoreChanges", "aliases"} == {
             "urn",
             "type",
             "name",
@@ -364,3 +365,22 @@ def test_plan_says_which_plan_it_replaces(tmp_path: Path) -> None:
     assert (out / "source").read_text() == f"{other}\n"
     again = plan("--config-file", str(other))
     assert "replacing" not in again.stderr
+
+
+def test_moved_resources_keep_their_old_urns_as_aliases(prod_dir: Path) -> None:
+    """The hosts and gates moved under the stage components (bringup.py) keep the URN they had
+    directly under the Cluster, and their children inherit it, as the engine resolves them."""
+    plan = json.loads((prod_dir / "plan.json").read_text())
+    by_name = {r["name"]: r for r in plan["resources"]}
+    cluster = "urn:pulumi:prod::nixos-k3s::nixos-k3s:index:Cluster"
+    assert by_name["prod-api-ready"]["aliases"] == [
+        f"{cluster}$command:remote:Command::prod-api-ready"
+    ]
+    assert by_name["prod-control-1-push"]["aliases"] == [
+        f"{cluster}$nixos-k3s:index:NixosHost$command:local:Command::prod-control-1-push"
+    ]
+    host = next(r for r in plan["resources"] if r["type"] == "nixos-k3s:index:NixosHost")
+    assert host["aliases"] == [f"{cluster}$nixos-k3s:index:NixosHost::{host['name']}"]
+    assert "aliases" not in by_name["prod-k3s"] and "aliases" not in by_name["prod-hosts"]
+    server = next(r for r in plan["resources"] if r["type"] == "hcloud:index/server:Server")
+    assert "aliases" not in server, "the machines did not move"

@@ -1,0 +1,180 @@
+"""The stages of a cluster after its machines: the NixOS hosts, and the k3s bring-up that orders
+their activations and gates the joins.
+
+Both are components, so `pulumi preview` shows machines -> hosts -> k3s -> Cilium. Their
+resources sat directly under the Cluster before; each carries an alias to that parent, so an
+existing stack keeps them (the engine matches the old URN) instead of replacing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_command as command
+
+from components import k3s
+from components.config import ClusterConfig
+from components.inventory import Host
+from components.machineview import MachineView
+from components.nixos_host import NixosHost, NixosHostArgs
+from components.render import container_node_name
+
+
+def moved_from(parent: pulumi.Resource) -> list[pulumi.Input[pulumi.Alias]]:
+    """The alias of a resource that used to be a direct child of `parent`."""
+    return [pulumi.Alias(parent=parent)]
+
+
+class NixosHosts(pulumi.ComponentResource):
+    """Every host's NixOS lifecycle (install, secrets, build, push, roll), one NixosHost each.
+
+    Hosts are added in the order the k3s bring-up decides (add), because a host's push waits
+    for gates that in turn wait for earlier pushes."""
+
+    def __init__(self, name: str, was: pulumi.Resource, opts: pulumi.ResourceOptions):
+        super().__init__("nixos-k3s:nixos:Hosts", name, None, opts)
+        self._was = was
+        self.hosts: dict[str, NixosHost] = {}
+
+    def add(self, host: Host, args: NixosHostArgs) -> NixosHost:
+        pushed = NixosHost(
+            host.name,
+            args,
+            opts=pulumi.ResourceOptions(parent=self, aliases=moved_from(self._was)),
+        )
+        self.hosts[host.name] = pushed
+        return pushed
+
+    def done(self) -> None:
+        self.register_outputs({"hosts": sorted(self.hosts)})
+
+
+# host, what its push waits for, what its roll waits for -> the host's NixosHost
+HostFactory = Callable[[Host, list[pulumi.Resource], Sequence[pulumi.Resource]], NixosHost]
+
+
+@dataclass(frozen=True)
+class BringUpArgs:
+    prefix: str  # the cluster's resource name, in front of the gates' names
+    config: ClusterConfig
+    hosts: list[Host]
+    machines: dict[str, MachineView]
+    gate_target: k3s.GateTarget
+    admin: command.remote.ConnectionArgs  # to the bootstrap server, host key pinned
+    endpoint_url: pulumi.Input[str]
+    add_host: HostFactory
+
+
+class K3sBringUp(pulumi.ComponentResource):
+    """The order in which k3s comes up, and the gates that hold it.
+
+    The bootstrap server's push, the API-ready gate, then every other host's push at once (the
+    servers' etcd joins queue in k3s, see cluster.py), one node gate per node; the kubeconfig
+    once the API answers. `finish` adds the nodes-Ready gate after the CNI and add-ons, and the
+    teardown marker. Rolling upgrades go the bootstrap server, the other servers one at a time,
+    then the agents in batches of deploy.maxUnavailable (see NixosHost._roll).
+    """
+
+    api_ready: command.remote.Command
+    kubeconfig: command.remote.Command
+    gates: list[pulumi.Resource]
+
+    def __init__(
+        self, name: str, args: BringUpArgs, was: pulumi.Resource, opts: pulumi.ResourceOptions
+    ):
+        super().__init__("nixos-k3s:k3s:BringUp", name, None, opts)
+        self._name, self._args, self._was = args.prefix, args, was
+        cfg, machines, target = args.config, args.machines, args.gate_target
+        bootstrap = next(h for h in args.hosts if h.is_bootstrap)
+
+        first = args.add_host(bootstrap, [], [])
+        last_rolls: list[pulumi.Resource] = [_rolled(first)]
+        self.api_ready = k3s.api_ready_gate(
+            self._name, args.admin, cfg.deploy.api_ready_timeout_seconds, self._after([first.push])
+        )
+        bootstrap_gate = k3s.node_gate(
+            bootstrap.name,
+            target,
+            machine_id=machines[bootstrap.name].machine_id,
+            bootstrap=True,
+            markings=k3s.node_markings(bootstrap.pool.labels, bootstrap.pool.taints),
+            opts=self._after([self.api_ready]),
+        )
+        self.gates = [bootstrap_gate]
+        self._container_gates(bootstrap, [bootstrap_gate])
+        # The other servers join at once, once the API answers, as hetzner-k3s joins its
+        # additional masters (set_up_additional_masters: one fiber each). etcd admits one
+        # learner at a time: a join that finds another learner fails (ErrTooManyLearners), k3s
+        # exits and systemd starts it again 5 s later (nixpkgs k3s module: Restart=always,
+        # RestartSec=5s) until the leader has promoted the one before; each push's confirm
+        # waits for its k3s.service, under the rollback deadline as before. Their rolls (an
+        # upgrade drains a running server) still go one at a time.
+        for server in (h for h in args.hosts if h.role == "server" and not h.is_bootstrap):
+            pushed = args.add_host(server, [self.api_ready], last_rolls)
+            last_rolls = [_rolled(pushed)]
+            self._join_gates(server, pushed, bootstrap_gate)
+        agents = [h for h in args.hosts if h.role == "agent"]
+        batch_size = cfg.deploy.max_unavailable
+        for start in range(0, len(agents), batch_size):
+            batch = agents[start : start + batch_size]
+            pushed_batch = [args.add_host(agent, [self.api_ready], last_rolls) for agent in batch]
+            for agent, pushed in zip(batch, pushed_batch, strict=True):
+                self._join_gates(agent, pushed, bootstrap_gate)
+            last_rolls = [_rolled(pushed) for pushed in pushed_batch]
+
+        self.kubeconfig = k3s.kubeconfig_command(
+            self._name, args.admin, args.endpoint_url, cfg.name, self._after([self.api_ready])
+        )
+
+    def _after(self, after: list[pulumi.Resource]) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, depends_on=after, aliases=moved_from(self._was))
+
+    def _container_gates(self, host: Host, after: list[pulumi.Resource]) -> None:
+        """One node gate per nspawn agent the host carries (they join with the host)."""
+        for slot in host.containers:
+            self.gates.append(
+                k3s.node_gate(
+                    container_node_name(host.name, slot.config.name),
+                    self._args.gate_target,
+                    machine_id=self._args.machines[host.name].machine_id,
+                    bootstrap=False,
+                    markings=k3s.node_markings(slot.config.labels, slot.config.taints),
+                    opts=self._after(after),
+                )
+            )
+
+    def _join_gates(self, host: Host, pushed: NixosHost, bootstrap_gate: pulumi.Resource) -> None:
+        """The host's node gate, and its containers'."""
+        after: list[pulumi.Resource] = [pushed.push, bootstrap_gate]
+        self.gates.append(
+            k3s.node_gate(
+                host.name,
+                self._args.gate_target,
+                machine_id=self._args.machines[host.name].machine_id,
+                bootstrap=False,
+                markings=k3s.node_markings(host.pool.labels, host.pool.taints),
+                opts=self._after(after),
+            )
+        )
+        self._container_gates(host, after)
+
+    def finish(self, node_count: int, after: Sequence[pulumi.Resource]) -> None:
+        """The nodes-Ready gate, once the CNI and add-ons are released, and the teardown
+        marker; then the stage's outputs."""
+        cfg = self._args.config
+        k3s.nodes_ready_gate(
+            self._name,
+            self._args.admin,
+            node_count,
+            cfg.deploy.nodes_ready_timeout_seconds,
+            self._after([*after, *self.gates]),
+        )
+        k3s.teardown_marker(self._name, self._args.gate_target, self._after(list(self.gates)))
+        self.register_outputs({"kubeconfig": pulumi.Output.secret(self.kubeconfig.stdout)})
+
+
+def _rolled(host: NixosHost) -> pulumi.Resource:
+    assert host.roll is not None  # every host of a cluster has its roll step
+    return host.roll
