@@ -208,3 +208,8 @@ VOLUME_PRICE_PER_GB = "0.0572"
 VOLUME_PRICE_CONFIRMED = True
 PRIMARY_IPV4_PRICE = "0.50"
 PRIMARY_IPV4_PRICE_CONFIRMED = False
+
+# Cilium chart versions whose values.schema.json we ship (components/data/cilium/), and the one
+# a stack gets when it names none.
+CILIUM_VERSIONS: tuple[str, ...] = ("1.18.12", "1.19.6", "1.20.0")
+CILIUM_DEFAULT_VERSION = "1.19.6"

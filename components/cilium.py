@@ -11,18 +11,21 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from components import valuesschema
+from components import catalog, valuesschema
+from components.config.derived import has_nested_nodes, node_count
+from components.config.errors import Problem
+from components.config.schema import ClusterConfig
 
 CHART_NAME = "cilium"
 CHART_REPO = "https://helm.cilium.io"
 NAMESPACE = "kube-system"
-SUPPORTED_VERSIONS: tuple[str, ...] = ("1.18.12", "1.19.6", "1.20.0")
-DEFAULT_VERSION = "1.19.6"
+SUPPORTED_VERSIONS = catalog.CILIUM_VERSIONS
+DEFAULT_VERSION = catalog.CILIUM_DEFAULT_VERSION
 
 SCHEMA_DIR = Path(__file__).parent / "data" / "cilium"
 
@@ -328,3 +331,109 @@ def _check_cluster_cidr(cidr: str) -> None:
         raise ValueError(
             f"cluster_cidr {cidr} is smaller than one node's /{POD_CIDR_MASK_SIZE} pod range"
         )
+
+
+# --- the stack's Cilium settings ----------------------------------------------------------
+
+# tailscale0's MTU: with tailscale on, k3s uses the tailnet addresses between nodes.
+TAILSCALE_MTU = 1280
+
+
+def _node_link_mtu(cfg: ClusterConfig) -> int | None:
+    """MTU of the link between nodes, for Cilium (None: let Cilium detect it)."""
+    if cfg.tailscale.enabled:
+        return TAILSCALE_MTU
+    return catalog.HETZNER_PRIVATE_MTU if cfg.provider == "hetzner" else None
+
+
+# Cilium's devices on clusters with nested nodes, by provider ('+' is Cilium's wildcard): the
+# hosts' NICs (Hetzner: public en*/eth*, private enp7s0; Colima: Lima's eth0 and col0, see
+# render.py) and each container's eth0. Not the hosts' ve-* veths to their containers: those
+# belong to the container nodes, whose own agents manage them from the inside.
+NESTED_NODE_DEVICES: dict[str, tuple[str, ...]] = {
+    "hetzner": ("en+", "eth+"),
+    "colima": ("col0", "eth+"),
+}
+
+
+def _cilium_devices(cfg: ClusterConfig) -> tuple[str, ...]:
+    if not has_nested_nodes(cfg):
+        return ()
+    return NESTED_NODE_DEVICES[cfg.provider] + (("tailscale0",) if cfg.tailscale.enabled else ())
+
+
+def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> CiliumSettings:
+    c = cfg.cilium
+    return CiliumSettings(
+        api_host=api_host,
+        cluster_cidr=cfg.k3s.cluster_cidr,
+        node_count=nodes,
+        version=c.version,
+        routing_mode=c.routing_mode,
+        tunnel_protocol=c.tunnel_protocol,
+        native_routing_cidr=c.native_routing_cidr,
+        mtu=_node_link_mtu(cfg),
+        hubble=c.hubble.enabled,
+        hubble_ui=c.hubble.ui,
+        operator_replicas=c.operator_replicas,
+        extra_values=c.values,
+        nested_nodes=has_nested_nodes(cfg),
+        devices=_cilium_devices(cfg),
+    )
+
+
+# Stands in for the first server's address when values are checked before machines exist.
+PLACEHOLDER_API_HOST = "10.0.1.10"
+
+
+def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -> Iterable[Problem]:
+    """What cilium.values may not override: the cluster does not work without these."""
+    if str(values.get("kubeProxyReplacement")).lower() != "true":
+        yield Problem(
+            "cilium.values.kubeProxyReplacement",
+            "must stay true: k3s runs with --disable-kube-proxy, so nothing else serves Services",
+        )
+    if values.get("k8sServiceHost") != PLACEHOLDER_API_HOST:
+        yield Problem(
+            "cilium.values.k8sServiceHost",
+            "is set by nixos-k3s to the API load balancer's (or the first server's) private "
+            "address; without kube-proxy the agents need a real API address (use apiEndpoint "
+            "for the kubeconfig's address)",
+        )
+    if (
+        has_nested_nodes(cfg)
+        and (values.get("socketLB") or {}).get("hostNamespaceOnly") is not True
+    ):
+        yield Problem(
+            "cilium.values.socketLB.hostNamespaceOnly",
+            "must stay true while container nodes run their own agents: the host's socket-LB "
+            "programs would otherwise translate the containers' connections with the host's maps",
+        )
+    replicas = (values.get("operator") or {}).get("replicas")
+    if isinstance(replicas, int) and replicas > nodes:
+        yield Problem(
+            "cilium.values.operator.replicas",
+            f"{replicas} is more than the {nodes} node(s): the operator pods repel each other, "
+            "so the extra ones stay Pending",
+        )
+
+
+def stack_problems(cfg: ClusterConfig, earlier: Sequence[Problem]) -> Iterable[Problem]:
+    """The stack's Cilium values, rendered and checked against the chart's schema and the
+    invariants; only for k3s.cni cilium and once the cilium fields themselves are sound (one
+    mistake is not reported twice). A `config.load.parse_cluster` extra check."""
+    if cfg.k3s.cni != "cilium" or any(p.path.startswith("cilium") for p in earlier):
+        return
+    nodes = node_count(cfg)
+    if nodes == 0:
+        return
+    try:
+        values = render_values(cilium_settings(cfg, PLACEHOLDER_API_HOST, nodes))
+        yield from _cilium_invariants(cfg, values, nodes)
+    except CiliumValuesError as exc:
+        for line in exc.problems:
+            yield Problem(
+                "cilium.values", f"rejected by the chart schema {cfg.cilium.version}: {line}"
+            )
+    except ValueError as exc:
+        yield Problem("cilium", str(exc))

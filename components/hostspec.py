@@ -92,10 +92,7 @@ LabelMap = dict[
 DisableComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server"]
 
 
-def camel(name: str) -> str:
-    """snake_case -> camelCase; unlike pydantic's to_camel, 'k3s_token' gives 'k3sToken'."""
-    first, *rest = name.split("_")
-    return first + "".join(part[:1].upper() + part[1:] for part in rest)
+camel = rules.camel
 
 
 class _Model(BaseModel):

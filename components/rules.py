@@ -1,6 +1,6 @@
 """What a valid value is, for every value the stack hands to hosts, k3s and Colima.
 
-One module, used by both the stack check (components/config.py, which reports the stack path)
+One module, used by both the stack check (components/config/, which reports the stack path)
 and the host document (components/hostspec.py, the last line of defence before a host), so the
 two cannot disagree: a value the stack check accepts never fails later in the plan. Each rule
 returns the value (normalised where that is harmless) or raises ValueError with a message that
@@ -380,3 +380,13 @@ def colima_profile(profile: str, lima_dir: str) -> str:
             f"Lima in {lima_dir} a profile may have at most {longest} characters"
         )
     return profile
+
+
+# --- field names -----------------------------------------------------------------------------
+
+
+def camel(name: str) -> str:
+    """snake_case -> camelCase, the key style of the stack file and the host document; unlike
+    pydantic's to_camel, 'k3s_token' gives 'k3sToken'."""
+    first, *rest = name.split("_")
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)

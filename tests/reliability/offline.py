@@ -85,7 +85,7 @@ def render_stack(
     url = render.api_endpoint(cfg, lb_public or first.public_ipv4 or first.private_ipv4).url
     nodes = config.node_count(cfg)
     if cfg.k3s.cni == "cilium":
-        cilium.render_values(config.cilium_settings(cfg, lb_private or bootstrap_ip, nodes))
+        cilium.render_values(cilium.cilium_settings(cfg, lb_private or bootstrap_ip, nodes))
     return Rendered(
         hosts=dict(sorted(pushed.items())),
         api_endpoint=url,
