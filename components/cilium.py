@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from components import catalog, valuesschema
+from components import catalog, profiles, valuesschema
 from components.config.derived import has_nested_nodes, node_count
 from components.config.errors import Problem
 from components.config.schema import ClusterConfig
@@ -343,23 +343,14 @@ def _node_link_mtu(cfg: ClusterConfig) -> int | None:
     """MTU of the link between nodes, for Cilium (None: let Cilium detect it)."""
     if cfg.tailscale.enabled:
         return TAILSCALE_MTU
-    return catalog.HETZNER_PRIVATE_MTU if cfg.provider == "hetzner" else None
-
-
-# Cilium's devices on clusters with nested nodes, by provider ('+' is Cilium's wildcard): the
-# hosts' NICs (Hetzner: public en*/eth*, private enp7s0; Colima: Lima's eth0 and col0, see
-# render.py) and each container's eth0. Not the hosts' ve-* veths to their containers: those
-# belong to the container nodes, whose own agents manage them from the inside.
-NESTED_NODE_DEVICES: dict[str, tuple[str, ...]] = {
-    "hetzner": ("en+", "eth+"),
-    "colima": ("col0", "eth+"),
-}
+    return profiles.profile(cfg.provider).cilium_mtu
 
 
 def _cilium_devices(cfg: ClusterConfig) -> tuple[str, ...]:
     if not has_nested_nodes(cfg):
         return ()
-    return NESTED_NODE_DEVICES[cfg.provider] + (("tailscale0",) if cfg.tailscale.enabled else ())
+    devices = profiles.profile(cfg.provider).nested_node_devices
+    return devices + (("tailscale0",) if cfg.tailscale.enabled else ())
 
 
 def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> CiliumSettings:

@@ -8,7 +8,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from components import catalog, containermodes, rules
+from components import catalog, containermodes, profiles, rules
 from components.config.derived import (
     container_mode,
     load_balancer_private_ip,
@@ -26,7 +26,7 @@ def _networks(cfg: ClusterConfig) -> list[tuple[str, str]]:
         ("k3s.serviceCidr", cfg.k3s.service_cidr),
         ("network.containerCidr", cfg.network.container_cidr),
     ]
-    if cfg.provider == "hetzner":
+    if profiles.profile(cfg.provider).managed_network:
         nets.append(("network.ipRange", cfg.network.ip_range))
     return nets
 
@@ -41,7 +41,8 @@ def _overlap_problems(cfg: ClusterConfig) -> Iterable[Problem]:
                 yield Problem(path_b, f"{b} overlaps {path_a} {a}")
     subnet = ipaddress.ip_network(cfg.network.subnet)
     ip_range = ipaddress.ip_network(cfg.network.ip_range)
-    if cfg.provider == "hetzner" and not subnet.subnet_of(ip_range):  # type: ignore[arg-type]
+    managed = profiles.profile(cfg.provider).managed_network
+    if managed and not subnet.subnet_of(ip_range):  # type: ignore[arg-type]
         yield Problem("network.subnet", f"{subnet} is not inside network.ipRange {ip_range}")
     if ipaddress.ip_address(cfg.k3s.cluster_dns) not in ipaddress.ip_network(cfg.k3s.service_cidr):
         yield Problem(
@@ -252,11 +253,12 @@ def _k3s_problems(cfg: ClusterConfig) -> Iterable[Problem]:
 
 
 def _address_problems(cfg: ClusterConfig) -> Iterable[Problem]:
+    managed = profiles.profile(cfg.provider).managed_network
     subnet = ipaddress.ip_network(cfg.network.subnet)
     taken: dict[int, str] = {}
     for i, (pool, start) in enumerate(zip(cfg.node_pools, pool_offsets(cfg), strict=True)):
         last = start + max(pool.count, 1) - 1
-        if cfg.provider == "hetzner" and last >= subnet.num_addresses - 1:
+        if managed and last >= subnet.num_addresses - 1:
             yield Problem(
                 f"nodePools[{i}]",
                 f"addresses {start}..{last} of the pool do not fit network.subnet {subnet}",
@@ -335,15 +337,9 @@ def semantic_problems(cfg: ClusterConfig) -> list[Problem]:
     # Cilium's own fields first; its chart values (cilium.stack_problems) only once these are
     # sound, so one mistake is not reported twice.
     cilium_sound = not any(p.path.startswith("cilium") for p in problems)
-    if cilium_sound and cfg.provider == "hetzner" and cfg.cilium.routing_mode == "native":
-        problems.append(
-            Problem(
-                "cilium.routingMode",
-                "native routing cannot work on Hetzner private networks: they are routed "
-                "through a gateway, not one L2 segment, so autoDirectNodeRoutes has no path; "
-                "use 'tunnel'",
-            )
-        )
+    refusal = profiles.profile(cfg.provider).native_routing_refusal
+    if cilium_sound and refusal and cfg.cilium.routing_mode == "native":
+        problems.append(Problem("cilium.routingMode", refusal))
     return problems
 
 
