@@ -87,8 +87,13 @@ MAX_FIREWALL_RULES = 50
 MAX_SERVERS_PER_SPREAD_GROUP = 10
 HETZNER_PRIVATE_MTU = 1450
 
-# nixos-anywhere's kexec image needs about 1.5 GB; a k3s server with Cilium wants 4 GiB.
+# The smallest Colima VM that hosts a node; the stack check and the machine layer both read
+# these. Colima itself has no minimum (v0.10.3, cmd/start.go: --memory defaults to 2 GiB, and
+# environment/vm/lima/yaml.go passes any memory > 0 to Lima), so ours holds: nixos-anywhere's
+# kexec image needs about 1.5 GB, and a k3s server with embedded etcd and Cilium wants 4 GiB.
 MIN_COLIMA_MEMORY_GIB = 4
+# The NixOS closure with k3s, two system generations and the Cilium and k3s images.
+MIN_COLIMA_DISK_GIB = 20
 
 # Components k3s can really --disable. Flannel is not one: --flannel-backend=none replaces it.
 K3S_DISABLABLE = ("coredns", "local-storage", "metrics-server", "servicelb", "traefik")

@@ -82,12 +82,15 @@ class CiliumSettings:
         self._check_routing()
         if self.mtu is not None:
             _check_int("mtu", self.mtu, *MTU_RANGE)
-        if self.hubble_ui and not self.hubble:
-            raise ValueError("hubble_ui needs hubble: the relay and UI read the agents' Hubble")
+        if why := hubble_ui_refusal(self.hubble, self.hubble_ui):
+            raise ValueError(f"hubble_ui needs hubble: {why}")
         if self.operator_replicas is not None:
-            # The operator's pods repel each other (required anti-affinity): more replicas than
-            # nodes leave one Pending forever and the release never becomes ready.
-            _check_int("operator_replicas", self.operator_replicas, 1, self.node_count)
+            _check_int("operator_replicas", self.operator_replicas, 1, None)
+            if why := operator_replicas_refusal(self.operator_replicas, self.node_count):
+                raise ValueError(
+                    f"operator_replicas {self.operator_replicas} is out of range "
+                    f"(1..{self.node_count}): {why}"
+                )
         if not isinstance(self.extra_values, Mapping) or not all(
             isinstance(key, str) for key in self.extra_values
         ):
@@ -125,6 +128,24 @@ class CiliumSettings:
     @property
     def effective_hubble_ui(self) -> bool:
         return self.hubble if self.hubble_ui is None else self.hubble_ui
+
+
+def hubble_ui_refusal(hubble: bool, hubble_ui: bool | None) -> str | None:
+    """Why Hubble's relay and UI cannot run without Hubble (None: they can)."""
+    if hubble_ui and not hubble:
+        return "the relay and UI read the agents' Hubble"
+    return None
+
+
+def operator_replicas_refusal(replicas: int, nodes: int) -> str | None:
+    """Why more operator replicas than nodes cannot work (None: they fit)."""
+    if replicas > nodes:
+        # Required anti-affinity: the release would never become ready.
+        return (
+            f"{replicas} is more than the {nodes} node(s): the operator pods repel each other, "
+            "so the extra ones stay Pending"
+        )
+    return None
 
 
 def default_operator_replicas(node_count: int) -> int:
@@ -373,8 +394,9 @@ def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> CiliumSett
     )
 
 
-# Stands in for the first server's address when values are checked before machines exist.
-PLACEHOLDER_API_HOST = "10.0.1.10"
+# Stands in for the API address when values are checked before machines exist: a documentation
+# address (RFC 5737), never a host's, so it cannot be mistaken for a real setting.
+PLACEHOLDER_API_HOST = "192.0.2.1"
 
 
 def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -> Iterable[Problem]:
@@ -384,7 +406,7 @@ def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -
             "cilium.values.kubeProxyReplacement",
             "must stay true: k3s runs with --disable-kube-proxy, so nothing else serves Services",
         )
-    if values.get("k8sServiceHost") != PLACEHOLDER_API_HOST:
+    if "k8sServiceHost" in cfg.cilium.values:
         yield Problem(
             "cilium.values.k8sServiceHost",
             "is set by nixos-k3s to the API load balancer's (or the first server's) private "
@@ -401,21 +423,31 @@ def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -
             "programs would otherwise translate the containers' connections with the host's maps",
         )
     replicas = (values.get("operator") or {}).get("replicas")
-    if isinstance(replicas, int) and replicas > nodes:
-        yield Problem(
-            "cilium.values.operator.replicas",
-            f"{replicas} is more than the {nodes} node(s): the operator pods repel each other, "
-            "so the extra ones stay Pending",
-        )
+    if isinstance(replicas, int) and (why := operator_replicas_refusal(replicas, nodes)):
+        yield Problem("cilium.values.operator.replicas", why)
 
 
 def stack_problems(cfg: ClusterConfig, earlier: Sequence[Problem]) -> Iterable[Problem]:
     """The stack's Cilium values, rendered and checked against the chart's schema and the
     invariants; only for k3s.cni cilium and once the cilium fields themselves are sound (one
     mistake is not reported twice). A `config.load.parse_cluster` extra check."""
-    if cfg.k3s.cni != "cilium" or any(p.path.startswith("cilium") for p in earlier):
+    if cfg.k3s.cni != "cilium":
         return
+    c = cfg.cilium
     nodes = node_count(cfg)
+    fields = []
+    if hubble_ui_refusal(c.hubble.enabled, c.hubble.ui):
+        fields.append(Problem("cilium.hubble.ui", "needs cilium.hubble.enabled: true"))
+    replicas = c.operator_replicas
+    if replicas is not None and (why := operator_replicas_refusal(replicas, nodes)):
+        fields.append(Problem("cilium.operatorReplicas", why))
+    yield from fields
+    if fields or any(p.path.startswith("cilium") for p in earlier):
+        return
+    refusal = profiles.profile(cfg.provider).native_routing_refusal
+    if refusal and c.routing_mode == "native":
+        yield Problem("cilium.routingMode", refusal)
+        return
     if nodes == 0:
         return
     try:

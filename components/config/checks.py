@@ -12,7 +12,6 @@ from components import catalog, containermodes, profiles, rules
 from components.config.derived import (
     container_mode,
     load_balancer_private_ip,
-    node_count,
     pool_offsets,
     uses_load_balancer,
 )
@@ -143,26 +142,13 @@ def _hetzner_pool_problems(cfg: ClusterConfig, pool: NodePool, path: str) -> Ite
 
 def _colima_problems(cfg: ClusterConfig) -> Iterable[Problem]:
     colima = cfg.colima
-    if colima.vm_type == "vz" and colima.arch == "x86_64":
-        yield Problem(
-            "colima.arch",
-            "x86_64 with vmType vz cannot work: vz boots only aarch64 guests and Colima "
-            "silently falls back to slow QEMU emulation; use arch aarch64 with rosetta: true",
-        )
-    if colima.vm_type == "qemu":
-        yield Problem(
-            "colima.vmType",
-            "qemu is not supported: the dev NixOS profile (nixos/hardware/colima-vz.nix) is "
-            "built for Apple's Virtualization.framework; use vmType vz",
-        )
-    if colima.rosetta and colima.vm_type != "vz":
-        yield Problem("colima.rosetta", "Rosetta needs vmType vz; set rosetta: false for qemu")
-    if colima.memory_gib < catalog.MIN_COLIMA_MEMORY_GIB:
-        yield Problem(
-            "colima.memoryGib",
-            f"{colima.memory_gib} GiB is below the {catalog.MIN_COLIMA_MEMORY_GIB} GiB a k3s "
-            "node with Cilium needs (nixos-anywhere's installer alone needs 1.5 GB)",
-        )
+    for field, reason in profiles.colima.vm_problems(
+        arch=colima.arch,
+        vm_type=colima.vm_type,
+        rosetta=colima.rosetta,
+        memory_gib=colima.memory_gib,
+    ):
+        yield Problem(f"colima.{rules.camel(field)}", reason)
     yield from _colima_profile_problems(cfg)
 
 
@@ -236,19 +222,11 @@ def _k3s_problems(cfg: ClusterConfig) -> Iterable[Problem]:
         yield Problem(
             "cilium.nativeRoutingCidr", "required with routingMode native (e.g. the pod CIDR)"
         )
-    if cfg.cilium.hubble.ui and not cfg.cilium.hubble.enabled:
-        yield Problem("cilium.hubble.ui", "needs cilium.hubble.enabled: true")
     snapshots = cfg.k3s.etcd_snapshots
     if snapshots.s3 is not None and not snapshots.enabled:
         yield Problem(
             "k3s.etcdSnapshots.s3",
             "needs k3s.etcdSnapshots.enabled: true (k3s uploads the scheduled snapshots)",
-        )
-    total = node_count(cfg)
-    replicas = cfg.cilium.operator_replicas
-    if replicas is not None and replicas > total:
-        yield Problem(
-            "cilium.operatorReplicas", f"{replicas} is more than the {total} node(s) of the stack"
         )
 
 
@@ -324,22 +302,14 @@ def semantic_problems(cfg: ClusterConfig) -> list[Problem]:
         *_container_problems(cfg),
         *_hetzner_addon_problems(cfg),
     ]
-    if cfg.k3s.cni == "flannel":
-        if cfg.cilium.model_fields_set:
-            problems.append(
-                Problem(
-                    "cilium",
-                    "applies to k3s.cni 'cilium' only; with 'flannel' no Cilium is installed "
-                    "(remove the cilium section or set k3s.cni: cilium)",
-                )
+    if cfg.k3s.cni == "flannel" and cfg.cilium.model_fields_set:
+        problems.append(
+            Problem(
+                "cilium",
+                "applies to k3s.cni 'cilium' only; with 'flannel' no Cilium is installed "
+                "(remove the cilium section or set k3s.cni: cilium)",
             )
-        return problems
-    # Cilium's own fields first; its chart values (cilium.stack_problems) only once these are
-    # sound, so one mistake is not reported twice.
-    cilium_sound = not any(p.path.startswith("cilium") for p in problems)
-    refusal = profiles.profile(cfg.provider).native_routing_refusal
-    if cilium_sound and refusal and cfg.cilium.routing_mode == "native":
-        problems.append(Problem("cilium.routingMode", refusal))
+        )
     return problems
 
 

@@ -25,10 +25,6 @@ from components import catalog, rules
 from components.rules import camel
 
 DURATION = re.compile(r"^([0-9]+(h|m|s))+$")
-SSH_PUBLIC_KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
-    r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
-)
 K3S_PACKAGE = re.compile(r"^k3s(_1_[0-9]+)?$")
 
 
@@ -67,25 +63,13 @@ def _labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
-def _ssh_public_key(value: str) -> str:
-    value = value.strip()
-    if not SSH_PUBLIC_KEY.match(value):
-        if "PRIVATE KEY" in value:
-            raise ValueError("this is a private key: give the public key (the .pub file)")
-        raise ValueError(
-            "not an OpenSSH public key: expected 'ssh-ed25519 AAAA... comment' "
-            "(or ssh-rsa / ecdsa-sha2-nistp256 / sk-ssh-ed25519@openssh.com)"
-        )
-    return value
-
-
 DnsLabel = Annotated[str, AfterValidator(rules.dns_label)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
 Ipv4Cidr = Annotated[str, AfterValidator(_ipv4_cidr)]
 Ipv4Address = Annotated[str, AfterValidator(_ipv4_address)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
-SshPublicKey = Annotated[str, AfterValidator(_ssh_public_key)]
+SshPublicKey = Annotated[str, AfterValidator(rules.ssh_public_key)]
 TlsSan = Annotated[str, AfterValidator(rules.tls_san)]
 K3sFlag = Annotated[str, AfterValidator(rules.k3s_flag)]
 AdminUserName = Annotated[str, AfterValidator(rules.admin_user_name)]
@@ -508,7 +492,9 @@ class HetznerConfig(Model):
 class ColimaConfig(Model):
     cpus: int = Field(default=4, ge=1, le=64, description="vCPUs per VM.")
     memory_gib: int = Field(default=8, ge=1, le=256, description="Memory per VM in GiB.")
-    disk_gib: int = Field(default=60, ge=20, le=2048, description="Disk per VM in GiB.")
+    disk_gib: int = Field(
+        default=60, ge=catalog.MIN_COLIMA_DISK_GIB, le=2048, description="Disk per VM in GiB."
+    )
     arch: Literal["aarch64", "x86_64"] = Field(
         default="aarch64", description="Guest architecture; vz boots only aarch64."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from components import catalog
 from components.catalog import Arch
 from components.profiles.base import ProviderProfile
 
@@ -32,3 +33,40 @@ PROFILE = ProviderProfile(
     rosetta=True,
     arch=_arch,
 )
+
+
+def vm_problems(
+    *, arch: str, vm_type: str, rosetta: bool, memory_gib: int
+) -> list[tuple[str, str]]:
+    """Why a Colima VM cannot host a NixOS k3s node, as (field, reason) pairs; the field is
+    the colima section's (ColimaConfig's) name. The stack check and the machine layer both ask.
+    """
+    problems = []
+    if vm_type == "vz" and arch != "aarch64":
+        problems.append(
+            (
+                "arch",
+                f"{arch} with vmType vz cannot work: vz boots only aarch64 guests and Colima "
+                "silently falls back to slow QEMU emulation; use arch aarch64 with rosetta: true",
+            )
+        )
+    if vm_type != "vz":
+        problems.append(
+            (
+                "vm_type",
+                f"{vm_type} is not supported (only 'vz'): the dev NixOS profile "
+                "(nixos/hardware/colima-vz.nix) is built for Apple's Virtualization.framework; "
+                "use vmType vz",
+            )
+        )
+    if rosetta and vm_type != "vz":
+        problems.append(("rosetta", "Rosetta needs vmType vz; set rosetta: false for qemu"))
+    if memory_gib < catalog.MIN_COLIMA_MEMORY_GIB:
+        problems.append(
+            (
+                "memory_gib",
+                f"{memory_gib} GiB is below the {catalog.MIN_COLIMA_MEMORY_GIB} GiB a k3s node "
+                "with Cilium needs (nixos-anywhere's installer alone needs 1.5 GB)",
+            )
+        )
+    return problems
