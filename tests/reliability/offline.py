@@ -18,7 +18,8 @@ from components.hetzner import firewall_rules
 from components.inventory import Host
 from components.scripts import remote_invocation
 
-DEPLOY_KEY = mocks.fake_ssh_public_key("offline-deploy-key")
+# One line, as nixos_host.DeployKey hands it on (tls ends the OpenSSH form with a newline).
+DEPLOY_KEY = mocks.fake_ssh_public_key("offline-deploy-key").strip()
 
 
 def synthetic_facts(cfg: ClusterConfig, hosts: list[Host]) -> dict[str, render.MachineFacts]:
