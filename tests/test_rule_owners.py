@@ -3,14 +3,14 @@ machine layer ask the same function, so they accept and refuse the same values."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from components import catalog, cilium, hostspec
+from components import catalog, cilium, hostspec, profiles
 from components.colima import ColimaMachineArgs, check_public_key, validate_machine_args
-from components.config import ConfigError
+from components.config import ClusterConfig, ConfigError
 from components.stack import parse_cluster
 from tests.conftest import stack_data
 
@@ -123,3 +123,12 @@ def test_k8s_service_host_in_values_is_refused_even_as_the_first_hosts_address()
     data["cilium"]["values"] = {"k8sServiceHost": "10.0.1.10"}
     assert [p.split(":")[0] for p in stack_problems(data)] == ["cilium.values.k8sServiceHost"]
     assert cilium.PLACEHOLDER_API_HOST.startswith("192.0.2.")
+
+
+def test_every_provider_of_the_schema_has_a_profile_with_a_hardware_module() -> None:
+    providers = get_args(ClusterConfig.model_fields["provider"].annotation)
+    assert set(providers) == set(profiles.PROFILES)
+    allowed = get_args(hostspec.Hardware.model_fields["profile"].annotation)
+    for profile in profiles.PROFILES.values():
+        assert profile.hardware_profile in allowed, profile.name
+        assert (hostspec.NIXOS_DIR / "hardware" / f"{profile.hardware_profile}.nix").is_file()

@@ -28,7 +28,8 @@ ExtraCheck = Callable[[ClusterConfig, Sequence[Problem]], Iterable[Problem]]
 def parse_cluster(
     data: Any, source: str = "nixos-k3s:cluster", extra_checks: Sequence[ExtraCheck] = ()
 ) -> ClusterConfig:
-    """Validate raw stack data; raise ConfigError listing every problem."""
+    """Validate raw stack data with the schema, the config's checks and `extra_checks`; raise
+    ConfigError listing every problem. components.stack.parse_cluster runs every check."""
     if not isinstance(data, Mapping):
         raise ConfigError(
             [Problem("", f"expected a mapping of cluster settings, got {type(data).__name__}")],
