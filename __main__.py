@@ -7,7 +7,7 @@ configuration, k3s with embedded etcd and Cilium; the stack exports a kubeconfig
 import pulumi
 
 from components.cluster import Cluster, ClusterArgs
-from components.config import load_config
+from components.stack import load_config
 
 stack = load_config()
 cluster = Cluster(

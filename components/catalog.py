@@ -87,8 +87,13 @@ MAX_FIREWALL_RULES = 50
 MAX_SERVERS_PER_SPREAD_GROUP = 10
 HETZNER_PRIVATE_MTU = 1450
 
-# nixos-anywhere's kexec image needs about 1.5 GB; a k3s server with Cilium wants 4 GiB.
+# The smallest Colima VM that hosts a node; the stack check and the machine layer both read
+# these. Colima itself has no minimum (v0.10.3, cmd/start.go: --memory defaults to 2 GiB, and
+# environment/vm/lima/yaml.go passes any memory > 0 to Lima), so ours holds: nixos-anywhere's
+# kexec image needs about 1.5 GB, and a k3s server with embedded etcd and Cilium wants 4 GiB.
 MIN_COLIMA_MEMORY_GIB = 4
+# The NixOS closure with k3s, two system generations and the Cilium and k3s images.
+MIN_COLIMA_DISK_GIB = 20
 
 # Components k3s can really --disable. Flannel is not one: --flannel-backend=none replaces it.
 K3S_DISABLABLE = ("coredns", "local-storage", "metrics-server", "servicelb", "traefik")
@@ -211,3 +216,8 @@ PRIMARY_IPV4_PRICE_CONFIRMED = False
 # The server type a NixOS image is built on: the smallest disk (40 GB) of each architecture, so
 # its snapshot fits every server type (a snapshot needs a disk at least as large as its source).
 IMAGE_BUILDER_TYPES: dict[Arch, str] = {"x86_64": "cpx12", "arm64": "cax11"}
+
+# Cilium chart versions whose values.schema.json we ship (components/data/cilium/), and the one
+# a stack gets when it names none.
+CILIUM_VERSIONS: tuple[str, ...] = ("1.18.12", "1.19.6", "1.20.0")
+CILIUM_DEFAULT_VERSION = "1.19.6"

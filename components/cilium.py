@@ -11,18 +11,21 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from components import valuesschema
+from components import catalog, profiles, valuesschema
+from components.config.derived import has_nested_nodes, node_count
+from components.config.errors import Problem
+from components.config.schema import ClusterConfig
 
 CHART_NAME = "cilium"
 CHART_REPO = "https://helm.cilium.io"
 NAMESPACE = "kube-system"
-SUPPORTED_VERSIONS: tuple[str, ...] = ("1.18.12", "1.19.6", "1.20.0")
-DEFAULT_VERSION = "1.19.6"
+SUPPORTED_VERSIONS = catalog.CILIUM_VERSIONS
+DEFAULT_VERSION = catalog.CILIUM_DEFAULT_VERSION
 
 SCHEMA_DIR = Path(__file__).parent / "data" / "cilium"
 
@@ -79,12 +82,15 @@ class CiliumSettings:
         self._check_routing()
         if self.mtu is not None:
             _check_int("mtu", self.mtu, *MTU_RANGE)
-        if self.hubble_ui and not self.hubble:
-            raise ValueError("hubble_ui needs hubble: the relay and UI read the agents' Hubble")
+        if why := hubble_ui_refusal(self.hubble, self.hubble_ui):
+            raise ValueError(f"hubble_ui needs hubble: {why}")
         if self.operator_replicas is not None:
-            # The operator's pods repel each other (required anti-affinity): more replicas than
-            # nodes leave one Pending forever and the release never becomes ready.
-            _check_int("operator_replicas", self.operator_replicas, 1, self.node_count)
+            _check_int("operator_replicas", self.operator_replicas, 1, None)
+            if why := operator_replicas_refusal(self.operator_replicas, self.node_count):
+                raise ValueError(
+                    f"operator_replicas {self.operator_replicas} is out of range "
+                    f"(1..{self.node_count}): {why}"
+                )
         if not isinstance(self.extra_values, Mapping) or not all(
             isinstance(key, str) for key in self.extra_values
         ):
@@ -122,6 +128,24 @@ class CiliumSettings:
     @property
     def effective_hubble_ui(self) -> bool:
         return self.hubble if self.hubble_ui is None else self.hubble_ui
+
+
+def hubble_ui_refusal(hubble: bool, hubble_ui: bool | None) -> str | None:
+    """Why Hubble's relay and UI cannot run without Hubble (None: they can)."""
+    if hubble_ui and not hubble:
+        return "the relay and UI read the agents' Hubble"
+    return None
+
+
+def operator_replicas_refusal(replicas: int, nodes: int) -> str | None:
+    """Why more operator replicas than nodes cannot work (None: they fit)."""
+    if replicas > nodes:
+        # Required anti-affinity: the release would never become ready.
+        return (
+            f"{replicas} is more than the {nodes} node(s): the operator pods repel each other, "
+            "so the extra ones stay Pending"
+        )
+    return None
 
 
 def default_operator_replicas(node_count: int) -> int:
@@ -328,3 +352,111 @@ def _check_cluster_cidr(cidr: str) -> None:
         raise ValueError(
             f"cluster_cidr {cidr} is smaller than one node's /{POD_CIDR_MASK_SIZE} pod range"
         )
+
+
+# --- the stack's Cilium settings ----------------------------------------------------------
+
+# tailscale0's MTU: with tailscale on, k3s uses the tailnet addresses between nodes.
+TAILSCALE_MTU = 1280
+
+
+def _node_link_mtu(cfg: ClusterConfig) -> int | None:
+    """MTU of the link between nodes, for Cilium (None: let Cilium detect it)."""
+    if cfg.tailscale.enabled:
+        return TAILSCALE_MTU
+    return profiles.profile(cfg.provider).cilium_mtu
+
+
+def _cilium_devices(cfg: ClusterConfig) -> tuple[str, ...]:
+    if not has_nested_nodes(cfg):
+        return ()
+    devices = profiles.profile(cfg.provider).nested_node_devices
+    return devices + (("tailscale0",) if cfg.tailscale.enabled else ())
+
+
+def cilium_settings(cfg: ClusterConfig, api_host: str, nodes: int) -> CiliumSettings:
+    c = cfg.cilium
+    return CiliumSettings(
+        api_host=api_host,
+        cluster_cidr=cfg.k3s.cluster_cidr,
+        node_count=nodes,
+        version=c.version,
+        routing_mode=c.routing_mode,
+        tunnel_protocol=c.tunnel_protocol,
+        native_routing_cidr=c.native_routing_cidr,
+        mtu=_node_link_mtu(cfg),
+        hubble=c.hubble.enabled,
+        hubble_ui=c.hubble.ui,
+        operator_replicas=c.operator_replicas,
+        extra_values=c.values,
+        nested_nodes=has_nested_nodes(cfg),
+        devices=_cilium_devices(cfg),
+    )
+
+
+# Stands in for the API address when values are checked before machines exist: a documentation
+# address (RFC 5737), never a host's, so it cannot be mistaken for a real setting.
+PLACEHOLDER_API_HOST = "192.0.2.1"
+
+
+def _cilium_invariants(cfg: ClusterConfig, values: dict[str, Any], nodes: int) -> Iterable[Problem]:
+    """What cilium.values may not override: the cluster does not work without these."""
+    if str(values.get("kubeProxyReplacement")).lower() != "true":
+        yield Problem(
+            "cilium.values.kubeProxyReplacement",
+            "must stay true: k3s runs with --disable-kube-proxy, so nothing else serves Services",
+        )
+    if "k8sServiceHost" in cfg.cilium.values:
+        yield Problem(
+            "cilium.values.k8sServiceHost",
+            "is set by nixos-k3s to the API load balancer's (or the first server's) private "
+            "address; without kube-proxy the agents need a real API address (use apiEndpoint "
+            "for the kubeconfig's address)",
+        )
+    if (
+        has_nested_nodes(cfg)
+        and (values.get("socketLB") or {}).get("hostNamespaceOnly") is not True
+    ):
+        yield Problem(
+            "cilium.values.socketLB.hostNamespaceOnly",
+            "must stay true while container nodes run their own agents: the host's socket-LB "
+            "programs would otherwise translate the containers' connections with the host's maps",
+        )
+    replicas = (values.get("operator") or {}).get("replicas")
+    if isinstance(replicas, int) and (why := operator_replicas_refusal(replicas, nodes)):
+        yield Problem("cilium.values.operator.replicas", why)
+
+
+def stack_problems(cfg: ClusterConfig, earlier: Sequence[Problem]) -> Iterable[Problem]:
+    """The stack's Cilium values, rendered and checked against the chart's schema and the
+    invariants; only for k3s.cni cilium and once the cilium fields themselves are sound (one
+    mistake is not reported twice). A `config.load.parse_cluster` extra check."""
+    if cfg.k3s.cni != "cilium":
+        return
+    c = cfg.cilium
+    nodes = node_count(cfg)
+    fields = []
+    if hubble_ui_refusal(c.hubble.enabled, c.hubble.ui):
+        fields.append(Problem("cilium.hubble.ui", "needs cilium.hubble.enabled: true"))
+    replicas = c.operator_replicas
+    if replicas is not None and (why := operator_replicas_refusal(replicas, nodes)):
+        fields.append(Problem("cilium.operatorReplicas", why))
+    yield from fields
+    if fields or any(p.path.startswith("cilium") for p in earlier):
+        return
+    refusal = profiles.profile(cfg.provider).native_routing_refusal
+    if refusal and c.routing_mode == "native":
+        yield Problem("cilium.routingMode", refusal)
+        return
+    if nodes == 0:
+        return
+    try:
+        values = render_values(cilium_settings(cfg, PLACEHOLDER_API_HOST, nodes))
+        yield from _cilium_invariants(cfg, values, nodes)
+    except CiliumValuesError as exc:
+        for line in exc.problems:
+            yield Problem(
+                "cilium.values", f"rejected by the chart schema {cfg.cilium.version}: {line}"
+            )
+    except ValueError as exc:
+        yield Problem("cilium", str(exc))

@@ -19,21 +19,12 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import local
 
-from components import render, rules
+from components import catalog, profiles, render, rules
 from components.machineview import MachineView, WakeCommand
 from components.scripts import local_invocation
 
 TYPE_TOKEN = "nixos-k3s:colima:Machine"
 SSH_USER = "root"
-
-# kexec of the nixos-anywhere installer needs >= 1.5 GB RAM; a k3s server with embedded etcd
-# plus the Cilium agent and operator does not fit in less than 2 GiB.
-MIN_MEMORY_GIB = 2
-# NixOS closure with k3s, two system generations and the Cilium and k3s images.
-MIN_DISK_GIB = 20
-_PUBLIC_KEY = re.compile(
-    r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/=]+( .*)?$"
-)
 
 
 class ColimaError(Exception):
@@ -165,28 +156,19 @@ class ColimaMachineArgs:
 def validate_machine_args(args: ColimaMachineArgs) -> None:
     """Refuse sizes and combinations that cannot host a NixOS k3s node."""
     rules.colima_profile(args.profile, rules.lima_home())
-    if args.vm_type != "vz":
-        raise ValueError(f"colima profile {args.profile!r}: vm_type {args.vm_type!r}: only 'vz'")
-    if args.arch != "aarch64":
-        # `--arch x86_64 --vm-type vz` silently falls back to QEMU emulation.
-        raise ValueError(
-            f"colima profile {args.profile!r}: arch {args.arch!r}: vz boots only aarch64 "
-            "guests; use rosetta=True to run x86_64 binaries"
-        )
+    for field, reason in profiles.colima.vm_problems(
+        arch=args.arch, vm_type=args.vm_type, rosetta=args.rosetta, memory_gib=args.memory_gib
+    ):
+        raise ValueError(f"colima profile {args.profile!r}: {field}: {reason}")
     if args.cpus < 1:
         raise ValueError(f"colima profile {args.profile!r}: cpus {args.cpus} < 1")
-    if args.memory_gib < MIN_MEMORY_GIB:
-        raise ValueError(
-            f"colima profile {args.profile!r}: memory_gib {args.memory_gib} < {MIN_MEMORY_GIB}"
-        )
-    if args.disk_gib < MIN_DISK_GIB:
-        raise ValueError(
-            f"colima profile {args.profile!r}: disk_gib {args.disk_gib} < {MIN_DISK_GIB}"
-        )
+    least = catalog.MIN_COLIMA_DISK_GIB
+    if args.disk_gib < least:
+        raise ValueError(f"colima profile {args.profile!r}: disk_gib {args.disk_gib} < {least}")
 
 
 def check_public_key(key: str) -> str:
-    if "\n" in key.strip() or not _PUBLIC_KEY.match(key.strip()):
+    if not rules.SSH_PUBLIC_KEY.fullmatch(key.strip()):
         raise ValueError("deploy_public_key is not a single OpenSSH public key line")
     return key.strip()
 

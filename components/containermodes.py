@@ -1,7 +1,7 @@
 """How nspawn k3s containers run, read from the data file the NixOS module renders them from.
 
 `nixos/modules/k3s-container-modes.json` holds each mode's privateUsers, capabilities, system
-calls, devices and binds, and which CNIs a mode can run. The stack check (config.py), the host
+calls, devices and binds, and which CNIs a mode can run. The stack check (config/), the host
 data (render.py) and the real-kernel drill (tests/kernel/test_container_drill.py) all read it
 here, so they cannot drift from what nixos/modules/k3s-containers.nix renders.
 """

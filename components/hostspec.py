@@ -34,9 +34,6 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _TAINT = re.compile(
     r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$"
 )
-_PUBLIC_KEY = re.compile(
-    r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+"
-)
 _FLAG = rules.K3S_FLAG
 
 
@@ -69,19 +66,15 @@ def _cidr(value: str) -> str:
     return value
 
 
-def _public_key(value: str) -> str:
-    if not _PUBLIC_KEY.match(value):
-        raise ValueError(f"{value[:20]!r}... is not an OpenSSH public key")
-    return value
-
-
 DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL.pattern), AfterValidator(rules.dns_label)]
 AbsolutePath = Annotated[str, Field(pattern=r"^/\S*$"), AfterValidator(_absolute_path)]
 Ipv4 = Annotated[str, AfterValidator(_ipv4)]
 Ipv6 = Annotated[str, AfterValidator(_ipv6)]
 IpAddress = Annotated[str, AfterValidator(_ip)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
-PublicKey = Annotated[str, Field(pattern=_PUBLIC_KEY.pattern), AfterValidator(_public_key)]
+PublicKey = Annotated[
+    str, Field(pattern=rules.SSH_PUBLIC_KEY.pattern), AfterValidator(rules.ssh_public_key)
+]
 Taint = Annotated[str, Field(pattern=_TAINT.pattern), AfterValidator(rules.taint)]
 Flag = Annotated[str, Field(pattern=_FLAG.pattern), AfterValidator(rules.k3s_flag)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -92,10 +85,7 @@ LabelMap = dict[
 DisableComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server"]
 
 
-def camel(name: str) -> str:
-    """snake_case -> camelCase; unlike pydantic's to_camel, 'k3s_token' gives 'k3sToken'."""
-    first, *rest = name.split("_")
-    return first + "".join(part[:1].upper() + part[1:] for part in rest)
+camel = rules.camel
 
 
 class _Model(BaseModel):

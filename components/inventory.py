@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from components import catalog
+from components import catalog, profiles
 from components.config import ClusterConfig, ContainerConfig, NodePool, pool_offsets
 
 
@@ -43,9 +43,7 @@ class Host:
 
 
 def _arch(cfg: ClusterConfig, pool: NodePool) -> catalog.Arch:
-    if cfg.provider == "colima":
-        return "arm64" if cfg.colima.arch == "aarch64" else "x86_64"
-    return catalog.SERVER_TYPES[pool.server_type or ""].arch
+    return profiles.profile(cfg.provider).arch(pool.server_type, cfg.colima.arch)
 
 
 def container_block(cfg: ClusterConfig, offset: int) -> ipaddress.IPv4Network:
@@ -79,6 +77,7 @@ def hosts(cfg: ClusterConfig) -> list[Host]:
     """Every host, in pool order then index order."""
     subnet = ipaddress.ip_network(cfg.network.subnet)
     bootstrap = bootstrap_host_name(cfg)
+    managed = profiles.profile(cfg.provider).managed_network
     out = []
     for pool, start in zip(cfg.node_pools, pool_offsets(cfg), strict=True):
         for index in range(1, pool.count + 1):
@@ -93,10 +92,8 @@ def hosts(cfg: ClusterConfig) -> list[Host]:
                     offset=offset,
                     location=location,
                     arch=_arch(cfg, pool),
-                    # Colima VMs take their address from vmnet's DHCP; it is known only at deploy.
-                    private_ip=str(subnet.network_address + offset)
-                    if cfg.provider == "hetzner"
-                    else None,
+                    # Otherwise (Colima's vmnet) DHCP gives the address; known only at deploy.
+                    private_ip=str(subnet.network_address + offset) if managed else None,
                     is_bootstrap=name == bootstrap,
                     containers=container_slots(cfg, pool, offset),
                 )

@@ -18,7 +18,7 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from components import cilium, helm
-from components.config import ClusterConfig, Taint, cilium_settings
+from components.config import ClusterConfig, Taint
 from components.scripts import local_invocation, remote_invocation
 
 NODE_JOIN_TIMEOUT_SECONDS = 600
@@ -176,7 +176,7 @@ def cilium_release(
     opts: pulumi.ResourceOptions,
 ) -> CiliumRelease:
     values = pulumi.Output.from_input(api_host).apply(
-        lambda host: cilium.render_values(cilium_settings(cfg, host, node_count))
+        lambda host: cilium.render_values(cilium.cilium_settings(cfg, host, node_count))
     )
     release = helm.chart_release(
         f"{name}-cilium",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import catalog, rules
+from components import catalog, profiles, rules
 from components.config import ClusterConfig, container_mode, uses_cloud_controller
 from components.hostspec import (
     AdminUser,
@@ -42,14 +42,10 @@ VPN_AUTH_FILE = f"{SECRETS_DIR}/k3s-vpn-auth"
 ETCD_S3_ENV_FILE = f"{SECRETS_DIR}/etcd-s3.env"
 CONTAINER_STATE_ROOT = "/var/lib/nixos-k3s/containers"
 API_PORT = rules.API_PORT
-HETZNER_NAMESERVERS: tuple[str, ...] = ("185.12.64.1", "185.12.64.2")
-PUBLIC_NAMESERVERS: tuple[str, ...] = ("1.1.1.1", "9.9.9.9")
-# Colima VMs: Lima's user-mode network (eth0, DHCP) stays the default route; the vmnet NIC
-# that --network-address adds carries node-to-node and Mac-to-VM traffic.
-COLIMA_PRIVATE_INTERFACE = "col0"
-# macOS vzNAT shared network that Colima's --network-address NIC (col0) gets its address on.
-COLIMA_NETWORK = "192.168.64.0/24"
-HETZNER_PRIVATE_INTERFACE = "enp7s0"
+# The providers' facts live in components/profiles/; these names stay for their readers.
+COLIMA_PRIVATE_INTERFACE = profiles.colima.PROFILE.private_interface
+COLIMA_NETWORK = profiles.colima.NETWORK
+HETZNER_PRIVATE_INTERFACE = profiles.hetzner.PROFILE.private_interface
 # providerID of nspawn k3s agents (see _container_kubelet).
 CONTAINER_PROVIDER_ID_PREFIX = "nspawn://"
 
@@ -182,7 +178,7 @@ def etcd_s3_environment(access_key_id: str, secret_access_key: str) -> str:
 def _containers(
     cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str
 ) -> list[Container]:
-    nameservers = list(HETZNER_NAMESERVERS if cfg.provider == "hetzner" else PUBLIC_NAMESERVERS)
+    nameservers = list(profiles.profile(cfg.provider).nameservers)
     return [
         Container(
             name=slot.config.name,
@@ -269,20 +265,21 @@ def host_spec(
 
     `api_sans`: addresses of the API load balancer, for the servers' certificates.
     """
-    hetzner = cfg.provider == "hetzner"
+    profile = profiles.profile(cfg.provider)
+    managed = profile.managed_network
     network = Network(
         public_ipv4=facts.public_ipv4,
         public_ipv6=facts.public_ipv6,
         private_ipv4=facts.private_ipv4,
         private_cidr=facts.private_cidr,
         private_gateway=str(ipaddress.ip_network(cfg.network.ip_range).network_address + 1)
-        if hetzner
+        if managed
         else None,
-        private_interface=HETZNER_PRIVATE_INTERFACE if hetzner else COLIMA_PRIVATE_INTERFACE,
+        private_interface=profile.private_interface,
         private_mac_address=facts.private_mac_address,
         # Other hosts' nspawn agents: their /24s are routed to those hosts in the network.
-        routed_cidrs=[cfg.network.container_cidr] if hetzner and _has_containers(cfg) else [],
-        mtu=catalog.HETZNER_PRIVATE_MTU if hetzner else 1500,
+        routed_cidrs=[cfg.network.container_cidr] if managed and _has_containers(cfg) else [],
+        mtu=profile.private_mtu,
     )
     tailscale_on = cfg.tailscale.enabled
     return HostSpec(
@@ -290,9 +287,9 @@ def host_spec(
         cluster_name=cfg.name,
         system=host.system,  # type: ignore[arg-type]
         hardware=Hardware(
-            profile="hetzner-cloud" if hetzner else "colima-vz",
-            disk_device="/dev/sda" if hetzner else "/dev/vda",
-            rosetta=(not hetzner) and cfg.colima.rosetta,
+            profile=profile.hardware_profile,  # type: ignore[arg-type]
+            disk_device=profile.disk_device,
+            rosetta=profile.rosetta and cfg.colima.rosetta,
         ),
         network=network,
         ssh=Ssh(
@@ -336,16 +333,20 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
     address is the network's gateway address, a placeholder nothing configures.
     """
     placeholder = str(ipaddress.ip_network(cfg.network.ip_range).network_address + 1)
+    hetzner = profiles.hetzner.PROFILE
     return HostSpec(
         name=image_name(cfg, arch),
         cluster_name=cfg.name,
         system=catalog.NIX_SYSTEMS[arch],  # type: ignore[arg-type]
-        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        hardware=Hardware(
+            profile=hetzner.hardware_profile,  # type: ignore[arg-type]
+            disk_device=hetzner.disk_device,
+        ),
         network=Network(
             private_ipv4=placeholder,
             private_cidr=cfg.network.ip_range,
-            private_interface=HETZNER_PRIVATE_INTERFACE,
-            mtu=catalog.HETZNER_PRIVATE_MTU,
+            private_interface=hetzner.private_interface,
+            mtu=hetzner.private_mtu,
         ),
         ssh=Ssh(authorized_keys=authorized_keys),
         # k3s is in the image (its closure is most of what a host adds to the base system), held

@@ -1,6 +1,6 @@
 """What a valid value is, for every value the stack hands to hosts, k3s and Colima.
 
-One module, used by both the stack check (components/config.py, which reports the stack path)
+One module, used by both the stack check (components/config/, which reports the stack path)
 and the host document (components/hostspec.py, the last line of defence before a host), so the
 two cannot disagree: a value the stack check accepts never fails later in the plan. Each rule
 returns the value (normalised where that is harmless) or raises ValueError with a message that
@@ -380,3 +380,36 @@ def colima_profile(profile: str, lima_dir: str) -> str:
             f"Lima in {lima_dir} a profile may have at most {longest} characters"
         )
     return profile
+
+
+# --- field names -----------------------------------------------------------------------------
+
+
+def camel(name: str) -> str:
+    """snake_case -> camelCase, the key style of the stack file and the host document; unlike
+    pydantic's to_camel, 'k3s_token' gives 'k3sToken'."""
+    first, *rest = name.split("_")
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+# --- SSH -------------------------------------------------------------------------------------
+
+# One OpenSSH public key line: the key types OpenSSH 9 offers, base64, an optional comment.
+SSH_PUBLIC_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+    r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+
+
+def ssh_public_key(value: str) -> str:
+    """One OpenSSH public key line, without surrounding whitespace. The message never quotes
+    the value: a private key pasted by mistake must not end up in a log."""
+    value = value.strip()
+    if not SSH_PUBLIC_KEY.fullmatch(value):
+        if "PRIVATE KEY" in value:
+            raise ValueError("this is a private key: give the public key (the .pub file)")
+        raise ValueError(
+            "not an OpenSSH public key: expected 'ssh-ed25519 AAAA... comment' "
+            "(or ssh-rsa / ecdsa-sha2-nistp256 / sk-ssh-ed25519@openssh.com)"
+        )
+    return value

@@ -8,13 +8,9 @@ from typing import Any
 import pytest
 
 from components import rules
-from components.config import (
-    ConfigError,
-    cilium_settings,
-    parse_cluster,
-    pool_offsets,
-    semantic_warnings,
-)
+from components.cilium import cilium_settings
+from components.config import ConfigError, pool_offsets, semantic_warnings
+from components.stack import parse_cluster
 from tests.conftest import stack_data
 
 

@@ -13,11 +13,10 @@ from components import cilium, containermodes
 from components.config import (
     ConfigError,
     ContainerModeName,
-    cilium_settings,
     has_nested_nodes,
-    parse_cluster,
 )
 from components.render import COLIMA_PRIVATE_INTERFACE, HETZNER_PRIVATE_INTERFACE
+from components.stack import parse_cluster
 from tests.conftest import Plan, run_plan, stack_data
 
 SHARED_CILIUM = Path(__file__).resolve().parents[2] / "shared" / "data" / "cilium"
@@ -111,7 +110,7 @@ def test_unknown_cni_lists_the_allowed_values() -> None:
 
 def test_nested_nodes_get_host_namespace_socket_lb_and_explicit_devices() -> None:
     cfg = parse_cluster(with_containers())
-    values = cilium.render_values(cilium_settings(cfg, "10.0.1.10", 9))
+    values = cilium.render_values(cilium.cilium_settings(cfg, "10.0.1.10", 9))
     assert values["socketLB"] == {"hostNamespaceOnly": True}
     assert values["devices"] == ["en+", "eth+"]
     # The hosts' NICs match, the veths to the containers (ve-<name>) do not.
@@ -126,13 +125,13 @@ def test_colima_devices_name_the_vm_interfaces() -> None:
     data = stack_data("dev")
     data["nodePools"][0]["containers"] = [{"name": "edge"}]
     cfg = parse_cluster(data)
-    values = cilium.render_values(cilium_settings(cfg, "192.168.64.2", 2))
+    values = cilium.render_values(cilium.cilium_settings(cfg, "192.168.64.2", 2))
     assert COLIMA_PRIVATE_INTERFACE in values["devices"] and "eth+" in values["devices"]
 
 
 def test_stacks_without_nested_nodes_keep_cilium_device_detection() -> None:
     cfg = parse_cluster(stack_data("prod"))
-    values = cilium.render_values(cilium_settings(cfg, "10.0.1.10", 5))
+    values = cilium.render_values(cilium.cilium_settings(cfg, "10.0.1.10", 5))
     assert "devices" not in values and "socketLB" not in values
 
 
@@ -196,5 +195,5 @@ def test_nested_values_outside_a_schema_are_keys_the_chart_reads(version: str) -
     data = with_containers()
     data["cilium"] = {**data.get("cilium", {}), "version": version}
     cfg = parse_cluster(data)
-    values = cilium.render_values(cilium_settings(cfg, "10.0.1.10", 9))
+    values = cilium.render_values(cilium.cilium_settings(cfg, "10.0.1.10", 9))
     assert set(cilium.unknown_value_paths(values, version)) <= TEMPLATE_KEYS_OUTSIDE_SCHEMA

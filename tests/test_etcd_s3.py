@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from components import config, plan, render
-from components.config import ConfigError, parse_cluster
+from components.config import ConfigError
+from components.stack import parse_cluster
 from tests.conftest import PROJECT_DIR, run_plan, stack_data
 
 ACCESS_KEY = "AKIAPLANTEDKEYID4711"

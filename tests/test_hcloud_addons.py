@@ -23,12 +23,12 @@ from components.cilium import _without_nulls
 from components.config import (
     ClusterConfig,
     load_balancer_private_ip,
-    parse_cluster,
     semantic_problems,
     semantic_warnings,
 )
 from components.mocks import fake_id, fake_ipv4
 from components.render import CONTAINER_PROVIDER_ID_PREFIX
+from components.stack import parse_cluster
 from tests.conftest import PROJECT_DIR, Plan, run_plan, stack_data
 
 SERVERS = ["prod-control-1", "prod-control-2", "prod-control-3"]

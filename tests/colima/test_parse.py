@@ -118,7 +118,7 @@ def _args(**changes: object) -> ColimaMachineArgs:
         ({"profile": "colima-x"}, "user's own Colima"),
         ({"profile": "Dev_A"}, "lowercase"),
         ({"cpus": 0}, "cpus 0 < 1"),
-        ({"memory_gib": 1}, "memory_gib 1 < 2"),
+        ({"memory_gib": 3}, "memory_gib: 3 GiB is below the 4 GiB"),
         ({"disk_gib": 10}, "disk_gib 10 < 20"),
     ],
 )

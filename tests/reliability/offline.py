@@ -18,7 +18,8 @@ from components.hetzner import firewall_rules
 from components.inventory import Host
 from components.scripts import remote_invocation
 
-DEPLOY_KEY = mocks.fake_ssh_public_key("offline-deploy-key")
+# One line, as nixos_host.DeployKey hands it on (tls ends the OpenSSH form with a newline).
+DEPLOY_KEY = mocks.fake_ssh_public_key("offline-deploy-key").strip()
 
 
 def synthetic_facts(cfg: ClusterConfig, hosts: list[Host]) -> dict[str, render.MachineFacts]:
@@ -85,7 +86,7 @@ def render_stack(
     url = render.api_endpoint(cfg, lb_public or first.public_ipv4 or first.private_ipv4).url
     nodes = config.node_count(cfg)
     if cfg.k3s.cni == "cilium":
-        cilium.render_values(config.cilium_settings(cfg, lb_private or bootstrap_ip, nodes))
+        cilium.render_values(cilium.cilium_settings(cfg, lb_private or bootstrap_ip, nodes))
     return Rendered(
         hosts=dict(sorted(pushed.items())),
         api_endpoint=url,

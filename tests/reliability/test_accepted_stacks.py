@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 
 from components import mocks, render
 from components.__main__ import EXIT_CONFIG_ERROR
-from components.config import ClusterConfig, ConfigError, parse_cluster
+from components.config import ClusterConfig, ConfigError
+from components.stack import parse_cluster
 from tests.conftest import stack_data
 from tests.reliability import offline
 from tests.reliability.isolated import in_fresh_process, run_cli_in_process

@@ -1,0 +1,25 @@
+"""The stack file, checked whole: the config package's own checks plus those of the modules
+above it (Cilium's chart values), so the config package imports none of them.
+
+`load_config` is what the Pulumi program calls; `parse_cluster` is the same check for raw data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components import cilium
+from components.config import load
+from components.config.schema import ClusterConfig
+
+EXTRA_CHECKS: tuple[load.ExtraCheck, ...] = (cilium.stack_problems,)
+
+
+def parse_cluster(data: Any, source: str = "nixos-k3s:cluster") -> ClusterConfig:
+    """Validate raw stack data; raise ConfigError listing every problem."""
+    return load.parse_cluster(data, source, EXTRA_CHECKS)
+
+
+def load_config() -> load.StackConfig:
+    """The validated stack config and its secrets; raises ConfigError."""
+    return load.load_config(EXTRA_CHECKS)
