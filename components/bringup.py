@@ -86,6 +86,7 @@ class K3sBringUp(pulumi.ComponentResource):
     ):
         super().__init__("nixos-k3s:k3s:BringUp", name, None, opts)
         self._name, self._args, self._was = args.prefix, args, was
+        self.endpoint_url = args.endpoint_url
         cfg, machines, target = args.config, args.machines, args.gate_target
         bootstrap = next(h for h in args.hosts if h.is_bootstrap)
 

@@ -67,6 +67,69 @@ def colima_machine_args(
     )
 
 
+@dataclass(frozen=True)
+class _Keys:
+    """The cluster's keys: the operator's deploy key, the k3s token, each host's SSH host key."""
+
+    deploy: DeployKey
+    token: random.RandomPassword
+    hosts: dict[str, HostKey]
+
+    @staticmethod
+    def of(name: str, hosts: list[Host], child: pulumi.ResourceOptions) -> _Keys:
+        return _Keys(
+            deploy=DeployKey.of(
+                tls.PrivateKey(f"{name}-deploy-key", algorithm="ED25519", opts=child)
+            ),
+            token=random.RandomPassword(f"{name}-k3s-token", length=48, special=False, opts=child),
+            hosts={
+                h.name: HostKey.of(
+                    tls.PrivateKey(f"{h.name}-host-key", algorithm="ED25519", opts=child)
+                )
+                for h in hosts
+            },
+        )
+
+
+@dataclass(frozen=True)
+class _HostData:
+    """Each host's rendered data (host JSON) and its content hash, the push's only trigger."""
+
+    json: dict[str, pulumi.Output[str]]
+    hashes: dict[str, pulumi.Output[str]]
+
+    @staticmethod
+    def of(
+        cfg: ClusterConfig,
+        hosts: list[Host],
+        machines: dict[str, MachineView],
+        deploy: DeployKey,
+        bootstrap_ip: pulumi.Input[str],
+        lb: ApiLoadBalancer | None,
+    ) -> _HostData:
+        # The servers' certificates also name the API load balancer's addresses.
+        lb_sans: list[pulumi.Input[str]] = (
+            [lb.private_ip, *([lb.public_ipv4] if lb.public_ipv4 is not None else [])] if lb else []
+        )
+        specs: dict[str, pulumi.Output[HostSpec]] = {
+            host.name: machines[host.name].spec(
+                [deploy.public_openssh, bootstrap_ip, *(lb_sans if host.role == "server" else [])],
+                lambda facts, key, server_ip, *sans, host=host: render.host_spec(
+                    cfg,
+                    host,
+                    facts,
+                    bootstrap_ip=server_ip,
+                    authorized_keys=[key, *cfg.ssh_keys],
+                    api_sans=sans,
+                ),
+            )
+            for host in hosts
+        }
+        host_json = {n: spec.apply(hostspec.host_json) for n, spec in specs.items()}
+        content_hash = hostspec.content_hasher()
+        return _HostData(host_json, {n: text.apply(content_hash) for n, text in host_json.items()})
+
+
 class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     api_endpoint: pulumi.Output[str]
@@ -79,31 +142,66 @@ class Cluster(pulumi.ComponentResource):
         cfg = args.config
         hosts = inventory.hosts(cfg)
         child = pulumi.ResourceOptions(parent=self)
-
-        deploy_key = DeployKey.of(
-            tls.PrivateKey(f"{name}-deploy-key", algorithm="ED25519", opts=child)
-        )
-        token = random.RandomPassword(f"{name}-k3s-token", length=48, special=False, opts=child)
-        host_keys = {
-            h.name: HostKey.of(
-                tls.PrivateKey(f"{h.name}-host-key", algorithm="ED25519", opts=child)
-            )
-            for h in hosts
-        }
-        deploy_public = deploy_key.public_openssh
+        keys = _Keys.of(name, hosts, child)
         self._hetzner: HetznerMachines | None = None
-        machines = self._machines(name, cfg, hosts, deploy_key, host_keys, child)
+        machines = self._machines(name, cfg, hosts, keys.deploy, keys.hosts, child)
         lb = self._hetzner.api_load_balancer if self._hetzner else None
-        # The servers' certificates also name the API load balancer's addresses.
-        lb_sans: list[pulumi.Input[str]] = (
-            [lb.private_ip, *([lb.public_ipv4] if lb.public_ipv4 is not None else [])] if lb else []
-        )
-
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
         bootstrap_ip = machines[bootstrap.name].private_ipv4
+        data = _HostData.of(cfg, hosts, machines, keys.deploy, bootstrap_ip, lb)
+
+        nixos_hosts = NixosHosts(f"{name}-hosts", self, child)
+        bring_up = K3sBringUp(
+            f"{name}-k3s",
+            self._bring_up_args(name, args, hosts, machines, keys, data, nixos_hosts, lb),
+            was=self,
+            opts=child,
+        )
+        nixos_hosts.done()
+        self.kubeconfig = pulumi.Output.secret(bring_up.kubeconfig.stdout)
+        node_count = config.node_count(cfg)
+        released = self._cni_and_addons(name, args, lb, bootstrap_ip, node_count)
+        bring_up.finish(node_count, released)
+
+        self.api_endpoint = pulumi.Output.from_input(bring_up.endpoint_url)
+        self.host_addresses = pulumi.Output.all(
+            **{n: m.ssh_host for n, m in machines.items()}
+        ).apply(dict)
+        self.config_hashes = pulumi.Output.all(**data.hashes).apply(dict)
+        self.register_outputs(
+            {
+                "kubeconfig": self.kubeconfig,
+                "apiEndpoint": self.api_endpoint,
+                "hostAddresses": self.host_addresses,
+                "configHashes": self.config_hashes,
+            }
+        )
+
+    def _bring_up_args(
+        self,
+        name: str,
+        args: ClusterArgs,
+        hosts: list[Host],
+        machines: dict[str, MachineView],
+        keys: _Keys,
+        data: _HostData,
+        nixos_hosts: NixosHosts,
+        lb: ApiLoadBalancer | None,
+    ) -> BringUpArgs:
+        """What the k3s bring-up needs: the gates' way to the bootstrap server, and how to add
+        a host's NixOS lifecycle once the bring-up knows what its push waits for."""
+        cfg = args.config
+        bootstrap = machines[next(h.name for h in hosts if h.is_bootstrap)]
+        bootstrap_key = keys.hosts[next(h.name for h in hosts if h.is_bootstrap)]
+        gate_target = k3s.GateTarget(
+            ssh_host=bootstrap.ssh_host,
+            ssh_user=bootstrap.ssh_user,
+            host_public_key=bootstrap_key.public_openssh,
+            deploy_private_key=keys.deploy.private_openssh,
+        )
         secrets = self._secret_contents(
-            cfg, token, args.tailscale_auth_key, args.etcd_s3_credentials
+            cfg, keys.token, args.tailscale_auth_key, args.etcd_s3_credentials
         )
         secret_sets: dict[tuple[str, ...], SecretSet] = {}
 
@@ -115,32 +213,7 @@ class Cluster(pulumi.ComponentResource):
                 )
             return secret_sets[paths]
 
-        specs: dict[str, pulumi.Output[HostSpec]] = {
-            host.name: machines[host.name].spec(
-                [deploy_public, bootstrap_ip, *(lb_sans if host.role == "server" else [])],
-                lambda facts, deploy, server_ip, *sans, host=host: render.host_spec(
-                    cfg,
-                    host,
-                    facts,
-                    bootstrap_ip=server_ip,
-                    authorized_keys=[deploy, *cfg.ssh_keys],
-                    api_sans=sans,
-                ),
-            )
-            for host in hosts
-        }
-        host_json = {n: spec.apply(hostspec.host_json) for n, spec in specs.items()}
-        content_hash = hostspec.content_hasher()
-        hashes = {n: text.apply(content_hash) for n, text in host_json.items()}
-
         roll_key = render.roll_key(cfg)
-        gate_target = k3s.GateTarget(
-            ssh_host=machines[bootstrap.name].ssh_host,
-            ssh_user=machines[bootstrap.name].ssh_user,
-            host_public_key=host_keys[bootstrap.name].public_openssh,
-            deploy_private_key=deploy_key.private_openssh,
-        )
-        nixos_hosts = NixosHosts(f"{name}-hosts", self, child)
 
         def add_host(
             host: Host, after: list[pulumi.Resource], roll_after: Sequence[pulumi.Resource]
@@ -153,10 +226,10 @@ class Cluster(pulumi.ComponentResource):
                     ssh_host=machine.ssh_host,
                     ssh_user=machine.ssh_user,
                     install_user=machine.install_user,
-                    host_key=host_keys[host.name],
-                    deploy_key=deploy_key,
-                    host_json=host_json[host.name],
-                    content_hash=hashes[host.name],
+                    host_key=keys.hosts[host.name],
+                    deploy_key=keys.deploy,
+                    host_json=data.json[host.name],
+                    content_hash=data.hashes[host.name],
                     secrets=secret_set(host),
                     machine_id=machine.machine_id,
                     health_units=["k3s.service"],
@@ -175,63 +248,41 @@ class Cluster(pulumi.ComponentResource):
                 ),
             )
 
-        endpoint_url = self._endpoint_url(cfg, lb, machines[bootstrap.name].ssh_host)
-        admin = connection(
-            machines[bootstrap.name].ssh_host,
-            machines[bootstrap.name].ssh_user,
-            host_keys[bootstrap.name],
-            deploy_key,
+        return BringUpArgs(
+            prefix=name,
+            config=cfg,
+            hosts=hosts,
+            machines=machines,
+            gate_target=gate_target,
+            admin=connection(bootstrap.ssh_host, bootstrap.ssh_user, bootstrap_key, keys.deploy),
+            endpoint_url=self._endpoint_url(cfg, lb, bootstrap.ssh_host),
+            add_host=add_host,
         )
-        bring_up = K3sBringUp(
-            f"{name}-k3s",
-            BringUpArgs(
-                prefix=name,
-                config=cfg,
-                hosts=hosts,
-                machines=machines,
-                gate_target=gate_target,
-                admin=admin,
-                endpoint_url=endpoint_url,
-                add_host=add_host,
-            ),
-            was=self,
-            opts=child,
-        )
-        nixos_hosts.done()
-        self.kubeconfig = pulumi.Output.secret(bring_up.kubeconfig.stdout)
-        node_count = config.node_count(cfg)
+
+    def _cni_and_addons(
+        self,
+        name: str,
+        args: ClusterArgs,
+        lb: ApiLoadBalancer | None,
+        bootstrap_ip: pulumi.Input[str],
+        node_count: int,
+    ) -> list[pulumi.Resource]:
+        """The Kubernetes provider, the Cilium release and the Hetzner add-ons: what the
+        nodes-Ready gate waits for."""
+        cfg = args.config
         # Cilium's agents reach the API through the load balancer when there is one, so they
         # keep it while any one server (the bootstrap server too) is down.
-        k8s_opts = k3s.gate_options(self, lb.ready) if lb else child
+        k8s_opts = k3s.gate_options(self, lb.ready) if lb else pulumi.ResourceOptions(parent=self)
         provider = k3s.kubernetes_provider(name, cfg, self.kubeconfig, k8s_opts)
         # Nodes turn Ready once their CNI runs: Cilium from its release, flannel inside k3s.
         cni_ready: list[pulumi.Resource] = []
         if cfg.k3s.cni == "cilium":
             release = k3s.cilium_release(
-                name,
-                cfg,
-                provider,
-                lb.private_ip if lb else bootstrap_ip,
-                node_count,
-                k8s_opts,
+                name, cfg, provider, lb.private_ip if lb else bootstrap_ip, node_count, k8s_opts
             )
             cni_ready.append(release.release)
         addons = self._hcloud_addons(name, cfg, args.hcloud_token, provider, cni_ready)
-        bring_up.finish(node_count, [*cni_ready, *addons])
-
-        self.api_endpoint = endpoint_url
-        self.host_addresses = pulumi.Output.all(
-            **{n: m.ssh_host for n, m in machines.items()}
-        ).apply(dict)
-        self.config_hashes = pulumi.Output.all(**hashes).apply(dict)
-        self.register_outputs(
-            {
-                "kubeconfig": self.kubeconfig,
-                "apiEndpoint": self.api_endpoint,
-                "hostAddresses": self.host_addresses,
-                "configHashes": self.config_hashes,
-            }
-        )
+        return [*cni_ready, *addons]
 
     @staticmethod
     def _endpoint_url(
