@@ -259,9 +259,9 @@ in
     tunnelUdpPorts = lib.mkOption {
       type = lib.types.listOf lib.types.port;
       description = ''
-        UDP ports of Cilium's overlay (8472 VXLAN, 6081 Geneve), opened inside every container
-        and on the host's veths; must match the cluster's tunnel protocol or pods on the
-        containers cannot reach other nodes.
+        UDP ports of the CNI's overlay (VXLAN or Geneve, see firewall-ports.json), opened inside
+        every container and on the host's veths; must match the cluster's tunnel protocol or pods
+        on the containers cannot reach other nodes.
       '';
     };
 
