@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from typing import Any
 
+from components.config import K3sConfig
 from components.hostspec import (
     AdminUser,
     Cilium,
@@ -45,16 +46,18 @@ SNAPSHOTS: dict[str, Any] = {
     "retention": 5,
     "s3": None,
 }
+# A k3s field of the same name in the stack model and the host document takes the stack's
+# default here, so a new k3s setting needs no sample value of its own.
+STACK_K3S_DEFAULTS: dict[str, Any] = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in K3sConfig.model_fields.items()
+    if name in K3s.model_fields
+}
 K3S: dict[str, Any] = {
+    **STACK_K3S_DEFAULTS,
     "enable": True,
     "cluster_init": False,
     "server_addr": "",
-    "package": "k3s",
-    "disable": ["local-storage", "metrics-server", "servicelb", "traefik"],
-    "cluster_cidr": "10.42.0.0/16",
-    "service_cidr": "10.43.0.0/16",
-    "cluster_dns": "10.43.0.10",
-    "tls_sans": [],
     "node_external_ip": None,
     "node_labels": {},
     "node_taints": [],
@@ -63,9 +66,7 @@ K3S: dict[str, Any] = {
     ),
     "kubelet_config": {},
     "etcd_snapshots": EtcdSnapshots(**SNAPSHOTS),
-    "extra_flags": [],
     "vpn_auth_file": None,
-    "cni": "cilium",
     "external_cloud_provider": False,
 }
 FIREWALL: dict[str, Any] = {
