@@ -102,10 +102,7 @@ in
         containers = lib.listToAttrs (
           map (c: {
             inherit (c) name;
-            # The role is always "agent": the module runs nothing else.
-            value = removeAttrs c [ "name" ] // {
-              k3s = removeAttrs c.k3s [ "role" ];
-            };
+            value = removeAttrs c [ "name" ];
           }) h.containers
         );
       };

@@ -106,38 +106,15 @@ let
           description = "Host path of the vpn-auth file, passed in as credential `tailscale-key`.";
         };
       };
-      k3s = {
-        nodeName = lib.mkOption {
-          type = lib.types.str;
-          description = ''
-            Kubernetes node name of the agent; unique in the cluster (containers of the same
-            name on several hosts must not register as one node).
-          '';
-        };
-        serverAddr = lib.mkOption {
-          type = lib.types.str;
-          description = "API server the agent joins.";
-        };
-        nodeLabels = lib.mkOption {
-          type = lib.types.attrsOf lib.types.str;
-          description = "Node labels.";
-        };
-        nodeTaints = lib.mkOption {
-          type = lib.types.listOf lib.types.str;
-          description = "Node taints.";
-        };
-        nodeExternalIp = lib.mkOption {
-          type = lib.types.nullOr lib.types.str;
-          description = "External address the agent advertises.";
-        };
-        kubeletConfig = lib.mkOption {
-          type = lib.types.attrsOf lib.types.anything;
-          description = "KubeletConfiguration fields merged over the ones nspawn needs.";
-        };
-        extraFlags = lib.mkOption {
-          type = lib.types.listOf lib.types.str;
-          description = "Further k3s agent flags.";
-        };
+      k3s = lib.mkOption {
+        type = lib.types.attrsOf lib.types.anything;
+        description = ''
+          The agent's nixosK3s.k3s settings from the host document (containers[].k3s: role,
+          nodeName, serverAddr, nodeLabels, nodeTaints, nodeExternalIp, kubeletConfig,
+          extraFlags), handed whole to the container's own k3s module, whose options check them.
+          nodeName must be unique in the cluster (containers of the same name on several hosts
+          must not register as one node).
+        '';
       };
     };
   };
@@ -176,21 +153,12 @@ let
 
       boot.kernel.sysctl."net.ipv4.ip_forward" = 1;
 
-      nixosK3s.k3s = {
+      nixosK3s.k3s = c.k3s // {
         enable = true;
         package = pkgs.${cfg.package};
-        role = "agent";
-        inherit (c.k3s)
-          serverAddr
-          nodeLabels
-          nodeTaints
-          extraFlags
-          ;
         tokenFile = "${credentialDir}/k3s-token";
-        nodeName = c.k3s.nodeName;
         # The veth address: without it k3s could pick tailscale0's or another address.
         nodeIp = c.localAddress;
-        nodeExternalIp = c.k3s.nodeExternalIp;
         kubeletConfig = lib.recursiveUpdate (nspawnKubeletConfig c) c.k3s.kubeletConfig;
         vpnAuthFile = if c.tailscale then "${credentialDir}/tailscale-key" else null;
         # Off for the agents, as it has always been; its periods are not read while it is off.

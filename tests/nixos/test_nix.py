@@ -231,7 +231,7 @@ def test_configuration_maps_host_data() -> None:
     assert containers["enable"] is True
     agent = containers["containers"]["k3s-agent-1"]
     assert agent["credentials"]["tailscaleAuthKey"].endswith("k3s-agent-1-vpn-auth")
-    assert "role" not in agent["k3s"]
+    assert agent["k3s"]["role"] == "agent"
     assert config["nixosK3s"]["firewall"]["privateTcpPortRanges"] == [{"from": 2379, "to": 2380}]
 
 
