@@ -68,8 +68,12 @@ Ipv4 = Annotated[str, AfterValidator(_ipv4)]
 Ipv6 = Annotated[str, AfterValidator(_ipv6)]
 IpAddress = Annotated[str, AfterValidator(_ip)]
 Cidr = Annotated[str, AfterValidator(rules.cidr)]
+# The schema states the pattern; rules.ssh_public_key checks it after dropping the surrounding
+# whitespace (a key read from a .pub file ends with a newline).
 PublicKey = Annotated[
-    str, Field(pattern=rules.SSH_PUBLIC_KEY.pattern), AfterValidator(rules.ssh_public_key)
+    str,
+    Field(json_schema_extra={"pattern": rules.SSH_PUBLIC_KEY.pattern}),
+    AfterValidator(rules.ssh_public_key),
 ]
 Taint = Annotated[str, Field(pattern=_TAINT.pattern), AfterValidator(rules.taint)]
 Flag = Annotated[str, Field(pattern=rules.K3S_FLAG.pattern), AfterValidator(rules.k3s_flag)]
