@@ -204,7 +204,6 @@ let
       config = containerConfig name c;
     };
 
-  hasSpace = s: builtins.match ".*[[:space:]].*" s != null;
   hostUsersContainers = lib.any (c: (modeOf c).privateUsers == "no") (lib.attrValues cfg.containers);
 in
 {
@@ -261,35 +260,14 @@ in
         message = "nixosK3s.k3sContainers.package: ${cfg.package} is ${pkgs.${cfg.package}.version}; containers need k3s >= 1.34 (containerd >= 2.1).";
       }
     ]
-    ++ lib.concatLists (
-      lib.mapAttrsToList (name: c: [
-        {
-          assertion = builtins.stringLength name <= 11 && builtins.match "[a-z][a-z0-9-]*" name != null;
-          message = "nixosK3s.k3sContainers: container name ${name} must match [a-z][a-z0-9-]* and have at most 11 characters.";
-        }
-        {
-          assertion = lib.elem cni (modeOf c).cnis;
-          message = "nixosK3s.k3sContainers.${name}: mode ${c.mode} cannot run ${cni}: ${
-            modeData.refusals."${cni}/${c.mode}" or "not supported"
-          }.";
-        }
-        {
-          assertion = c.tailscale -> c.credentials.tailscaleAuthKey != null;
-          message = "nixosK3s.k3sContainers.${name}: tailscale needs credentials.tailscaleAuthKey.";
-        }
-        {
-          assertion =
-            !(lib.any hasSpace (
-              [
-                c.credentials.k3sToken
-                c.stateDir
-              ]
-              ++ lib.optional (c.credentials.tailscaleAuthKey != null) c.credentials.tailscaleAuthKey
-            ));
-          message = "nixosK3s.k3sContainers.${name}: paths passed to systemd-nspawn cannot contain whitespace.";
-        }
-      ]) cfg.containers
-    );
+    # The document's own rules (container names, the tailscale key, paths without whitespace,
+    # which EXTRA_NSPAWN_FLAGS would split) are checked once, by components/hostspec.py.
+    ++ lib.mapAttrsToList (name: c: {
+      assertion = lib.elem cni (modeOf c).cnis;
+      message = "nixosK3s.k3sContainers.${name}: mode ${c.mode} cannot run ${cni}: ${
+        modeData.refusals."${cni}/${c.mode}" or "not supported"
+      }.";
+    }) cfg.containers;
 
     containers = lib.mapAttrs nspawnContainer cfg.containers;
 

@@ -136,3 +136,27 @@ def test_options_fed_by_the_document_declare_no_default(fixture: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "k3s-agent-123"}, r"containers\.1\.name"),
+        (
+            {"credentials": {"k3sToken": "/var/lib/k3s token"}},
+            r"containers\.1\.credentials\.k3sToken",
+        ),
+        ({"stateDir": "/var/lib/a b"}, r"containers\.1\.stateDir"),
+        ({"tailscale": True, "credentials": {"tailscaleAuthKey": None}}, "tailscaleAuthKey"),
+    ],
+)
+def test_container_rules_have_one_owner(change: dict[str, Any], message: str) -> None:
+    """HostSpec refuses them; k3s-containers.nix no longer repeats the checks."""
+    document = json.loads((HERE / "fixtures" / "hetzner-containers.json").read_text())
+    container = document["containers"][1]
+    for key, value in change.items():
+        container[key] = {**container[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(ValueError, match=message):
+        hostspec.HostSpec.model_validate(document)
+    text = (ROOT / "nixos" / "modules" / "k3s-containers.nix").read_text(encoding="utf-8")
+    assert "tailscale needs credentials" not in text and "hasSpace" not in text
