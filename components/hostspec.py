@@ -106,8 +106,9 @@ class Hardware(_Model):
     profile: Literal["hetzner-cloud", "colima-vz"] = Field(
         description="Machine layer: nixos/hardware/<profile>.nix is imported."
     )
-    disk_device: AbsolutePath | None = Field(
-        description="Whole disk that disko partitions and grub installs to (hetzner-cloud)."
+    disk_device: AbsolutePath = Field(
+        description="Whole disk: disko partitions it and grub installs to it (hetzner-cloud); "
+        "the root of Lima's own layout (colima-vz)."
     )
     rosetta: bool = Field(description="Register Rosetta for x86_64 binaries (colima-vz only).")
 
@@ -398,8 +399,6 @@ class HostSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> HostSpec:
-        if self.hardware.profile == "hetzner-cloud" and self.hardware.disk_device is None:
-            raise ValueError("hardware.diskDevice is required for hetzner-cloud")
         if self.k3s.vpn_auth_file is not None and not self.tailscale.wrap_k3s:
             raise ValueError("k3s.vpnAuthFile needs tailscale.wrapK3s (k3s calls tailscale)")
         if self.tailscale.wrap_k3s and not self.tailscale.enable:

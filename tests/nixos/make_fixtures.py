@@ -259,7 +259,7 @@ def colima_server() -> HostSpec:
         name="dev-server-1",
         cluster_name="dev",
         system="aarch64-linux",
-        hardware=Hardware(profile="colima-vz", disk_device=None, rosetta=True),
+        hardware=Hardware(profile="colima-vz", disk_device="/dev/vda", rosetta=True),
         network=network(
             private_ipv4="192.168.106.2",
             private_cidr="192.168.106.0/24",
