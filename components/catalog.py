@@ -6,7 +6,7 @@ Kept as data so the validator, the docs and the tests read the same table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Arch = Literal["x86_64", "arm64"]
 
@@ -96,7 +96,9 @@ MIN_COLIMA_MEMORY_GIB = 4
 MIN_COLIMA_DISK_GIB = 20
 
 # Components k3s can really --disable. Flannel is not one: --flannel-backend=none replaces it.
-K3S_DISABLABLE = ("coredns", "local-storage", "metrics-server", "servicelb", "traefik")
+# The one list: the stack model, the host document (and its JSON schema) take it from here.
+K3sComponent = Literal["coredns", "local-storage", "metrics-server", "servicelb", "traefik"]
+K3S_DISABLABLE: tuple[str, ...] = get_args(K3sComponent)
 K3S_DEFAULT_DISABLED = ("local-storage", "metrics-server", "servicelb", "traefik")
 
 # Flags this program manages itself; users setting them in extraFlags would fight the modules.

@@ -1,8 +1,12 @@
 """The host JSON document: the one contract between the Python program and nixos/.
 
 Python renders one `HostSpec` per host; `nixos/configuration.nix` reads it with
-`builtins.fromJSON` and sets `nixosK3s.*` options from it. The document is pure data and holds
-no secret value: secrets are referred to by the absolute path of a 0600 file on the host.
+`builtins.fromJSON` and hands its sections to the `nixosK3s.*` options. The document is pure data
+and holds no secret value: secrets are referred to by the absolute path of a 0600 file on the host.
+
+Every field is required and has no default: render.py fills each one from the stack, and the
+NixOS options that take them declare no default either, so a value is chosen in one place. The
+checks shared with the stack models come from components/rules.py.
 
 Run `python -m components.hostspec --write` after changing a model: it regenerates
 `nixos/host.schema.json`, and a test fails while that file is stale.
@@ -22,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from components import jsontext, rules
+from components import catalog, jsontext, rules
 
 SCHEMA_VERSION = 1
 NIXOS_DIR = Path(__file__).parent.parent / "nixos"
@@ -34,7 +38,6 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _TAINT = re.compile(
     r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$"
 )
-_FLAG = rules.K3S_FLAG
 
 
 def _absolute_path(value: str) -> str:
@@ -59,30 +62,28 @@ def _ip(value: str) -> str:
     return value
 
 
-def _cidr(value: str) -> str:
-    network = ipaddress.ip_network(value, strict=True)
-    if str(network) != value:
-        raise ValueError(f"{value!r} is not in canonical form {network}")
-    return value
-
-
 DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL.pattern), AfterValidator(rules.dns_label)]
 AbsolutePath = Annotated[str, Field(pattern=r"^/\S*$"), AfterValidator(_absolute_path)]
 Ipv4 = Annotated[str, AfterValidator(_ipv4)]
 Ipv6 = Annotated[str, AfterValidator(_ipv6)]
 IpAddress = Annotated[str, AfterValidator(_ip)]
-Cidr = Annotated[str, AfterValidator(_cidr)]
+Cidr = Annotated[str, AfterValidator(rules.cidr)]
+# The schema states the pattern; rules.ssh_public_key checks it after dropping the surrounding
+# whitespace (a key read from a .pub file ends with a newline).
 PublicKey = Annotated[
-    str, Field(pattern=rules.SSH_PUBLIC_KEY.pattern), AfterValidator(rules.ssh_public_key)
+    str,
+    Field(json_schema_extra={"pattern": rules.SSH_PUBLIC_KEY.pattern}),
+    AfterValidator(rules.ssh_public_key),
 ]
 Taint = Annotated[str, Field(pattern=_TAINT.pattern), AfterValidator(rules.taint)]
-Flag = Annotated[str, Field(pattern=_FLAG.pattern), AfterValidator(rules.k3s_flag)]
+Flag = Annotated[str, Field(pattern=rules.K3S_FLAG.pattern), AfterValidator(rules.k3s_flag)]
+Duration = Annotated[str, Field(pattern=rules.DURATION.pattern), AfterValidator(rules.duration)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 LabelMap = dict[
     Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]+$"), AfterValidator(rules.label_key)],
     Annotated[str, AfterValidator(rules.label_value)],
 ]
-DisableComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server"]
+DisableComponent = catalog.K3sComponent
 
 
 camel = rules.camel
@@ -102,41 +103,34 @@ class Hardware(_Model):
     profile: Literal["hetzner-cloud", "colima-vz"] = Field(
         description="Machine layer: nixos/hardware/<profile>.nix is imported."
     )
-    disk_device: AbsolutePath | None = Field(
-        default=None,
-        description="Whole disk that disko partitions and grub installs to (hetzner-cloud).",
+    disk_device: AbsolutePath = Field(
+        description="Whole disk: disko partitions it and grub installs to it (hetzner-cloud); "
+        "the root of Lima's own layout (colima-vz)."
     )
-    rosetta: bool = Field(
-        default=False, description="Register Rosetta for x86_64 binaries (colima-vz only)."
-    )
+    rosetta: bool = Field(description="Register Rosetta for x86_64 binaries (colima-vz only).")
 
 
 class Network(_Model):
     public_ipv4: Ipv4 | None = Field(
-        default=None, description="Public IPv4 (informational; the public NIC uses DHCPv4)."
+        description="Public IPv4 (informational; the public NIC uses DHCPv4), or null."
     )
     public_ipv6: Ipv6 | None = Field(
-        default=None,
-        description="Static public IPv6 address of the public NIC (gateway fe80::1); null = none.",
+        description="Static public IPv6 address of the public NIC (gateway fe80::1); null = none."
     )
-    public_ipv6_prefix_length: int = Field(
-        default=64, ge=1, le=128, description="Prefix length of publicIpv6."
-    )
+    public_ipv6_prefix_length: int = Field(ge=1, le=128, description="Prefix length of publicIpv6.")
     private_ipv4: Ipv4 = Field(description="Address of this host on the cluster network.")
     private_cidr: Cidr = Field(
         description="Range routed over the private interface: the whole Hetzner network "
         "ip_range (contains every subnet), or the Colima VM network."
     )
     private_gateway: Ipv4 | None = Field(
-        default=None,
         description="Hetzner private network gateway (first address of the network ip_range). "
         "Set: privateIpv4/32 is configured statically with an on-link route to the gateway "
-        "and privateCidr via it. Null: the hardware profile configures the interface.",
+        "and privateCidr via it. Null: the hardware profile configures the interface."
     )
     routed_cidrs: list[Cidr] = Field(
-        default=[],
         description="Further ranges routed through privateGateway (e.g. network.containerCidr, "
-        "whose per-host /24s Hetzner network routes deliver to the hosts carrying them).",
+        "whose per-host /24s Hetzner network routes deliver to the hosts carrying them)."
     )
     private_interface: str = Field(
         pattern=r"^[a-z][a-z0-9]{0,14}$",
@@ -144,13 +138,12 @@ class Network(_Model):
         "apply to it only.",
     )
     private_mac_address: str | None = Field(
-        default=None,
         pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$",
         description="MAC of the private NIC (Hetzner: hcloud server network mac_address). Set: "
         "a systemd .link file names the NIC privateInterface, so names never depend on "
-        "PCI slot order.",
+        "PCI slot order. Null: privateInterface is already the kernel name.",
     )
-    mtu: int = Field(default=1450, ge=1280, le=9000, description="MTU of the private NIC.")
+    mtu: int = Field(ge=1280, le=9000, description="MTU of the private NIC.")
 
 
 class AdminUser(_Model):
@@ -166,35 +159,31 @@ class Ssh(_Model):
     authorized_keys: list[PublicKey] = Field(
         min_length=1, description="Public keys for root: the deploy key plus operators' keys."
     )
-    admin_users: list[AdminUser] = Field(default=[], description="Additional admin users.")
+    admin_users: list[AdminUser] = Field(description="Additional admin users.")
 
 
 class GracefulNodeShutdown(_Model):
-    enable: bool = Field(default=True, description="Kubelet graceful node shutdown.")
-    shutdown_grace_period: str = Field(
-        default="30s", pattern=r"^([0-9]+(h|m|s))+$", description="Total shutdown delay."
-    )
-    shutdown_grace_period_critical_pods: str = Field(
-        default="10s",
-        pattern=r"^([0-9]+(h|m|s))+$",
-        description="Part of shutdownGracePeriod reserved for critical pods.",
+    enable: bool = Field(description="Kubelet graceful node shutdown.")
+    shutdown_grace_period: Duration = Field(description="Total shutdown delay.")
+    shutdown_grace_period_critical_pods: Duration = Field(
+        description="Part of shutdownGracePeriod reserved for critical pods."
     )
 
 
 class EtcdS3(_Model):
-    endpoint: str = Field(
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$",
+    endpoint: Annotated[str, AfterValidator(rules.s3_endpoint)] = Field(
+        pattern=rules.S3_ENDPOINT.pattern,
         description="S3 host name[:port] (--etcd-s3-endpoint).",
     )
-    bucket: str = Field(
-        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="Bucket (--etcd-s3-bucket)."
+    bucket: Annotated[str, AfterValidator(rules.s3_bucket)] = Field(
+        pattern=rules.S3_BUCKET.pattern, description="Bucket (--etcd-s3-bucket)."
     )
-    folder: str = Field(
-        pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+    folder: Annotated[str, AfterValidator(rules.s3_folder)] = Field(
+        pattern=rules.S3_FOLDER.pattern,
         description="Key prefix in the bucket (--etcd-s3-folder).",
     )
-    region: str = Field(
-        pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="Bucket region (--etcd-s3-region)."
+    region: Annotated[str, AfterValidator(rules.s3_region)] = Field(
+        pattern=rules.S3_REGION.pattern, description="Bucket region (--etcd-s3-region)."
     )
     environment_file: AbsolutePath = Field(
         description="0600 file with AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines, the "
@@ -203,82 +192,70 @@ class EtcdS3(_Model):
 
 
 class EtcdSnapshots(_Model):
-    enable: bool = Field(default=True, description="Scheduled etcd snapshots (servers only).")
+    enable: bool = Field(description="Scheduled etcd snapshots (servers only).")
     schedule_cron: Annotated[str, AfterValidator(rules.cron)] = Field(
-        default="0 */12 * * *",
         pattern=r"^[0-9*/,-]+( [0-9*/,-]+){4}$",
         description="Five-field cron schedule for etcd snapshots.",
     )
-    retention: int = Field(default=5, ge=1, description="Number of snapshots kept.")
+    retention: int = Field(ge=1, description="Number of snapshots kept.")
     s3: EtcdS3 | None = Field(
-        default=None, description="Also upload the snapshots to S3 (k3s --etcd-s3), or null."
+        description="Also upload the snapshots to S3 (k3s --etcd-s3), or null."
     )
 
 
 class K3s(_Model):
-    enable: bool = Field(default=True, description="Run k3s on this host.")
+    enable: bool = Field(description="Run k3s on this host.")
     role: Literal["server", "agent"] = Field(description="k3s role.")
     cluster_init: bool = Field(
-        default=False, description="First server: initialise embedded etcd (--cluster-init)."
+        description="First server: initialise embedded etcd (--cluster-init)."
     )
     server_addr: str = Field(
-        default="",
         pattern=r"^(https://[^\s/]+:[0-9]+)?$",
         description="'' on the first server, else https://<first server private ip>:6443.",
     )
     token_file: AbsolutePath = Field(description="0600 file holding the cluster token.")
-    package: str = Field(
-        default="k3s",
-        pattern=r"^k3s(_[0-9]+_[0-9]+)?$",
+    package: Annotated[str, AfterValidator(rules.k3s_package)] = Field(
+        pattern=rules.K3S_PACKAGE.pattern,
         description="nixpkgs attribute of the k3s package, e.g. k3s or k3s_1_33.",
     )
     disable: list[DisableComponent] = Field(
-        default=["local-storage", "metrics-server", "servicelb", "traefik"],
-        description="Packaged components turned off with --disable (servers only).",
+        description="Packaged components turned off with --disable (servers only)."
     )
-    cluster_cidr: Cidr = Field(default="10.42.0.0/16", description="Pod CIDR (servers).")
-    service_cidr: Cidr = Field(default="10.43.0.0/16", description="Service CIDR (servers).")
-    cluster_dns: IpAddress = Field(
-        default="10.43.0.10", description="CoreDNS service IP, inside serviceCidr."
-    )
+    cluster_cidr: Cidr = Field(description="Pod CIDR (servers); equals Cilium's IPAM pool.")
+    service_cidr: Cidr = Field(description="Service CIDR (servers).")
+    cluster_dns: IpAddress = Field(description="CoreDNS service IP, inside serviceCidr.")
     tls_sans: list[
         Annotated[str, Field(pattern=r"^[A-Za-z0-9.:-]+$"), AfterValidator(rules.tls_san)]
-    ] = Field(default=[], description="Extra names/addresses in the API server certificate.")
+    ] = Field(description="Extra names/addresses in the API server certificate (servers).")
     node_ip: IpAddress = Field(description="Address the node advertises (the private IP).")
     node_external_ip: IpAddress | None = Field(
-        default=None, description="External address advertised by the node, if any."
+        description="External address advertised by the node, if any."
     )
-    node_labels: LabelMap = Field(default={}, description="Labels registered with the node.")
-    node_taints: list[Taint] = Field(default=[], description="Taints 'key[=value]:Effect'.")
+    node_labels: LabelMap = Field(description="Labels registered with the node.")
+    node_taints: list[Taint] = Field(description="Taints 'key[=value]:Effect'.")
     graceful_node_shutdown: GracefulNodeShutdown = Field(
-        default=GracefulNodeShutdown(), description="Kubelet graceful shutdown settings."
+        description="Kubelet graceful shutdown settings."
     )
     kubelet_config: dict[str, JsonValue] = Field(
-        default={},
-        description="Extra KubeletConfiguration fields (services.k3s.extraKubeletConfig).",
+        description="Extra KubeletConfiguration fields (services.k3s.extraKubeletConfig)."
     )
-    etcd_snapshots: EtcdSnapshots = Field(
-        default=EtcdSnapshots(), description="Etcd snapshot schedule (servers with etcd)."
-    )
-    extra_flags: list[Flag] = Field(
-        default=[], description="Further k3s flags, one '--flag[=value]' per item."
-    )
+    etcd_snapshots: EtcdSnapshots = Field(description="Etcd snapshot schedule (servers with etcd).")
+    extra_flags: list[Flag] = Field(description="Further k3s flags, one '--flag[=value]' per item.")
     vpn_auth_file: AbsolutePath | None = Field(
-        default=None,
         description="0600 file for k3s --vpn-auth-file, content "
-        "'name=tailscale,joinKey=<key>' (k3s runs 'tailscale up' itself), or null.",
+        "'name=tailscale,joinKey=<key>' (k3s runs 'tailscale up' itself), or null."
     )
     cni: Literal["cilium", "flannel"] = Field(
-        default="cilium",
         description="The cluster's CNI: 'cilium' (servers run without flannel, kube-proxy and "
-        "network policy) or 'flannel' (k3s's own flannel with VXLAN).",
+        "network policy) or 'flannel' (k3s's own flannel with VXLAN)."
     )
     external_cloud_provider: bool = Field(
-        default=False,
         description="Kubelet with cloud-provider=external: the node waits, tainted "
-        "uninitialized, for an external cloud controller (hcloud-cloud-controller-manager).",
+        "uninitialized, for an external cloud controller (hcloud-cloud-controller-manager)."
     )
 
+    # The one owner of these rules: nixos/modules/k3s.nix trusts the document (and nixpkgs'
+    # k3s module itself refuses clusterInit on an agent).
     @model_validator(mode="after")
     def _role_consistent(self) -> K3s:
         if self.role == "agent" and (self.cluster_init or not self.server_addr):
@@ -294,72 +271,67 @@ class PortRange(_Model):
 
 
 class Firewall(_Model):
-    public_tcp_ports: list[Port] = Field(
-        default=[22], description="TCP ports open on every interface."
-    )
-    public_udp_ports: list[Port] = Field(default=[], description="UDP ports open everywhere.")
+    """Ports chosen by render.py from nixos/modules/firewall-ports.json (number and reason)."""
+
+    public_tcp_ports: list[Port] = Field(description="TCP ports open on every interface.")
+    public_udp_ports: list[Port] = Field(description="UDP ports open on every interface.")
     private_tcp_ports: list[Port] = Field(
-        default=[6443, 10250, 4240, 4244],
-        description="TCP ports open only on the private interface.",
+        description="TCP ports open only on the private interface."
     )
     private_tcp_port_ranges: list[PortRange] = Field(
-        default=[PortRange(start=2379, end=2380)],
-        description="TCP port ranges open only on the private interface (etcd).",
+        description="TCP port ranges open only on the private interface (etcd)."
     )
     private_udp_ports: list[Port] = Field(
-        default=[8472], description="UDP ports open only on the private interface (VXLAN)."
+        description="UDP ports open only on the private interface (the CNI's overlay)."
     )
     trusted_interfaces: list[str] = Field(
-        default=["cilium_host", "cilium_net", "cilium_vxlan", "lxc+"],
-        description="Interfaces whose traffic the firewall accepts (CNI devices).",
+        description="Interfaces whose traffic the firewall accepts (CNI devices)."
     )
     check_reverse_path: Literal["strict", "loose", "off"] = Field(
-        default="loose", description="Reverse-path filter mode; Cilium needs loose or off."
+        description="Reverse-path filter mode; Cilium needs loose or off."
     )
 
 
 class Cilium(_Model):
     host_prerequisites: bool = Field(
-        default=True, description="Kernel modules and sysctls Cilium needs on the host."
+        description="Kernel modules and sysctls Cilium needs on the host."
     )
 
 
 class Tailscale(_Model):
-    enable: bool = Field(default=False, description="Run tailscaled on the host.")
+    enable: bool = Field(description="Run tailscaled on the host.")
     auth_key_file: AbsolutePath | None = Field(
-        default=None,
         description="0600 file holding the raw tailscale auth key for tailscaled's autoconnect, "
-        "or null (e.g. when k3s joins the tailnet through k3s.vpnAuthFile).",
+        "or null (e.g. when k3s joins the tailnet through k3s.vpnAuthFile)."
     )
     wrap_k3s: bool = Field(
-        default=False, description="Put tailscale on the k3s PATH (needed for --vpn-auth-file)."
+        description="Put tailscale on the k3s PATH (needed for --vpn-auth-file)."
     )
 
 
 class Persistence(_Model):
     paths: list[AbsolutePath] = Field(
-        default=["/etc/rancher", "/var/lib/kubelet", "/var/lib/rancher"],
-        description="State directories that must survive reboots (created 0700 if missing).",
+        description="State directories that must survive reboots (created if missing)."
     )
 
 
 class ContainerK3s(_Model):
-    role: Literal["agent"] = Field(default="agent", description="k3s role inside the container.")
+    role: Literal["agent"] = Field(description="k3s role inside the container.")
     node_name: DnsLabel = Field(
         description="Kubernetes node name: <host>-<container>, unique in the cluster."
     )
     server_addr: str = Field(
         pattern=r"^https://[^\s/]+:[0-9]+$", description="API server the agent joins."
     )
-    node_labels: LabelMap = Field(default={}, description="Node labels.")
-    node_taints: list[Taint] = Field(default=[], description="Node taints.")
+    node_labels: LabelMap = Field(description="Node labels.")
+    node_taints: list[Taint] = Field(description="Node taints.")
     node_external_ip: IpAddress | None = Field(
-        default=None, description="External address advertised by the agent, if any."
+        description="External address advertised by the agent, if any."
     )
     kubelet_config: dict[str, JsonValue] = Field(
-        default={}, description="Extra KubeletConfiguration fields merged over the nspawn ones."
+        description="Extra KubeletConfiguration fields merged over the nspawn ones."
     )
-    extra_flags: list[Flag] = Field(default=[], description="Further k3s agent flags.")
+    extra_flags: list[Flag] = Field(description="Further k3s agent flags.")
 
 
 class ContainerCredentials(_Model):
@@ -367,9 +339,8 @@ class ContainerCredentials(_Model):
         description="Host file passed as systemd credential 'k3s-token' (0600)."
     )
     tailscale_auth_key: AbsolutePath | None = Field(
-        default=None,
         description="Host file passed as credential 'tailscale-key' and used as the agent's "
-        "--vpn-auth-file ('name=tailscale,joinKey=<key>'), or null.",
+        "--vpn-auth-file ('name=tailscale,joinKey=<key>'), or null."
     )
 
 
@@ -387,20 +358,17 @@ class Container(_Model):
         description="DNS servers for systemd-resolved inside the container (the host's "
         "127.0.0.53 stub is not reachable from the container's network namespace).",
     )
-    ephemeral: bool = Field(
-        default=False, description="Fresh root on each start; k3s state lives in stateDir."
-    )
-    tailscale: bool = Field(default=False, description="Run tailscaled inside the container.")
+    ephemeral: bool = Field(description="Fresh root on each start; k3s state lives in stateDir.")
+    tailscale: bool = Field(description="Run tailscaled inside the container.")
     k3s: ContainerK3s = Field(description="k3s agent settings inside the container.")
     credentials: ContainerCredentials = Field(description="Secret files handed in by nspawn.")
     state_dir: AbsolutePath = Field(
         description="Host directory bind-mounted for k3s/kubelet state (used when ephemeral)."
     )
     mode: Literal["host-users", "user-namespace"] = Field(
-        default="host-users",
         description="How the container runs (nixos/modules/k3s-container-modes.json): "
         "'host-users' shares the host's user namespace with the capabilities Cilium needs; "
-        "'user-namespace' is unprivileged (privateUsers pick) and runs flannel only.",
+        "'user-namespace' is unprivileged (privateUsers pick) and runs flannel only."
     )
 
     @model_validator(mode="after")
@@ -411,31 +379,23 @@ class Container(_Model):
 
 
 class HostSpec(_Model):
-    schema_version: Literal[1] = Field(
-        default=SCHEMA_VERSION, description="Version of this document's shape."
-    )
+    schema_version: Literal[1] = Field(description="Version of this document's shape.")
     name: DnsLabel = Field(description="Hostname and k3s node name.")
     cluster_name: DnsLabel = Field(description="Name of the cluster this host belongs to.")
     system: Literal["x86_64-linux", "aarch64-linux"] = Field(description="Nix system.")
-    state_version: str = Field(
-        default="25.11", pattern=r"^[0-9]{2}\.(05|11)$", description="system.stateVersion."
-    )
+    state_version: str = Field(pattern=r"^[0-9]{2}\.(05|11)$", description="system.stateVersion.")
     hardware: Hardware = Field(description="Machine layer.")
     network: Network = Field(description="Addresses and interfaces.")
     ssh: Ssh = Field(description="SSH access.")
     k3s: K3s = Field(description="k3s node settings.")
-    firewall: Firewall = Field(default=Firewall(), description="Host firewall.")
-    cilium: Cilium = Field(default=Cilium(), description="Cilium host prerequisites.")
-    tailscale: Tailscale = Field(default=Tailscale(), description="Tailscale on the host.")
-    persistence: Persistence = Field(default=Persistence(), description="Kept state paths.")
-    containers: list[Container] = Field(
-        default=[], description="k3s agents in nspawn containers on this host."
-    )
+    firewall: Firewall = Field(description="Host firewall.")
+    cilium: Cilium = Field(description="Cilium host prerequisites.")
+    tailscale: Tailscale = Field(description="Tailscale on the host.")
+    persistence: Persistence = Field(description="Kept state paths.")
+    containers: list[Container] = Field(description="k3s agents in nspawn containers on this host.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> HostSpec:
-        if self.hardware.profile == "hetzner-cloud" and self.hardware.disk_device is None:
-            raise ValueError("hardware.diskDevice is required for hetzner-cloud")
         if self.k3s.vpn_auth_file is not None and not self.tailscale.wrap_k3s:
             raise ValueError("k3s.vpnAuthFile needs tailscale.wrapK3s (k3s calls tailscale)")
         if self.tailscale.wrap_k3s and not self.tailscale.enable:

@@ -16,6 +16,7 @@ from pathlib import Path
 from components import catalog, profiles, rules
 from components.config import ClusterConfig, container_mode, uses_cloud_controller
 from components.hostspec import (
+    SCHEMA_VERSION,
     AdminUser,
     Cilium,
     Container,
@@ -29,6 +30,7 @@ from components.hostspec import (
     HostSpec,
     K3s,
     Network,
+    Persistence,
     PortRange,
     Ssh,
     Tailscale,
@@ -48,6 +50,12 @@ COLIMA_NETWORK = profiles.colima.NETWORK
 HETZNER_PRIVATE_INTERFACE = profiles.hetzner.PROFILE.private_interface
 # providerID of nspawn k3s agents (see _container_kubelet).
 CONTAINER_PROVIDER_ID_PREFIX = "nspawn://"
+# system.stateVersion: the NixOS release the hosts were first installed with.
+STATE_VERSION = "25.11"
+# Hetzner routes a /64 to each server; its first address is the host's.
+PUBLIC_IPV6_PREFIX_LENGTH = 64
+# k3s and kubelet state (etcd data, certificates): losing it resets the node.
+PERSISTENT_PATHS = ("/etc/rancher", "/var/lib/kubelet", "/var/lib/rancher")
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,7 @@ def _k3s(
     snapshots = cfg.k3s.etcd_snapshots
     shutdown = cfg.k3s.graceful_shutdown
     return K3s(
+        enable=True,
         role="server" if is_server else "agent",
         cluster_init=host.is_bootstrap,
         server_addr="" if host.is_bootstrap else api_server_url(bootstrap_ip),
@@ -188,6 +197,7 @@ def _containers(
             ephemeral=slot.config.ephemeral,
             tailscale=slot.config.tailscale,
             k3s=ContainerK3s(
+                role="agent",
                 node_name=container_node_name(host.name, slot.config.name),
                 server_addr=api_server_url(bootstrap_ip),
                 node_labels=dict(sorted(slot.config.labels.items())),
@@ -196,6 +206,7 @@ def _containers(
                 kubelet_config=_container_kubelet(
                     cfg, container_node_name(host.name, slot.config.name), slot.config.kubelet
                 ),
+                extra_flags=[],
             ),
             credentials=ContainerCredentials(
                 k3s_token=TOKEN_FILE,
@@ -208,29 +219,45 @@ def _containers(
     ]
 
 
-# Ports by role and CNI; nixos/modules/firewall.nix gives each its reason and refuses others.
+# The numbers and the reason for each port live in one data file, which nixos/modules/
+# firewall.nix reads too and checks every opened port against. Render chooses which ports a host
+# opens because the choice depends on the stack (role, CNI, tunnel protocol, ingress, tailscale),
+# which the NixOS side never sees; the Nix side only refuses a port it has no reason for.
+FIREWALL_PORTS_PATH = Path(__file__).resolve().parent.parent / "nixos/modules/firewall-ports.json"
+FIREWALL_PORTS = json.loads(FIREWALL_PORTS_PATH.read_text(encoding="utf-8"))
+
+
+def _tcp(name: str) -> int:
+    return FIREWALL_PORTS["tcp"][name]["port"]
+
+
+def _udp(name: str) -> int:
+    return FIREWALL_PORTS["udp"][name]["port"]
+
+
 # Cilium's overlay port between nodes, by tunnel protocol (native routing needs none).
-TUNNEL_UDP_PORTS = {"vxlan": [8472], "geneve": [6081]}
-KUBELET_PORT = 10250
-# Cilium's health checks (4240) and Hubble's per-node server (4244), between nodes.
-CILIUM_NODE_TCP_PORTS = [4240, 4244]
-ETCD_PORTS = PortRange(start=2379, end=2380)
-# k3s's flannel: VXLAN on UDP 8472 between nodes; pods hang off cni0, the overlay is flannel.1.
-FLANNEL_VXLAN_PORT = 8472
+TUNNEL_UDP_PORTS = {protocol: [_udp(protocol)] for protocol in ("vxlan", "geneve")}
+# Cilium's health checks and Hubble's per-node server, between nodes.
+CILIUM_NODE_TCP_PORTS = [_tcp("ciliumHealth"), _tcp("hubble")]
+ETCD_PORTS = PortRange(
+    start=FIREWALL_PORTS["tcpRanges"]["etcd"]["start"],
+    end=FIREWALL_PORTS["tcpRanges"]["etcd"]["end"],
+)
+# k3s's flannel: VXLAN between nodes; pods hang off cni0, the overlay is flannel.1.
 FLANNEL_INTERFACES = ["cni0", "flannel.1"]
 
 
 def _firewall(cfg: ClusterConfig, is_server: bool) -> Firewall:
     """Servers alone open the API (6443) and etcd (2379-2380); every node its kubelet and the
     CNI's ports between nodes."""
-    ingress = [80, 443] if cfg.firewall and cfg.firewall.ingress else []
-    server_tcp = [API_PORT] if is_server else []
+    ingress = [_tcp("http"), _tcp("https")] if cfg.firewall and cfg.firewall.ingress else []
+    server_tcp = [_tcp("api")] if is_server else []
     if cfg.k3s.cni == "flannel":
-        node_tcp = [KUBELET_PORT]
-        udp = [FLANNEL_VXLAN_PORT]
+        node_tcp = [_tcp("kubelet")]
+        udp = [_udp("vxlan")]
         trusted = [*FLANNEL_INTERFACES]
     else:
-        node_tcp = [KUBELET_PORT, *CILIUM_NODE_TCP_PORTS]
+        node_tcp = [_tcp("kubelet"), *CILIUM_NODE_TCP_PORTS]
         tunnelled = cfg.cilium.routing_mode == "tunnel"
         udp = TUNNEL_UDP_PORTS[cfg.cilium.tunnel_protocol] if tunnelled else []
         # Cilium's devices: its overlay device is named after the tunnel protocol.
@@ -240,11 +267,14 @@ def _firewall(cfg: ClusterConfig, is_server: bool) -> Firewall:
     if cfg.tailscale.enabled:
         trusted.append("tailscale0")  # k3s then uses the tailnet addresses between nodes
     return Firewall(
-        public_tcp_ports=[22, *server_tcp, *ingress],
+        public_tcp_ports=[_tcp("ssh"), *server_tcp, *ingress],
+        public_udp_ports=[],
         private_tcp_ports=[*server_tcp, *node_tcp],
         private_tcp_port_ranges=[ETCD_PORTS] if is_server else [],
         private_udp_ports=udp,
         trusted_interfaces=trusted,
+        # Cilium answers for addresses routed over other devices; strict drops that.
+        check_reverse_path="loose",
     )
 
 
@@ -270,6 +300,7 @@ def host_spec(
     network = Network(
         public_ipv4=facts.public_ipv4,
         public_ipv6=facts.public_ipv6,
+        public_ipv6_prefix_length=PUBLIC_IPV6_PREFIX_LENGTH,
         private_ipv4=facts.private_ipv4,
         private_cidr=facts.private_cidr,
         private_gateway=str(ipaddress.ip_network(cfg.network.ip_range).network_address + 1)
@@ -283,9 +314,11 @@ def host_spec(
     )
     tailscale_on = cfg.tailscale.enabled
     return HostSpec(
+        schema_version=SCHEMA_VERSION,
         name=host.name,
         cluster_name=cfg.name,
         system=host.system,  # type: ignore[arg-type]
+        state_version=STATE_VERSION,
         hardware=Hardware(
             profile=profile.hardware_profile,  # type: ignore[arg-type]
             disk_device=profile.disk_device,
@@ -305,6 +338,7 @@ def host_spec(
         # Cilium's kernel modules and sysctls; a flannel cluster needs none of them.
         cilium=Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),
         tailscale=Tailscale(enable=tailscale_on, auth_key_file=None, wrap_k3s=tailscale_on),
+        persistence=Persistence(paths=list(PERSISTENT_PATHS)),
         containers=_containers(cfg, host, facts, bootstrap_ip),
     )
 
@@ -328,27 +362,39 @@ def image_name(cfg: ClusterConfig, arch: catalog.Arch) -> str:
 def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str]) -> HostSpec:
     """The base system of the Hetzner NixOS image: what every host of `arch` shares.
 
-    The machine layer, the disk layout, SSH access, the host firewall and k3s (held back); no
-    private network and no public IPv6 (they are per host and come with the first push). The private
-    address is the network's gateway address, a placeholder nothing configures.
+    The machine layer, the disk layout, SSH access, the host firewall and k3s (held back, with
+    only the cluster-wide settings); no private network, no public addresses, no node labels or
+    flags (they are per host and come with the first push). The private address is the
+    network's gateway address, a placeholder nothing configures.
     """
     placeholder = str(ipaddress.ip_network(cfg.network.ip_range).network_address + 1)
     hetzner = profiles.hetzner.PROFILE
+    shutdown = cfg.k3s.graceful_shutdown
+    snapshots = cfg.k3s.etcd_snapshots
     return HostSpec(
+        schema_version=SCHEMA_VERSION,
         name=image_name(cfg, arch),
         cluster_name=cfg.name,
         system=catalog.NIX_SYSTEMS[arch],  # type: ignore[arg-type]
+        state_version=STATE_VERSION,
         hardware=Hardware(
             profile=hetzner.hardware_profile,  # type: ignore[arg-type]
             disk_device=hetzner.disk_device,
+            rosetta=False,
         ),
         network=Network(
+            public_ipv4=None,
+            public_ipv6=None,
+            public_ipv6_prefix_length=PUBLIC_IPV6_PREFIX_LENGTH,
             private_ipv4=placeholder,
             private_cidr=cfg.network.ip_range,
+            private_gateway=None,
             private_interface=hetzner.private_interface,
+            private_mac_address=None,
+            routed_cidrs=[],
             mtu=hetzner.private_mtu,
         ),
-        ssh=Ssh(authorized_keys=authorized_keys),
+        ssh=Ssh(authorized_keys=authorized_keys, admin_users=[]),
         # k3s is in the image (its closure is most of what a host adds to the base system), held
         # back like on every installed host (holdUntil: no released marker, no token); the push
         # brings each host's own role and flags.
@@ -356,10 +402,40 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
             enable=True,
             role="server",
             cluster_init=True,
+            server_addr="",
             token_file=TOKEN_FILE,
+            package=cfg.k3s.package,
+            disable=list(cfg.k3s.disable),
+            cluster_cidr=cfg.k3s.cluster_cidr,
+            service_cidr=cfg.k3s.service_cidr,
+            cluster_dns=cfg.k3s.cluster_dns,
+            tls_sans=[],
             node_ip=placeholder,
+            node_external_ip=None,
+            node_labels={},
+            node_taints=[],
+            graceful_node_shutdown=GracefulNodeShutdown(
+                enable=shutdown.enabled,
+                shutdown_grace_period=shutdown.grace_period,
+                shutdown_grace_period_critical_pods=shutdown.critical_pods_grace_period,
+            ),
+            kubelet_config={},
+            etcd_snapshots=EtcdSnapshots(
+                enable=False,
+                schedule_cron=snapshots.schedule_cron,
+                retention=snapshots.retention,
+                s3=None,
+            ),
+            extra_flags=[],
+            vpn_auth_file=None,
+            cni=cfg.k3s.cni,
+            external_cloud_provider=uses_cloud_controller(cfg),
         ),
         # The image serves no API until its first push makes it a node: only SSH and the
         # ports every node opens.
         firewall=_firewall(cfg, is_server=False),
+        cilium=Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),
+        tailscale=Tailscale(enable=False, auth_key_file=None, wrap_k3s=False),
+        persistence=Persistence(paths=list(PERSISTENT_PATHS)),
+        containers=[],
     )

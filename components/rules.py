@@ -413,3 +413,74 @@ def ssh_public_key(value: str) -> str:
             "(or ssh-rsa / ecdsa-sha2-nistp256 / sk-ssh-ed25519@openssh.com)"
         )
     return value
+
+
+# A kubelet duration as k3s and the KubeletConfiguration take it: '30s', '2m', '1h30m'.
+DURATION = re.compile(r"^([0-9]+(h|m|s))+$")
+
+
+def duration(value: str) -> str:
+    if not DURATION.match(value):
+        raise ValueError(f"{value!r} is not a duration like '30s', '2m' or '1h30m'")
+    return value
+
+
+# A nixpkgs k3s attribute: the release's default 'k3s' or a pinned minor 'k3s_1_NN'.
+K3S_PACKAGE = re.compile(r"^k3s(_1_[0-9]+)?$")
+
+
+def k3s_package(value: str) -> str:
+    if not K3S_PACKAGE.match(value):
+        raise ValueError(f"{value!r} is not a nixpkgs k3s attribute: use 'k3s' or 'k3s_1_NN'")
+    return value
+
+
+def cidr(value: str) -> str:
+    """A network address with prefix length, returned in canonical form."""
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a CIDR network address ({exc})") from None
+    return str(network)
+
+
+# etcd snapshots in S3 (k3s --etcd-s3-*).
+S3_ENDPOINT = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$")
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_FOLDER = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+S3_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def s3_endpoint(value: str) -> str:
+    if "://" in value:
+        raise ValueError(
+            f"{value!r}: give the host name without a scheme (k3s always uses HTTPS), "
+            "e.g. 'fsn1.your-objectstorage.com'"
+        )
+    if not S3_ENDPOINT.match(value):
+        raise ValueError(f"{value!r} is not a host name[:port] like 'fsn1.your-objectstorage.com'")
+    return value
+
+
+def s3_bucket(value: str) -> str:
+    if not S3_BUCKET.match(value) or ".." in value:
+        raise ValueError(
+            f"{value!r} is not an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def s3_folder(value: str) -> str:
+    if not S3_FOLDER.match(value):
+        raise ValueError(
+            f"{value!r} is not a folder: path segments of letters, digits, '.', '_' and '-' "
+            "separated by '/', no leading or trailing '/'"
+        )
+    return value
+
+
+def s3_region(value: str) -> str:
+    if not S3_REGION.match(value):
+        raise ValueError(f"{value!r} is not a region name like 'fsn1' or 'eu-central-1'")
+    return value

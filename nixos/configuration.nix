@@ -1,4 +1,4 @@
-# Entry module: validates the host JSON, imports the nixos-k3s modules and maps host data onto them.
+# Entry module: validates the host JSON, imports the nixos-k3s modules and hands them its sections.
 {
   lib,
   pkgs,
@@ -72,59 +72,27 @@ in
         inherit (net) mtu;
       };
 
-      nixosK3s.firewall = {
+      # Whole sections of the host document: a field the module does not declare fails the
+      # evaluation, so the document and the options cannot drift apart.
+      nixosK3s.firewall = h.firewall // {
         enable = true;
-        inherit (h.firewall)
-          publicTcpPorts
-          publicUdpPorts
-          privateTcpPorts
-          privateUdpPorts
-          trustedInterfaces
-          checkReversePath
-          ;
         privateInterface = net.privateInterface;
         privateTcpPortRanges = map portRange h.firewall.privateTcpPortRanges;
       };
 
       nixosK3s.ciliumHost.enable = h.cilium.hostPrerequisites;
 
-      nixosK3s.k3s = {
-        inherit (h.k3s)
-          enable
-          role
-          clusterInit
-          serverAddr
-          tokenFile
-          disable
-          clusterCidr
-          serviceCidr
-          clusterDns
-          tlsSans
-          nodeLabels
-          nodeTaints
-          kubeletConfig
-          vpnAuthFile
-          extraFlags
-          cni
-          ;
+      nixosK3s.k3s = h.k3s // {
         package = pkgs.${h.k3s.package};
         nodeName = h.name;
-        nodeIp = h.k3s.nodeIp;
-        nodeExternalIp = h.k3s.nodeExternalIp;
-        gracefulNodeShutdown = h.k3s.gracefulNodeShutdown;
-        etcdSnapshots = h.k3s.etcdSnapshots;
         # Installed with the final system, k3s waits for the deploy's go (host-activate.sh).
         holdUntil = "/var/lib/nixos-k3s/k3s-released";
-        externalCloudProvider = h.k3s.externalCloudProvider;
       };
 
-      nixosK3s.tailscale = {
-        inherit (h.tailscale) enable authKeyFile wrapK3s;
-      };
+      nixosK3s.tailscale = h.tailscale;
 
-      nixosK3s.persistence = {
+      nixosK3s.persistence = h.persistence // {
         enable = true;
-        inherit (h.persistence) paths;
       };
 
       nixosK3s.k3sContainers = {
@@ -136,29 +104,10 @@ in
         containers = lib.listToAttrs (
           map (c: {
             inherit (c) name;
-            value = {
-              inherit (c)
-                hostAddress
-                localAddress
-                ephemeral
-                tailscale
-                nameservers
-                stateDir
-                credentials
-                mode
-                ;
-              k3s = removeAttrs c.k3s [ "role" ];
-            };
+            value = removeAttrs c [ "name" ];
           }) h.containers
         );
       };
-
-      assertions = [
-        {
-          assertion = h.tailscale.wrapK3s -> h.tailscale.enable;
-          message = "host.tailscale.wrapK3s needs host.tailscale.enable.";
-        }
-      ];
     }
 
     # optionalAttrs, not mkIf: these options exist only when the profile's modules are imported.

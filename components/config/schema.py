@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,16 +23,7 @@ from pydantic import (
 from components import catalog, rules
 from components.rules import camel
 
-DURATION = re.compile(r"^([0-9]+(h|m|s))+$")
-K3S_PACKAGE = re.compile(r"^k3s(_1_[0-9]+)?$")
-
-
-def _cidr(value: str) -> str:
-    try:
-        network = ipaddress.ip_network(value, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a CIDR network address ({exc})") from None
-    return str(network)
+_cidr = rules.cidr
 
 
 def _ipv4_cidr(value: str) -> str:
@@ -50,10 +40,7 @@ def _ipv4_address(value: str) -> str:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
-def _duration(value: str) -> str:
-    if not DURATION.match(value):
-        raise ValueError(f"{value!r} is not a duration like '30s', '2m' or '1h30m'")
-    return value
+_duration = rules.duration
 
 
 def _labels(labels: dict[str, str]) -> dict[str, str]:
@@ -76,7 +63,7 @@ AdminUserName = Annotated[str, AfterValidator(rules.admin_user_name)]
 ApiEndpointText = Annotated[str, AfterValidator(rules.api_endpoint)]
 Location = Literal["fsn1", "nbg1", "hel1", "ash", "hil", "sin"]
 NetworkZone = Literal["eu-central", "us-east", "us-west", "ap-southeast"]
-K3sComponent = Literal["coredns", "local-storage", "metrics-server", "servicelb", "traefik"]
+K3sComponent = catalog.K3sComponent
 Cni = Literal["cilium", "flannel"]
 ContainerModeName = Literal["host-users", "user-namespace"]
 
@@ -128,45 +115,10 @@ class GracefulShutdown(Model):
     )
 
 
-S3_ENDPOINT = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$")
-S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-S3_FOLDER = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
-S3_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-
-
-def _s3_endpoint(value: str) -> str:
-    if "://" in value:
-        raise ValueError(
-            f"{value!r}: give the host name without a scheme (k3s always uses HTTPS), "
-            "e.g. 'fsn1.your-objectstorage.com'"
-        )
-    if not S3_ENDPOINT.match(value):
-        raise ValueError(f"{value!r} is not a host name[:port] like 'fsn1.your-objectstorage.com'")
-    return value
-
-
-def _s3_bucket(value: str) -> str:
-    if not S3_BUCKET.match(value) or ".." in value:
-        raise ValueError(
-            f"{value!r} is not an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return value
-
-
-def _s3_folder(value: str) -> str:
-    if not S3_FOLDER.match(value):
-        raise ValueError(
-            f"{value!r} is not a folder: path segments of letters, digits, '.', '_' and '-' "
-            "separated by '/', no leading or trailing '/'"
-        )
-    return value
-
-
-def _s3_region(value: str) -> str:
-    if not S3_REGION.match(value):
-        raise ValueError(f"{value!r} is not a region name like 'fsn1' or 'eu-central-1'")
-    return value
+_s3_endpoint = rules.s3_endpoint
+_s3_bucket = rules.s3_bucket
+_s3_folder = rules.s3_folder
+_s3_region = rules.s3_region
 
 
 class EtcdS3(Model):
@@ -256,9 +208,7 @@ class K3sConfig(Model):
     @field_validator("package")
     @classmethod
     def _package(cls, value: str) -> str:
-        if not K3S_PACKAGE.match(value):
-            raise ValueError(f"{value!r} is not a nixpkgs k3s attribute: use 'k3s' or 'k3s_1_NN'")
-        return value
+        return rules.k3s_package(value)
 
     @field_validator("disable", mode="before")
     @classmethod

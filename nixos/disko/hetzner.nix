@@ -16,7 +16,6 @@ in
   options.nixosK3s.disk = {
     device = lib.mkOption {
       type = lib.types.nullOr (lib.types.strMatching "/dev/.+");
-      default = null;
       example = "/dev/sda";
       description = "Whole disk that nixos-anywhere wipes and partitions; null disables the layout.";
     };

@@ -14,9 +14,8 @@
   ...
 }:
 let
-  diskDevice =
-    if (host.hardware.diskDevice or null) == null then "/dev/vda" else host.hardware.diskDevice;
-  rosetta = host.hardware.rosetta or false;
+  diskDevice = host.hardware.diskDevice;
+  inherit (host.hardware) rosetta;
   # Colima's limautil.NetInterface: `colima ls` shows the IPv4 address of this NIC.
   colimaInterface = "col0";
 in

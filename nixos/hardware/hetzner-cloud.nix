@@ -17,7 +17,6 @@ in
 
     publicIpv6 = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
-      default = null;
       example = "2a01:4f8:1c1c:1234::1";
       description = ''
         The server's public IPv6 address (one address of its /64). Hetzner sends no router
@@ -27,7 +26,6 @@ in
 
     publicIpv6PrefixLength = lib.mkOption {
       type = lib.types.ints.between 1 128;
-      default = 64;
       description = "Prefix length of publicIpv6.";
     };
   };

@@ -35,7 +35,6 @@ in
           };
         }
       );
-      default = [ ];
       description = "Wheel users with passwordless sudo, logging in with their keys only.";
     };
 

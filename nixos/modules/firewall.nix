@@ -15,26 +15,17 @@ let
     };
   };
 
-  # Every port the host opens, with the reason it is open. The host data chooses the ports by
-  # role and CNI (components/render.py); a port without an entry here is refused, so none is
-  # opened without a reason.
+  # Every port the host may open, with the reason it is open: one data file, from which
+  # components/render.py chooses the ports by role and CNI (it alone sees the stack). A port
+  # without an entry there is refused here, so none is opened without a reason.
+  known = lib.importJSON ./firewall-ports.json;
+  reasonsOf = entries: lib.mapAttrs' (_: e: lib.nameValuePair (toString e.port) e.reason) entries;
   reasons = {
-    tcp = {
-      "22" = "SSH: deploys and operators (the Hetzner firewall narrows the sources)";
-      "80" = "ingress HTTP (firewall.ingress)";
-      "443" = "ingress HTTPS (firewall.ingress)";
-      "6443" = "servers only: Kubernetes API and k3s supervisor (agents, joining servers, load balancer)";
-      "10250" = "kubelet API: logs, exec and metrics from the API server";
-      "4240" = "Cilium health checks between nodes";
-      "4244" = "Hubble server on every node, read by hubble-relay";
-    };
-    tcpRanges = {
-      "2379-2380" = "servers only: embedded etcd client and peer traffic between servers";
-    };
-    udp = {
-      "8472" = "VXLAN overlay between nodes (Cilium tunnel or k3s flannel)";
-      "6081" = "Geneve overlay between nodes (Cilium tunnel)";
-    };
+    tcp = reasonsOf known.tcp;
+    udp = reasonsOf known.udp;
+    tcpRanges = lib.mapAttrs' (
+      _: e: lib.nameValuePair "${toString e.start}-${toString e.end}" e.reason
+    ) known.tcpRanges;
   };
   unexplained =
     map (p: "TCP ${toString p}") (
@@ -53,43 +44,36 @@ in
 
     publicTcpPorts = lib.mkOption {
       type = lib.types.listOf lib.types.port;
-      default = [ 22 ];
       description = "TCP ports open on every interface (SSH, the API if it is public, ingress).";
     };
 
     publicUdpPorts = lib.mkOption {
       type = lib.types.listOf lib.types.port;
-      default = [ ];
       description = "UDP ports open on every interface.";
     };
 
     privateInterface = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
-      default = null;
       description = "Interface of the cluster network; null opens no private ports.";
     };
 
     privateTcpPorts = lib.mkOption {
       type = lib.types.listOf lib.types.port;
-      default = [ ];
       description = "TCP ports open only on privateInterface.";
     };
 
     privateTcpPortRanges = lib.mkOption {
       type = lib.types.listOf portRange;
-      default = [ ];
       description = "TCP port ranges open only on privateInterface.";
     };
 
     privateUdpPorts = lib.mkOption {
       type = lib.types.listOf lib.types.port;
-      default = [ ];
       description = "UDP ports open only on privateInterface.";
     };
 
     trustedInterfaces = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [ ];
       description = "Interfaces whose traffic is accepted without filtering (CNI devices).";
     };
 
@@ -99,7 +83,6 @@ in
         "loose"
         "off"
       ];
-      default = "loose";
       description = "Reverse path filter; Cilium's routing breaks with strict.";
     };
   };
@@ -108,7 +91,7 @@ in
     assertions = [
       {
         assertion = unexplained == [ ];
-        message = "nixosK3s.firewall: no reason is known for opening ${lib.concatStringsSep ", " unexplained} (nixos/modules/firewall.nix lists the ports and why).";
+        message = "nixosK3s.firewall: no reason is known for opening ${lib.concatStringsSep ", " unexplained} (nixos/modules/firewall-ports.json lists the ports and why).";
       }
     ];
 

@@ -56,108 +56,68 @@ let
     ) (modeOf c).binds
     ++ lib.optional (modeOf c).bpffs "--bind=${bpffsDir name}:/sys/fs/bpf";
 
-  # Ports the agent serves inside the container, by CNI: the kubelet everywhere; Cilium's
-  # health checks (4240) and Hubble (4244) on Cilium nodes.
-  innerTcpPorts = {
-    cilium = [
-      10250
-      4240
-      4244
-    ];
-    flannel = [ 10250 ];
-  };
+  # The API port (firewall-ports.json, where render takes every port number from).
+  apiPort = (lib.importJSON ./firewall-ports.json).tcp.api.port;
+  # Ports the agent serves inside the container: the ones this host's node serves to other
+  # nodes (render chose them by CNI), less the API, which only servers serve.
+  innerTcpPorts = lib.remove apiPort cfg.nodeTcpPorts;
 
-  containerOptions =
-    { name, ... }:
-    {
-      options = {
-        hostAddress = lib.mkOption {
+  containerOptions = {
+    options = {
+      hostAddress = lib.mkOption {
+        type = lib.types.str;
+        description = "Host end of the veth pair; the container's default gateway.";
+      };
+      localAddress = lib.mkOption {
+        type = lib.types.str;
+        description = "Container end of the veth pair.";
+      };
+      ephemeral = lib.mkOption {
+        type = lib.types.bool;
+        description = "Start from an empty root each time; k3s state is bind-mounted from stateDir.";
+      };
+      mode = lib.mkOption {
+        type = lib.types.enum (lib.attrNames modeData.modes);
+        description = ''
+          How the container runs (k3s-container-modes.json): `host-users` shares the host's user
+          namespace with the capabilities Cilium needs; `user-namespace` is unprivileged
+          (privateUsers = "pick") and can run flannel only.
+        '';
+      };
+      tailscale = lib.mkOption {
+        type = lib.types.bool;
+        description = "Run tailscaled inside and let k3s join the tailnet (--vpn-auth-file).";
+      };
+      nameservers = lib.mkOption {
+        type = lib.types.nonEmptyListOf lib.types.str;
+        description = "DNS servers for systemd-resolved inside the container.";
+      };
+      stateDir = lib.mkOption {
+        type = lib.types.str;
+        description = "Host directory holding k3s state of an ephemeral container.";
+      };
+      credentials = {
+        k3sToken = lib.mkOption {
           type = lib.types.str;
-          description = "Host end of the veth pair; the container's default gateway.";
+          description = "Host path of the 0600 k3s token file, passed in as credential `k3s-token`.";
         };
-        localAddress = lib.mkOption {
-          type = lib.types.str;
-          description = "Container end of the veth pair.";
-        };
-        ephemeral = lib.mkOption {
-          type = lib.types.bool;
-          default = false;
-          description = "Start from an empty root each time; k3s state is bind-mounted from stateDir.";
-        };
-        mode = lib.mkOption {
-          type = lib.types.enum (lib.attrNames modeData.modes);
-          default = "host-users";
-          description = ''
-            How the container runs (k3s-container-modes.json): `host-users` shares the host's user
-            namespace with the capabilities Cilium needs; `user-namespace` is unprivileged
-            (privateUsers = "pick") and can run flannel only.
-          '';
-        };
-        tailscale = lib.mkOption {
-          type = lib.types.bool;
-          default = false;
-          description = "Run tailscaled inside and let k3s join the tailnet (--vpn-auth-file).";
-        };
-        nameservers = lib.mkOption {
-          type = lib.types.nonEmptyListOf lib.types.str;
-          description = "DNS servers for systemd-resolved inside the container.";
-        };
-        stateDir = lib.mkOption {
-          type = lib.types.str;
-          default = "/var/lib/nixos-k3s/containers/${name}";
-          description = "Host directory holding k3s state of an ephemeral container.";
-        };
-        credentials = {
-          k3sToken = lib.mkOption {
-            type = lib.types.str;
-            description = "Host path of the 0600 k3s token file, passed in as credential `k3s-token`.";
-          };
-          tailscaleAuthKey = lib.mkOption {
-            type = lib.types.nullOr lib.types.str;
-            default = null;
-            description = "Host path of the vpn-auth file, passed in as credential `tailscale-key`.";
-          };
-        };
-        k3s = {
-          nodeName = lib.mkOption {
-            type = lib.types.str;
-            description = ''
-              Kubernetes node name of the agent; unique in the cluster (containers of the same
-              name on several hosts must not register as one node).
-            '';
-          };
-          serverAddr = lib.mkOption {
-            type = lib.types.str;
-            description = "API server the agent joins.";
-          };
-          nodeLabels = lib.mkOption {
-            type = lib.types.attrsOf lib.types.str;
-            default = { };
-            description = "Node labels.";
-          };
-          nodeTaints = lib.mkOption {
-            type = lib.types.listOf lib.types.str;
-            default = [ ];
-            description = "Node taints.";
-          };
-          nodeExternalIp = lib.mkOption {
-            type = lib.types.nullOr lib.types.str;
-            default = null;
-            description = "External address the agent advertises.";
-          };
-          kubeletConfig = lib.mkOption {
-            type = lib.types.attrsOf lib.types.anything;
-            default = { };
-            description = "KubeletConfiguration fields merged over the ones nspawn needs.";
-          };
-          extraFlags = lib.mkOption {
-            type = lib.types.listOf lib.types.str;
-            default = [ ];
-            description = "Further k3s agent flags.";
-          };
+        tailscaleAuthKey = lib.mkOption {
+          type = lib.types.nullOr lib.types.str;
+          description = "Host path of the vpn-auth file, passed in as credential `tailscale-key`.";
         };
       };
+      k3s = lib.mkOption {
+        type = lib.types.attrsOf lib.types.anything;
+        description = ''
+          The agent's nixosK3s.k3s settings from the host document (containers[].k3s: role,
+          nodeName, serverAddr, nodeLabels, nodeTaints, nodeExternalIp, kubeletConfig,
+          extraFlags), handed whole to the container's own k3s module, whose options check them.
+          nodeName must be unique in the cluster (containers of the same name on several hosts
+          must not register as one node).
+        '';
+      };
     };
+  };
 
   containerConfig =
     name: c:
@@ -181,7 +141,7 @@ let
         };
         firewall = {
           enable = true;
-          allowedTCPPorts = innerTcpPorts.${cni};
+          allowedTCPPorts = innerTcpPorts;
           allowedUDPPorts = cfg.tunnelUdpPorts;
           # The CNI's own devices (cilium_host, lxc+, ... or cni0, flannel.1): pod traffic.
           inherit (cfg) trustedInterfaces;
@@ -193,26 +153,23 @@ let
 
       boot.kernel.sysctl."net.ipv4.ip_forward" = 1;
 
-      nixosK3s.k3s = {
+      nixosK3s.k3s = c.k3s // {
         enable = true;
         package = pkgs.${cfg.package};
-        role = "agent";
-        inherit (c.k3s)
-          serverAddr
-          nodeLabels
-          nodeTaints
-          extraFlags
-          ;
         tokenFile = "${credentialDir}/k3s-token";
-        nodeName = c.k3s.nodeName;
         # The veth address: without it k3s could pick tailscale0's or another address.
         nodeIp = c.localAddress;
-        nodeExternalIp = c.k3s.nodeExternalIp;
         kubeletConfig = lib.recursiveUpdate (nspawnKubeletConfig c) c.k3s.kubeletConfig;
         vpnAuthFile = if c.tailscale then "${credentialDir}/tailscale-key" else null;
+        # Off for the agents, as it has always been; its periods are not read while it is off.
+        gracefulNodeShutdown.enable = false;
+        # No cloud controller initialises an nspawn node (its providerID says nspawn://).
+        externalCloudProvider = false;
       };
       nixosK3s.tailscale = {
         enable = c.tailscale;
+        # k3s joins the tailnet itself, through --vpn-auth-file.
+        authKeyFile = null;
         wrapK3s = c.tailscale;
       };
       systemd.services.k3s.serviceConfig.LoadCredential = [
@@ -247,7 +204,6 @@ let
       config = containerConfig name c;
     };
 
-  hasSpace = s: builtins.match ".*[[:space:]].*" s != null;
   hostUsersContainers = lib.any (c: (modeOf c).privateUsers == "no") (lib.attrValues cfg.containers);
 in
 {
@@ -256,13 +212,11 @@ in
 
     containers = lib.mkOption {
       type = lib.types.attrsOf (lib.types.submodule containerOptions);
-      default = { };
       description = "Agents by container name (at most 11 characters: the host veth is ve-<name>).";
     };
 
     package = lib.mkOption {
       type = lib.types.str;
-      default = "k3s";
       description = ''
         nixpkgs attribute of the k3s package inside the containers. Must be >= 1.34: its
         containerd (>= 2.1) finds the CNI binaries without a custom containerd template.
@@ -271,23 +225,20 @@ in
 
     tunnelUdpPorts = lib.mkOption {
       type = lib.types.listOf lib.types.port;
-      default = [ 8472 ];
       description = ''
-        UDP ports of Cilium's overlay (8472 VXLAN, 6081 Geneve), opened inside every container
-        and on the host's veths; must match the cluster's tunnel protocol or pods on the
-        containers cannot reach other nodes.
+        UDP ports of the CNI's overlay (VXLAN or Geneve, see firewall-ports.json), opened inside
+        every container and on the host's veths; must match the cluster's tunnel protocol or pods
+        on the containers cannot reach other nodes.
       '';
     };
 
     trustedInterfaces = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [ ];
       description = "The CNI's devices, trusted by the firewall inside every container.";
     };
 
     nodeTcpPorts = lib.mkOption {
       type = lib.types.listOf lib.types.port;
-      default = [ ];
       description = ''
         TCP ports this host's node serves to other nodes (the private interface's), opened on the
         veths too: the containers' nodes reach it through them.
@@ -309,35 +260,14 @@ in
         message = "nixosK3s.k3sContainers.package: ${cfg.package} is ${pkgs.${cfg.package}.version}; containers need k3s >= 1.34 (containerd >= 2.1).";
       }
     ]
-    ++ lib.concatLists (
-      lib.mapAttrsToList (name: c: [
-        {
-          assertion = builtins.stringLength name <= 11 && builtins.match "[a-z][a-z0-9-]*" name != null;
-          message = "nixosK3s.k3sContainers: container name ${name} must match [a-z][a-z0-9-]* and have at most 11 characters.";
-        }
-        {
-          assertion = lib.elem cni (modeOf c).cnis;
-          message = "nixosK3s.k3sContainers.${name}: mode ${c.mode} cannot run ${cni}: ${
-            modeData.refusals."${cni}/${c.mode}" or "not supported"
-          }.";
-        }
-        {
-          assertion = c.tailscale -> c.credentials.tailscaleAuthKey != null;
-          message = "nixosK3s.k3sContainers.${name}: tailscale needs credentials.tailscaleAuthKey.";
-        }
-        {
-          assertion =
-            !(lib.any hasSpace (
-              [
-                c.credentials.k3sToken
-                c.stateDir
-              ]
-              ++ lib.optional (c.credentials.tailscaleAuthKey != null) c.credentials.tailscaleAuthKey
-            ));
-          message = "nixosK3s.k3sContainers.${name}: paths passed to systemd-nspawn cannot contain whitespace.";
-        }
-      ]) cfg.containers
-    );
+    # The document's own rules (container names, the tailscale key, paths without whitespace,
+    # which EXTRA_NSPAWN_FLAGS would split) are checked once, by components/hostspec.py.
+    ++ lib.mapAttrsToList (name: c: {
+      assertion = lib.elem cni (modeOf c).cnis;
+      message = "nixosK3s.k3sContainers.${name}: mode ${c.mode} cannot run ${cni}: ${
+        modeData.refusals."${cni}/${c.mode}" or "not supported"
+      }.";
+    }) cfg.containers;
 
     containers = lib.mapAttrs nspawnContainer cfg.containers;
 
@@ -349,7 +279,7 @@ in
     # The containers are nodes too, and reach this host's node through their veths: its API
     # (when a server), kubelet, CNI health checks and Hubble, and the overlay must answer there.
     networking.firewall.interfaces."ve-+" = {
-      allowedTCPPorts = lib.unique ([ 6443 ] ++ cfg.nodeTcpPorts);
+      allowedTCPPorts = lib.unique ([ apiPort ] ++ cfg.nodeTcpPorts);
       allowedUDPPorts = cfg.tunnelUdpPorts;
     };
 

@@ -81,7 +81,10 @@ in
   options.nixosK3s.k3s = {
     enable = lib.mkEnableOption "a k3s node of a Cilium (no flannel, no kube-proxy) or flannel cluster";
 
-    package = lib.mkPackageOption pkgs "k3s" { };
+    package = lib.mkOption {
+      type = lib.types.package;
+      description = "The k3s package (host data: the nixpkgs attribute k3s.package).";
+    };
 
     finalPackage = lib.mkOption {
       type = lib.types.package;
@@ -107,13 +110,11 @@ in
 
     clusterInit = lib.mkOption {
       type = lib.types.bool;
-      default = false;
       description = "First server: initialise embedded etcd. Other servers join via serverAddr.";
     };
 
     serverAddr = lib.mkOption {
       type = lib.types.str;
-      default = "";
       example = "https://10.0.1.2:6443";
       description = "Server to join; empty only on the first server.";
     };
@@ -125,31 +126,26 @@ in
 
     disable = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [ ];
       description = "Packaged components passed to --disable (servers only).";
     };
 
     clusterCidr = lib.mkOption {
       type = lib.types.str;
-      default = "10.42.0.0/16";
       description = "Pod CIDR; must equal Cilium's IPAM pool.";
     };
 
     serviceCidr = lib.mkOption {
       type = lib.types.str;
-      default = "10.43.0.0/16";
       description = "Service CIDR.";
     };
 
     clusterDns = lib.mkOption {
       type = lib.types.str;
-      default = "10.43.0.10";
       description = "CoreDNS service address inside serviceCidr.";
     };
 
     tlsSans = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [ ];
       description = "Extra names and addresses in the API server certificate.";
     };
 
@@ -160,62 +156,59 @@ in
 
     nodeIp = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
-      default = null;
       description = "Address the node advertises (the private network address).";
     };
 
     nodeExternalIp = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
-      default = null;
       description = "External address the node advertises.";
     };
 
     nodeLabels = lib.mkOption {
       type = lib.types.attrsOf lib.types.str;
-      default = { };
       description = "Labels registered with the node (applied at registration only).";
     };
 
     nodeTaints = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [ ];
       description = "Taints `key=value:Effect` registered with the node.";
     };
 
     gracefulNodeShutdown = {
-      enable = lib.mkEnableOption "kubelet graceful node shutdown";
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        description = "Kubelet graceful node shutdown.";
+      };
       shutdownGracePeriod = lib.mkOption {
         type = lib.types.nonEmptyStr;
-        default = "30s";
-        description = "Total time pods get on shutdown.";
+        description = "Total time pods get on shutdown (read only when enabled).";
       };
       shutdownGracePeriodCriticalPods = lib.mkOption {
         type = lib.types.nonEmptyStr;
-        default = "10s";
-        description = "Part of shutdownGracePeriod reserved for critical pods.";
+        description = "Part of shutdownGracePeriod reserved for critical pods (read only when enabled).";
       };
     };
 
     kubeletConfig = lib.mkOption {
       type = lib.types.attrsOf lib.types.anything;
-      default = { };
       description = "Extra KubeletConfiguration fields.";
     };
 
+    # Read only on servers with embedded etcd.
     etcdSnapshots = {
-      enable = lib.mkEnableOption "scheduled etcd snapshots (servers with embedded etcd)";
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        description = "Scheduled etcd snapshots (servers with embedded etcd).";
+      };
       scheduleCron = lib.mkOption {
         type = lib.types.strMatching "[0-9*/,-]+( [0-9*/,-]+){4}";
-        default = "0 */12 * * *";
         description = "Five-field cron schedule.";
       };
       retention = lib.mkOption {
         type = lib.types.ints.positive;
-        default = 5;
         description = "Snapshots kept.";
       };
       s3 = lib.mkOption {
-        default = null;
         description = ''
           Also upload every snapshot to this S3 bucket (k3s --etcd-s3-*). The keys come from
           `environmentFile`, the k3s service's EnvironmentFile; /etc/nixos-k3s/etcd-restore.env
@@ -255,7 +248,6 @@ in
 
     vpnAuthFile = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
-      default = null;
       description = ''
         0600 file with `name=tailscale,joinKey=<key>` for k3s --vpn-auth-file; needs tailscale
         in `runtimePackages`.
@@ -267,7 +259,6 @@ in
         "cilium"
         "flannel"
       ];
-      default = "cilium";
       description = ''
         The cluster's CNI. `cilium`: servers run without flannel, kube-proxy and network policy
         (Cilium, installed with Helm, replaces them). `flannel`: k3s's own flannel with VXLAN.
@@ -276,7 +267,6 @@ in
 
     externalCloudProvider = lib.mkOption {
       type = lib.types.bool;
-      default = false;
       description = ''
         Run the kubelet with cloud-provider=external (servers and agents alike: with
         --disable-cloud-controller k3s stops setting it itself). The node then carries the
@@ -287,7 +277,6 @@ in
 
     extraFlags = lib.mkOption {
       type = lib.types.listOf (lib.types.strMatching "--[a-z0-9][a-z0-9-]*(=[^[:space:]\"'$%\\\\]*)?");
-      default = [ ];
       description = "Further k3s flags, one `--flag[=value]` per item.";
     };
 
@@ -305,22 +294,16 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    # Role, clusterInit and serverAddr agree: components/hostspec.py (K3s) checks that once, for
+    # every host document, before any host sees it.
     assertions = [
-      {
-        assertion = cfg.role == "agent" -> cfg.serverAddr != "" && !cfg.clusterInit;
-        message = "nixosK3s.k3s: an agent needs serverAddr and cannot set clusterInit.";
-      }
-      {
-        assertion = !(cfg.clusterInit && cfg.serverAddr != "");
-        message = "nixosK3s.k3s: clusterInit (first server) and serverAddr exclude each other.";
-      }
       {
         assertion = lib.hasPrefix "/" cfg.tokenFile && !(lib.hasPrefix builtins.storeDir cfg.tokenFile);
         message = "nixosK3s.k3s.tokenFile must be an absolute path outside the Nix store.";
       }
       {
         assertion =
-          s3 != null
+          usesEtcd && s3 != null
           -> lib.hasPrefix "/" s3.environmentFile && !(lib.hasPrefix builtins.storeDir s3.environmentFile);
         message = "nixosK3s.k3s.etcdSnapshots.s3.environmentFile must be an absolute path outside the Nix store.";
       }
@@ -357,9 +340,9 @@ in
       extraKubeletConfig = cfg.kubeletConfig;
       # A string, not a Nix path: the file stays where it is and never enters the store.
       environmentFile = lib.mkIf (isServer && usesEtcd && cfg.etcdSnapshots.enable && s3 != null) s3.environmentFile;
-      gracefulNodeShutdown = {
-        inherit (cfg.gracefulNodeShutdown) enable shutdownGracePeriod shutdownGracePeriodCriticalPods;
-      };
+      # The periods mean something only when enabled (an nspawn agent sets enable alone).
+      gracefulNodeShutdown =
+        if cfg.gracefulNodeShutdown.enable then cfg.gracefulNodeShutdown else { enable = false; };
       extraFlags =
         lib.optionals isServer serverFlags
         # services.k3s.nodeExternalIP is newer than the nixos-25.11 pin (nixpkgs PR #505398).

@@ -20,11 +20,6 @@ in
 
     paths = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [
-        "/etc/rancher"
-        "/var/lib/kubelet"
-        "/var/lib/rancher"
-      ];
       description = ''
         Directories whose loss resets the node (etcd data, certificates, kubelet state). On a
         normal disk they persist as they are; a tmpfs under them fails evaluation.

@@ -14,7 +14,6 @@ in
 
     macAddress = lib.mkOption {
       type = lib.types.nullOr (lib.types.strMatching "([0-9a-f]{2}:){5}[0-9a-f]{2}");
-      default = null;
       description = ''
         MAC of the private NIC. Set: a .link file gives the NIC the name `interface`, so the name
         does not depend on PCI slot order. Null: `interface` must already be the kernel name.
@@ -34,7 +33,6 @@ in
 
     extraRoutes = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [ ];
       example = [ "10.250.0.0/16" ];
       description = ''
         Further ranges sent to the gateway, e.g. the nspawn containers' addresses, which Hetzner
@@ -51,7 +49,6 @@ in
 
     mtu = lib.mkOption {
       type = lib.types.ints.between 1280 9000;
-      default = 1450;
       description = "MTU of the NIC (Hetzner private networks: 1450).";
     };
   };

@@ -9,7 +9,6 @@ in
 
     authKeyFile = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
-      default = null;
       description = ''
         0600 file holding a raw tailscale auth key; tailscaled's autoconnect joins the tailnet
         with it. Leave null when k3s joins through nixosK3s.k3s.vpnAuthFile instead.
@@ -18,7 +17,6 @@ in
 
     wrapK3s = lib.mkOption {
       type = lib.types.bool;
-      default = false;
       description = ''
         Put the tailscale CLI on the k3s PATH (k3s runs `tailscale up` for --vpn-auth-file).
         Wraps only the k3s package the service runs; nixpkgs is not overlaid.

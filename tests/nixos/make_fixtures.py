@@ -7,6 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from typing import Any
+
+from components.config import K3sConfig
 from components.hostspec import (
     AdminUser,
     Cilium,
@@ -16,10 +19,13 @@ from components.hostspec import (
     EtcdS3,
     EtcdSnapshots,
     Firewall,
+    GracefulNodeShutdown,
     Hardware,
     HostSpec,
     K3s,
     Network,
+    Persistence,
+    PortRange,
     Ssh,
     Tailscale,
     host_json,
@@ -32,11 +38,87 @@ DEPLOY_KEY = (
 ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC3ZQk2yW0sQ8q6jv2b2mYt8w1V3bX6hH7p0R9kLm2nT alice"
 SECRETS = "/var/lib/nixos-k3s/secrets"
 
+# HostSpec has no defaults (render fills every field): these samples start from typical values
+# and each fixture states what differs.
+SNAPSHOTS: dict[str, Any] = {
+    "enable": True,
+    "schedule_cron": "0 */12 * * *",
+    "retention": 5,
+    "s3": None,
+}
+# A k3s field of the same name in the stack model and the host document takes the stack's
+# default here, so a new k3s setting needs no sample value of its own.
+STACK_K3S_DEFAULTS: dict[str, Any] = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in K3sConfig.model_fields.items()
+    if name in K3s.model_fields
+}
+K3S: dict[str, Any] = {
+    **STACK_K3S_DEFAULTS,
+    "enable": True,
+    "cluster_init": False,
+    "server_addr": "",
+    "node_external_ip": None,
+    "node_labels": {},
+    "node_taints": [],
+    "graceful_node_shutdown": GracefulNodeShutdown(
+        enable=True, shutdown_grace_period="30s", shutdown_grace_period_critical_pods="10s"
+    ),
+    "kubelet_config": {},
+    "etcd_snapshots": EtcdSnapshots(**SNAPSHOTS),
+    "vpn_auth_file": None,
+    "external_cloud_provider": False,
+}
+FIREWALL: dict[str, Any] = {
+    "public_tcp_ports": [22],
+    "public_udp_ports": [],
+    "private_tcp_ports": [6443, 10250, 4240, 4244],
+    "private_tcp_port_ranges": [PortRange(start=2379, end=2380)],
+    "private_udp_ports": [8472],
+    "trusted_interfaces": ["cilium_host", "cilium_net", "cilium_vxlan", "lxc+"],
+    "check_reverse_path": "loose",
+}
+NETWORK: dict[str, Any] = {
+    "public_ipv4": None,
+    "public_ipv6": None,
+    "public_ipv6_prefix_length": 64,
+    "private_gateway": None,
+    "routed_cidrs": [],
+    "private_mac_address": None,
+    "mtu": 1450,
+}
+NO_TAILSCALE = Tailscale(enable=False, auth_key_file=None, wrap_k3s=False)
+
+
+def k3s(**fields: Any) -> K3s:
+    return K3s(**{**K3S, **fields})
+
+
+def firewall(**fields: Any) -> Firewall:
+    return Firewall(**{**FIREWALL, **fields})
+
+
+def network(**fields: Any) -> Network:
+    return Network(**{**NETWORK, **fields})
+
+
+def host(**fields: Any) -> HostSpec:
+    sample: dict[str, Any] = {
+        "schema_version": 1,
+        "state_version": "25.11",
+        "firewall": firewall(),
+        "cilium": Cilium(host_prerequisites=True),
+        "tailscale": NO_TAILSCALE,
+        "persistence": Persistence(paths=["/etc/rancher", "/var/lib/kubelet", "/var/lib/rancher"]),
+        "containers": [],
+    }
+    return HostSpec(**{**sample, **fields})
+
 
 def hetzner_network(
     private_ip: str, mac: str, ipv4: str, ipv6: str, routed: tuple[str, ...] = ()
 ) -> Network:
-    return Network(
+    return network(
         public_ipv4=ipv4,
         public_ipv6=ipv6,
         private_ipv4=private_ip,
@@ -49,17 +131,17 @@ def hetzner_network(
 
 
 def first_server() -> HostSpec:
-    return HostSpec(
+    return host(
         name="prod-server-1",
         cluster_name="prod",
         system="x86_64-linux",
-        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda", rosetta=False),
         network=hetzner_network("10.0.1.2", "86:00:00:aa:bb:01", "203.0.113.10", "2001:db8:10::1"),
         ssh=Ssh(
             authorized_keys=[DEPLOY_KEY],
             admin_users=[AdminUser(name="alice", authorized_keys=[ADMIN_KEY])],
         ),
-        k3s=K3s(
+        k3s=k3s(
             role="server",
             cluster_init=True,
             token_file=f"{SECRETS}/k3s-token",
@@ -68,6 +150,7 @@ def first_server() -> HostSpec:
             tls_sans=["203.0.113.10", "api.prod.example.com"],
             node_taints=["node-role.kubernetes.io/control-plane=true:NoSchedule"],
             etcd_snapshots=EtcdSnapshots(
+                enable=True,
                 schedule_cron="0 */6 * * *",
                 retention=10,
                 s3=EtcdS3(
@@ -79,19 +162,19 @@ def first_server() -> HostSpec:
                 ),
             ),
         ),
-        firewall=Firewall(public_tcp_ports=[22, 6443]),
+        firewall=firewall(public_tcp_ports=[22, 6443]),
     )
 
 
 def agent() -> HostSpec:
-    return HostSpec(
+    return host(
         name="prod-agent-1",
         cluster_name="prod",
         system="aarch64-linux",
-        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda", rosetta=False),
         network=hetzner_network("10.0.1.5", "86:00:00:aa:bb:05", "203.0.113.15", "2001:db8:15::1"),
-        ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
-        k3s=K3s(
+        ssh=Ssh(authorized_keys=[DEPLOY_KEY], admin_users=[]),
+        k3s=k3s(
             role="agent",
             server_addr="https://10.0.1.2:6443",
             token_file=f"{SECRETS}/k3s-token",
@@ -111,9 +194,13 @@ def container(name: str, index: int, tailscale: bool) -> Container:
         tailscale=tailscale,
         nameservers=["185.12.64.1", "185.12.64.2"],
         k3s=ContainerK3s(
+            role="agent",
             node_name=f"prod-agent-1-{name}",
             server_addr="https://10.0.1.2:6443",
+            node_labels={},
             node_taints=["public-ingress=true:NoSchedule"] if tailscale else [],
+            node_external_ip=None,
+            kubelet_config={},
             extra_flags=["--node-label=nixos-k3s/container=true"],
         ),
         credentials=ContainerCredentials(
@@ -121,27 +208,28 @@ def container(name: str, index: int, tailscale: bool) -> Container:
             tailscale_auth_key=f"{SECRETS}/{name}-vpn-auth" if tailscale else None,
         ),
         state_dir=f"/var/lib/nixos-k3s/containers/{name}",
+        mode="host-users",
     )
 
 
 def container_host() -> HostSpec:
-    return HostSpec(
+    return host(
         name="prod-host-1",
         cluster_name="prod",
         system="x86_64-linux",
-        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda"),
+        hardware=Hardware(profile="hetzner-cloud", disk_device="/dev/sda", rosetta=False),
         network=hetzner_network(
             "10.0.1.8", "86:00:00:aa:bb:08", "203.0.113.18", "2001:db8:18::1", ("10.250.0.0/16",)
         ),
-        ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
-        k3s=K3s(
+        ssh=Ssh(authorized_keys=[DEPLOY_KEY], admin_users=[]),
+        k3s=k3s(
             role="agent",
             server_addr="https://10.0.1.2:6443",
             token_file=f"{SECRETS}/k3s-token",
             node_ip="10.0.1.8",
             vpn_auth_file=f"{SECRETS}/vpn-auth",
         ),
-        tailscale=Tailscale(enable=True, wrap_k3s=True),
+        tailscale=Tailscale(enable=True, auth_key_file=None, wrap_k3s=True),
         containers=[container("k3s-agent-1", 1, True), container("k3s-agent-2", 2, False)],
     )
 
@@ -153,7 +241,7 @@ def flannel_container_host() -> HostSpec:
         update={
             "name": "prod-host-2",
             "k3s": base.k3s.model_copy(update={"cni": "flannel"}),
-            "firewall": Firewall(
+            "firewall": firewall(
                 private_tcp_ports=[6443, 10250],
                 private_udp_ports=[8472],
                 trusted_interfaces=["cni0", "flannel.1"],
@@ -167,18 +255,18 @@ def flannel_container_host() -> HostSpec:
 
 
 def colima_server() -> HostSpec:
-    return HostSpec(
+    return host(
         name="dev-server-1",
         cluster_name="dev",
         system="aarch64-linux",
-        hardware=Hardware(profile="colima-vz", rosetta=True),
-        network=Network(
+        hardware=Hardware(profile="colima-vz", disk_device="/dev/vda", rosetta=True),
+        network=network(
             private_ipv4="192.168.106.2",
             private_cidr="192.168.106.0/24",
             private_interface="col0",
         ),
-        ssh=Ssh(authorized_keys=[DEPLOY_KEY]),
-        k3s=K3s(
+        ssh=Ssh(authorized_keys=[DEPLOY_KEY], admin_users=[]),
+        k3s=k3s(
             role="server",
             cluster_init=True,
             token_file=f"{SECRETS}/k3s-token",
