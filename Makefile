@@ -21,10 +21,10 @@ venv: $(STAMP)
 
 ## plan: render the dev stack offline (no credentials): build/dev/plan.json + hosts/*.json
 plan: $(STAMP)
-	$(PY) -m components plan --stack $(STACK)
+	$(PY) -m tooling plan --stack $(STACK)
 
 plan-prod: $(STAMP)
-	$(PY) -m components plan --stack prod
+	$(PY) -m tooling plan --stack prod
 
 ## system-deps: Debian packages the tests need (nix-instantiate, sshd, shellcheck, ip/tc, capsh, nspawn); root only
 system-deps:
@@ -63,9 +63,9 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-## schema: regenerate nixos/host.schema.json after changing components/hostspec.py
+## schema: regenerate nixos/host.schema.json after changing components/hosts/hostspec.py
 schema: $(STAMP)
-	$(PY) -m components.hostspec --write
+	$(PY) -m components.hosts.hostspec --write
 
 ## dev-up / dev-destroy: the Colima dev cluster on a Mac (needs the Pulumi CLI, colima, nix)
 dev-up:

@@ -4,7 +4,7 @@
 #
 #   nix eval --raw path:<flake>#nixosConfigurations.<host>.config.system.build.toplevel.drvPath
 #
-# Each stack's hosts are rendered offline (`python -m components plan`: no credentials, no
+# Each stack's hosts are rendered offline (`python -m tooling plan`: no credentials, no
 # cloud) into hosts/ of a copy of nixos/, which is where flake.nix reads them from. A `path:`
 # flake, as the deploy scripts build hosts (operator-lib.sh assemble_flake): untracked host
 # files count, and the checkout is left as it was. flake.lock is used as it is, never updated.
@@ -112,7 +112,7 @@ evaluate() {
 
 for stack in "${stacks[@]}"; do
   plan=$work/plans/$stack
-  if ! "$PYTHON" -m components plan --stack "$stack" --out "$plan" --quiet; then
+  if ! "$PYTHON" -m tooling plan --stack "$stack" --out "$plan" --quiet; then
     fail "the offline plan of stack $stack fails: its hosts cannot be rendered"
     results+=("| \`$stack\` | | :x: offline plan failed |")
     continue

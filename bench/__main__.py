@@ -1,7 +1,7 @@
 """`python -m bench`: the offline plan at 3/30/100/300 nodes against a bare-SDK baseline.
 
 For each size N (see bench/shapes.py for the stack shapes) every measurement runs in a fresh
-process: the plan as `python -m components plan` does it; the baseline, registering the plan's
+process: the plan as `python -m tooling plan` does it; the baseline, registering the plan's
 resources bare (same SDK classes, required inputs only, same mocks: the SDK's own cost, see
 bench/bare.py); for reference, a floor of as many property-less resources and a replay of the
 plan's resources with the same inputs as plain values. Medians over --runs.
@@ -179,7 +179,7 @@ def byte_compile() -> None:
     Python reads .pyc files even where it may not write them (PYTHONDONTWRITEBYTECODE=1):
     without this, every fresh measured process would compile our sources again.
     """
-    for package in ("components", "bench"):
+    for package in ("components", "tooling", "bench"):
         compileall.compile_dir(runner.PROJECT_DIR / package, quiet=1)
 
 

@@ -1,9 +1,9 @@
 """One measurement, in a fresh process: `python -m bench.child plan|baseline ... RESULT_JSON`.
 
-plan CONFIG_FILE OUT_DIR RESULT   the offline plan as `python -m components plan` runs it
+plan CONFIG_FILE OUT_DIR RESULT   the offline plan as `python -m tooling plan` runs it
                                   (read the stack file, run the program under mocks, write files)
 baseline PLAN_JSON RESULT         the plan's resources bare: same SDK classes, required inputs
-                                  only, under the same mocks (components.mocks.FakeProviders,
+                                  only, under the same mocks (tooling.mocks.FakeProviders,
                                   no RecordingMonitor); see bench/bare.py
 floor COUNT RESULT                COUNT custom resources with no properties (reference only)
 replay PLAN_JSON RESULT           the plan's resources again, flat, with their recorded inputs as
@@ -37,7 +37,7 @@ class Clock:
 
 
 def measure_plan(config_file: Path, out: Path, clock: Clock) -> int:
-    from components import plan
+    from tooling import plan
 
     clock.lap("import")
     result = plan.run_program(plan.read_stack_file(config_file, "bench"))
@@ -53,14 +53,14 @@ def _under_mocks(register: Callable[[], int], clock: Clock) -> int:
     from pulumi.runtime.stack import wait_for_rpcs
     from pulumi.runtime.sync_await import _sync_await
 
-    from components import mocks
+    from tooling import mocks
 
     clock.lap("import")
     settings.ROOT.set(None)
     pulumi.runtime.set_mocks(
         mocks.FakeProviders(), project="nixos-k3s", stack="bench", preview=False
     )
-    # The plan's GC and executor setup (components.plan.run_program): the collector frozen
+    # The plan's GC and executor setup (tooling.plan.run_program): the collector frozen
     # at the same point (after the imports, before any resource), same threads, loops closed.
     with mocks.frozen_collector(), mocks.monitor_threads():
         count = register()
@@ -103,7 +103,7 @@ def profile_plan(config_file: Path, clock: Clock) -> tuple[int, str]:
     import cProfile
 
     from bench import hotspots
-    from components import plan
+    from tooling import plan
 
     stack_file = plan.read_stack_file(config_file, "bench")
     clock.lap("import")

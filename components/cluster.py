@@ -17,15 +17,13 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components import catalog, config, hcloud_addons, hostspec, inventory, k3s, render
-from components.bringup import BringUpArgs, K3sBringUp, NixosHosts
-from components.colima import ColimaMachine, ColimaMachineArgs
+from components import catalog, config
 from components.config import ClusterConfig, EtcdS3Credentials
-from components.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
-from components.hostspec import HostSpec
-from components.inventory import Host
-from components.machineview import MachineView
-from components.nixos_host import (
+from components.hosts import hostspec, inventory, render
+from components.hosts.hostspec import HostSpec
+from components.hosts.inventory import Host
+from components.hosts.machineview import MachineView
+from components.hosts.nixos_host import (
     DeployKey,
     HostKey,
     NixosHost,
@@ -34,7 +32,11 @@ from components.nixos_host import (
     SecretSet,
     connection,
 )
-from components.userdata import host_key_user_data
+from components.k8s import hcloud_addons, k3s
+from components.k8s.bringup import BringUpArgs, K3sBringUp, NixosHosts
+from components.machines.colima import ColimaMachine, ColimaMachineArgs
+from components.machines.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
+from components.machines.userdata import host_key_user_data
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What a valid value is, for every value the stack hands to hosts, k3s and Colima.
 
 One module, used by both the stack check (components/config/, which reports the stack path)
-and the host document (components/hostspec.py, the last line of defence before a host), so the
+and the host document (components/hosts/hostspec.py, the last line of defence before a host), so the
 two cannot disagree: a value the stack check accepts never fails later in the plan. Each rule
 returns the value (normalised where that is harmless) or raises ValueError with a message that
 shows the value and what is allowed.

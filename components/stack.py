@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from components import cilium
 from components.config import load
 from components.config.schema import ClusterConfig
+from components.k8s import cilium
 
 EXTRA_CHECKS: tuple[load.ExtraCheck, ...] = (cilium.stack_problems,)
 

@@ -1,7 +1,7 @@
 """Shared fixtures: stack data and the program run under the mocks.
 
 Everything Pulumi-specific about mocks (camelCase inputs, numbers as floats, wrapped secrets,
-URNs, dependencies) is handled once, in components/mocks.py and components/plan.py; tests
+URNs, dependencies) is handled once, in tooling/mocks.py and tooling/plan.py; tests
 look at plain `Registration` records.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components import plan
-from components.mocks import Registration
+from tooling import plan
+from tooling.mocks import Registration
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

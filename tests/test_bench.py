@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bench import bare, runner, shapes
-from components import plan
 from tests.conftest import run_plan, stack_data
+from tooling import plan
 
 
 def document(cluster: dict[str, Any]) -> dict[str, Any]:

@@ -7,17 +7,17 @@ import hashlib
 import json
 from collections.abc import Callable
 
-from components import hostspec
-from components.mocks import (
+from components.hosts import hostspec
+from components.hosts.render import TOKEN_FILE
+from components.scripts import PROJECT_DIR
+from tests.conftest import Plan, stack_data
+from tooling.mocks import (
     fake_id,
     fake_ipv4,
     fake_private_key,
     fake_random,
     fake_ssh_public_key,
 )
-from components.render import TOKEN_FILE
-from components.scripts import PROJECT_DIR
-from tests.conftest import Plan, stack_data
 
 HOSTS = ["prod-control-1", "prod-control-2", "prod-control-3", "prod-workers-1", "prod-workers-2"]
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from components import rules
-from components.cilium import cilium_settings
 from components.config import ConfigError, pool_offsets, semantic_warnings
+from components.k8s.cilium import cilium_settings
 from components.stack import parse_cluster
 from tests.conftest import stack_data
 

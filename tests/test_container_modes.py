@@ -9,13 +9,14 @@ from typing import Any, get_args
 import pytest
 import yaml
 
-from components import cilium, containermodes
+from components import containermodes
 from components.config import (
     ConfigError,
     ContainerModeName,
     has_nested_nodes,
 )
-from components.render import COLIMA_PRIVATE_INTERFACE, HETZNER_PRIVATE_INTERFACE
+from components.hosts.render import COLIMA_PRIVATE_INTERFACE, HETZNER_PRIVATE_INTERFACE
+from components.k8s import cilium
 from components.stack import parse_cluster
 from tests.conftest import Plan, run_plan, stack_data
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from bench import deploy, deploy_model
-from components import plan
 from tests.conftest import run_plan, stack_data
+from tooling import plan
 
 
 def document(stack: str) -> dict[str, Any]:

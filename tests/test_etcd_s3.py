@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from components import config, plan, render
+from components import config
 from components.config import ConfigError
+from components.hosts import render
 from components.stack import parse_cluster
 from tests.conftest import PROJECT_DIR, run_plan, stack_data
+from tooling import plan
 
 ACCESS_KEY = "AKIAPLANTEDKEYID4711"
 SECRET_KEY = "planted/S3+secret=value-0815"

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from components.hostspec import SCHEMA_PATH
+from components.hosts.hostspec import SCHEMA_PATH
 from tests.conftest import Plan
 
 GOLDEN = Path(__file__).parent / "golden"

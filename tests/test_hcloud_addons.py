@@ -18,18 +18,18 @@ import pytest
 import yaml
 from jsonschema.validators import validator_for
 
-from components import chartschema, hcloud_addons, valuesschema
-from components.cilium import _without_nulls
 from components.config import (
     ClusterConfig,
     load_balancer_private_ip,
     semantic_problems,
     semantic_warnings,
 )
-from components.mocks import fake_id, fake_ipv4
-from components.render import CONTAINER_PROVIDER_ID_PREFIX
+from components.hosts.render import CONTAINER_PROVIDER_ID_PREFIX
+from components.k8s import chartschema, hcloud_addons, valuesschema
+from components.k8s.cilium import _without_nulls
 from components.stack import parse_cluster
 from tests.conftest import PROJECT_DIR, Plan, run_plan, stack_data
+from tooling.mocks import fake_id, fake_ipv4
 
 SERVERS = ["prod-control-1", "prod-control-2", "prod-control-3"]
 AGENTS = ["prod-workers-1", "prod-workers-2"]

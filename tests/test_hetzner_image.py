@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from components import diff, hetzner_image, hostspec, plan, render
 from components.config import parse_cluster
-from components.mocks import REDACTED
+from components.hosts import hostspec, render
+from components.machines import hetzner_image
 from tests.conftest import Plan, run_plan, stack_data
+from tooling import diff, plan
+from tooling.mocks import REDACTED
 
 IMAGE_BUILD = "prod-hetzner-image-x86-64-snapshot"
 SERVERS = [f"prod-control-{i}" for i in (1, 2, 3)] + [f"prod-workers-{i}" for i in (1, 2)]

@@ -17,20 +17,33 @@ COMPONENTS = ROOT / "components"
 LEAVES = {"components.catalog", "components.rules", "components.containermodes"}
 # What the config package must never import: the modules that consume the config.
 CONSUMERS = {
-    f"components.{name}"
-    for name in (
-        "cilium",
-        "hostspec",
-        "render",
-        "inventory",
-        "k3s",
-        "cluster",
-        "hetzner",
-        "colima",
-        "nixos_host",
-        "stack",
-    )
+    "components.k8s.cilium",
+    "components.hosts.hostspec",
+    "components.hosts.render",
+    "components.hosts.inventory",
+    "components.k8s.k3s",
+    "components.cluster",
+    "components.machines.hetzner",
+    "components.machines.colima",
+    "components.hosts.nixos_host",
+    "components.stack",
 }
+# The product's layers, bottom up: a module may import its own layer and those below it.
+# (config: the stack models with the leaves and profiles below them; hosts: the host documents
+# and a host's NixOS lifecycle; machines: what makes the machines; k8s: the bring-up and the
+# Helm releases; top: the Cluster and the stack check.)
+LAYERS = ("config", "hosts", "machines", "k8s", "top")
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != "components":
+        return parts[0]
+    if len(parts) > 1 and parts[1] in ("hosts", "machines", "k8s"):
+        return parts[1]
+    if module in LEAVES or (len(parts) > 1 and parts[1] in ("config", "profiles", "scripts")):
+        return "config"
+    return "top"
 
 
 def module_name(path: Path) -> str:
@@ -71,7 +84,7 @@ def graph() -> dict[str, set[str]]:
 def test_the_reader_sees_every_kind_of_import() -> None:
     assert project_imports(COMPONENTS / "config" / "schema.py") >= {"components.catalog"}
     assert "components.config.schema" in project_imports(COMPONENTS / "config" / "checks.py")
-    assert "components.cilium" in project_imports(COMPONENTS / "stack.py")
+    assert "components.k8s.cilium" in project_imports(COMPONENTS / "stack.py")
 
 
 def test_the_config_schema_is_a_leaf() -> None:
@@ -118,3 +131,30 @@ def test_the_provider_profiles_are_data_below_the_config() -> None:
         if _in("components.profiles", module)
     }
     assert not any(wrong.values()), wrong
+
+
+def test_every_consumer_named_exists() -> None:
+    assert all(is_module(name) for name in CONSUMERS), sorted(
+        n for n in CONSUMERS if not is_module(n)
+    )
+
+
+def test_the_layers_import_only_downwards() -> None:
+    """config < hosts < machines < k8s < top (cluster, stack): no arrow back up."""
+    wrong = {
+        module: sorted(i for i in imports if LAYERS.index(layer(i)) > LAYERS.index(layer(module)))
+        for module, imports in graph().items()
+        if layer(module) in LAYERS and not module.startswith("components.scripts.")
+    }
+    assert not any(wrong.values()), {m: w for m, w in wrong.items() if w}
+
+
+def test_the_product_never_imports_the_offline_tooling() -> None:
+    """`pulumi up` runs components/ only; tooling/ (plan, mocks, diff) sits on top of it."""
+    tooling = {
+        m: sorted(i for i in imports if i.startswith("tooling")) for m, imports in graph().items()
+    }
+    assert not any(tooling.values()), tooling
+    for path in sorted(COMPONENTS.rglob("*.py")):
+        assert "import tooling" not in path.read_text(encoding="utf-8")
+        assert "from tooling" not in path.read_text(encoding="utf-8"), path

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from components import jsontext
+from components.hosts import jsontext
 
 TRICKY_STRINGS = [
     "",

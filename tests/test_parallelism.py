@@ -19,7 +19,7 @@ import pulumi
 import yaml
 
 from bench import deploy_model, shapes
-from components import mocks, plan
+from tooling import mocks, plan
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / ".github" / "workflows"
 AGENTS = 50

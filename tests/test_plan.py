@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from components import plan as plan_module
-from components.mocks import Registration, engine_urn
 from tests.conftest import PROJECT_DIR, Plan
+from tooling import plan as plan_module
+from tooling.mocks import Registration, engine_urn
 
 PLANTED_TOKEN = "planted-hcloud-token-3f9c1e7a"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "components", *args],
+        [sys.executable, "-m", "tooling", *args],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,
@@ -176,7 +176,7 @@ def test_hetzner_stack_without_token_is_refused_by_the_program() -> None:
     env = {k: v for k, v in os.environ.items() if k != "HCLOUD_TOKEN"}
     script = (
         "import pickle, sys\n"
-        "from components import plan\n"
+        "from tooling import plan\n"
         "from components.config import ConfigError\n"
         "try:\n"
         "    plan.run_program(pickle.loads(sys.stdin.buffer.read()))\n"
@@ -232,7 +232,7 @@ def test_pulumi_yaml_declares_only_what_pulumi_accepts() -> None:
 
 LOOPS_AFTER_PLAN = """
 import asyncio, gc, sys
-from components import plan
+from tooling import plan
 result = plan.run_program(plan.read_stack_file(plan.PROJECT_DIR / "Pulumi.dev.yaml", "dev"))
 main = asyncio.get_event_loop()
 open_loops = [
@@ -348,7 +348,7 @@ def test_plan_says_which_plan_it_replaces(tmp_path: Path) -> None:
 
     def plan(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "components", "plan", "--quiet", "--out", str(out), *args],
+            [sys.executable, "-m", "tooling", "plan", "--quiet", "--out", str(out), *args],
             cwd=PROJECT_DIR,
             capture_output=True,
             text=True,

@@ -26,8 +26,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench
 # Commands that run here (prefix of the command after `/tmp/` is rewritten).
 RUN = (
     "make plan",
-    ".venv/bin/python -m components plan ",
-    ".venv/bin/python -m components diff ",
+    ".venv/bin/python -m tooling plan ",
+    ".venv/bin/python -m tooling diff ",
 )
 # Commands that cannot run here, by their start, with the reason.
 SKIPPED = {
@@ -117,7 +117,7 @@ def _plan_target(text: str) -> tuple[str | None, str | None]:
     if text == "make plan":
         return "dev", "build/dev"
     words = shlex.split(text)
-    if words[:4] != [".venv/bin/python", "-m", "components", "plan"]:
+    if words[:4] != [".venv/bin/python", "-m", "tooling", "plan"]:
         return None, None
     args = [word for word in words[4:] if word != "--quiet"]
     options = dict(zip(args[::2], args[1::2], strict=False))

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from components import render
 from components.config import ConfigError
+from components.hosts import render
 from components.stack import parse_cluster
 from tests.conftest import Plan, run_plan, stack_data
 

@@ -8,9 +8,11 @@ from typing import Any, get_args
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from components import catalog, cilium, hostspec, profiles
-from components.colima import ColimaMachineArgs, check_public_key, validate_machine_args
+from components import catalog, profiles
 from components.config import ClusterConfig, ConfigError
+from components.hosts import hostspec
+from components.k8s import cilium
+from components.machines.colima import ColimaMachineArgs, check_public_key, validate_machine_args
 from components.stack import parse_cluster
 from tests.conftest import stack_data
 

@@ -1,6 +1,6 @@
 """Semantic checks: what only the whole stack can show (overlapping CIDRs, quorum, server types
 per location, impossible combinations). Pure: tests call `semantic_problems` directly. The
-Cilium chart values are checked by components/cilium.py (`stack_problems`)."""
+Cilium chart values are checked by components/k8s/cilium.py (`stack_problems`)."""
 
 from __future__ import annotations
 

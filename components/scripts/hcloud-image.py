@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""hcloud-image.py: the Hetzner NixOS image of one architecture (components/hetzner_image.py).
+"""hcloud-image.py: the Hetzner NixOS image of one architecture
+(components/machines/hetzner_image.py).
 
 Runs on the OPERATOR machine (pulumi_command.local.Command, cwd = project root), standard
 library only:
@@ -50,8 +51,8 @@ PROG = "hcloud-image.py"
 ARCHES = ("x86_64", "arm64")
 MANAGED = {"managed-by": "nixos-k3s"}
 SCRIPTS_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS_DIR.parent.parent))  # the project root: components.userdata
-from components.userdata import host_key_user_data  # noqa: E402  (standard library only)
+sys.path.insert(0, str(SCRIPTS_DIR.parent.parent))  # the project root: components.machines.userdata
+from components.machines.userdata import host_key_user_data  # noqa: E402  (standard library only)
 
 
 class Failure(Exception):
@@ -212,7 +213,7 @@ def build_on(api: Api, server: dict[str, Any], work: Path) -> None:
 
 
 # install.sh / install-secrets.sh's bundle: a header with the record count and the SHA-256 of the
-# records, then `<name>\t<mode>\t<base64>` lines (components/nixos_host.py, secret_bundle).
+# records, then `<name>\t<mode>\t<base64>` lines (components/hosts/nixos_host.py, secret_bundle).
 BUNDLE_FORMAT = "nixos-k3s-bundle v1"
 
 

@@ -16,7 +16,7 @@ let
   };
 
   # Every port the host may open, with the reason it is open: one data file, from which
-  # components/render.py chooses the ports by role and CNI (it alone sees the stack). A port
+  # components/hosts/render.py chooses the ports by role and CNI (it alone sees the stack). A port
   # without an entry there is refused here, so none is opened without a reason.
   known = lib.importJSON ./firewall-ports.json;
   reasonsOf = entries: lib.mapAttrs' (_: e: lib.nameValuePair (toString e.port) e.reason) entries;

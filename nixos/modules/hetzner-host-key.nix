@@ -13,7 +13,7 @@ in
   options.nixosK3s.hetznerHostKey = {
     enable = lib.mkEnableOption ''
       installing the SSH host key from the server's user data (cloud-config `ssh_keys`,
-      written by components/userdata.py) when the host has none: the first boot from the
+      written by components/machines/userdata.py) when the host has none: the first boot from the
       NixOS image. The deploy pins that key from its first connection
     '';
 

@@ -261,7 +261,7 @@ in
       }
     ]
     # The document's own rules (container names, the tailscale key, paths without whitespace,
-    # which EXTRA_NSPAWN_FLAGS would split) are checked once, by components/hostspec.py.
+    # which EXTRA_NSPAWN_FLAGS would split) are checked once, by components/hosts/hostspec.py.
     ++ lib.mapAttrsToList (name: c: {
       assertion = lib.elem cni (modeOf c).cnis;
       message = "nixosK3s.k3sContainers.${name}: mode ${c.mode} cannot run ${cni}: ${

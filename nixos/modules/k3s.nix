@@ -294,7 +294,7 @@ in
   };
 
   config = lib.mkIf cfg.enable {
-    # Role, clusterInit and serverAddr agree: components/hostspec.py (K3s) checks that once, for
+    # Role, clusterInit and serverAddr agree: components/hosts/hostspec.py (K3s) checks that once, for
     # every host document, before any host sees it.
     assertions = [
       {

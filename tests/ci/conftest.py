@@ -1,4 +1,4 @@
-"""Synthetic offline plans in the format `python -m components plan` writes, for diff tests.
+"""Synthetic offline plans in the format `python -m tooling plan` writes, for diff tests.
 
 A ClusterSpec describes a small k3s cluster on Hetzner; write_plan turns it into DIR/plan.json
 and DIR/hosts/*.json the way the real plan command lays them out (sorted resources, secrets as

@@ -1,4 +1,4 @@
-"""components.cost: the monthly price of what a plan creates, counted from resource types."""
+"""tooling.cost: the monthly price of what a plan creates, counted from resource types."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from components import catalog, cost
-from components.cost import PricedResource, plan_cost
+from components import catalog
+from tooling import cost
+from tooling.cost import PricedResource, plan_cost
 
 
 def resource(type_: str, name: str, **inputs: Any) -> PricedResource:

@@ -1,4 +1,4 @@
-"""components.diff against pairs of synthetic plan directories (see conftest.py)."""
+"""tooling.diff against pairs of synthetic plan directories (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from components import diff
-from components.diff import diff_plans, load_plan, render_markdown, render_text
+from tooling import diff
+from tooling.diff import diff_plans, load_plan, render_markdown, render_text
 
 if TYPE_CHECKING:
     from conftest import ClusterSpec, PlanFactory
@@ -410,7 +410,7 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
 
     assert code == 0
-    assert "usage: python -m components diff" in out
+    assert "usage: python -m tooling diff" in out
 
 
 def test_unknown_values_are_shown_as_unknown(

@@ -122,7 +122,7 @@ def test_the_flake_is_a_copy_of_nixos_with_the_plans_host_files(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     plan = tmp_path / "plan"
     done = subprocess.run(
-        [sys.executable, "-m", "components", "plan", "--stack", "dev", "--out", str(plan)],
+        [sys.executable, "-m", "tooling", "plan", "--stack", "dev", "--out", str(plan)],
         cwd=PROJECT_DIR,
         capture_output=True,
         check=True,
@@ -254,9 +254,9 @@ STUB_FLAKE = """{
 """
 
 STUB_PYTHON = """#!/usr/bin/env bash
-# stand-in for `python -m components plan --stack STACK --out DIR --quiet`
+# stand-in for `python -m tooling plan --stack STACK --out DIR --quiet`
 set -euo pipefail
-[ "$1 $2 $3 $4 $6 $8" = "-m components plan --stack --out --quiet" ] || exit 99
+[ "$1 $2 $3 $4 $6 $8" = "-m tooling plan --stack --out --quiet" ] || exit 99
 mkdir -p "$7/hosts"
 printf '{\\n  "name": "%s-server-1",\\n  "role": "server"\\n}\\n' "$5" >"$7/hosts/$5-server-1.json"
 printf '{\\n  "name": "%s-agent-1",\\n  "role": "agent"\\n}\\n' "$5" >"$7/hosts/$5-agent-1.json"

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from components import diff, plan, rollout
 from tests.conftest import run_plan, stack_data
+from tooling import diff, plan, rollout
 
 MERMAID_DIR = Path(__file__).parent / "mermaid"
 HAVE_MERMAID = shutil.which("node") is not None and (MERMAID_DIR / "node_modules").is_dir()

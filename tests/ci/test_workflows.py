@@ -259,25 +259,31 @@ def test_preview_runs_pulumi_preview_of_prod_only_where_secrets_exist() -> None:
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# stand-in for python: `components plan` copies this commit's fake-plans/<stack>,
-# `components diff` is the real one
+# stand-in for python: `tooling plan` copies this commit's fake-plans/<stack> (a commit without
+# tooling/ plans with the older `components plan`), `tooling diff` is the real one
 set -euo pipefail
 case "$1 $2 $3" in
-  "-m components plan")
+  "-m tooling plan" | "-m components plan")
     stack="$5" out="$7"
+    want=tooling
+    [ -d tooling ] || want=components
+    if [ "$2" != "$want" ]; then
+      echo "$2 is not this commit's CLI ($want)" >&2
+      exit 99
+    fi
     if [ ! -d "fake-plans/$stack" ]; then
-      echo "usage: python -m components {plan}: no such command here" >&2
+      echo "usage: python -m tooling {plan}: no such command here" >&2
       exit 2
     fi
     rm -rf "$out" && mkdir -p "$out" && cp -R "fake-plans/$stack/." "$out/"
     echo "resource tree of $stack" ;;
-  "-m components diff")
+  "-m tooling diff")
     shift 3
     exec "$REAL_PYTHON" -c "$DIFF_MAIN" "$@" ;;
   *) echo "unexpected python call: $*" >&2; exit 99 ;;
 esac
 """
-DIFF_MAIN = "import sys; from components.diff import main; sys.exit(main(sys.argv[1:]))"
+DIFF_MAIN = "import sys; from tooling.diff import main; sys.exit(main(sys.argv[1:]))"
 
 
 class PreviewRepo:
@@ -300,8 +306,14 @@ class PreviewRepo:
         )
         return result.stdout.strip()
 
-    def commit(self, stacks: list[str], plans: dict[str, Path]) -> str:
+    def commit(self, stacks: list[str], plans: dict[str, Path], tooling: bool = True) -> str:
+        """A commit with these stack files and fake plans; tooling=False: from before the
+        offline tooling left components/ (its CLI was `python -m components`)."""
         shutil.rmtree(self.repo / "fake-plans", ignore_errors=True)
+        shutil.rmtree(self.repo / "tooling", ignore_errors=True)
+        if tooling:
+            (self.repo / "tooling").mkdir()
+            (self.repo / "tooling" / "README").write_text("a marker: this commit has tooling/\n")
         for path in self.repo.glob("Pulumi.*.yaml"):
             path.unlink()
         for stack in stacks:
@@ -356,8 +368,9 @@ def test_preview_diff_step_builds_one_comment_for_every_stack(
     prod_old = make_plan(base_spec)
     prod_new = make_plan(base_spec.with_(cilium_version="1.18.2"))
     dev = make_plan(base_spec.with_(stack="dev", servers=1, agents=0))
-    # the base predates the dev stack, so it has no plan of dev
-    base = repo.commit(["prod"], {"prod": prod_old})
+    # the base predates the dev stack, so it has no plan of dev, and the move of the offline
+    # tooling out of components/ (it plans with `python -m components`)
+    base = repo.commit(["prod"], {"prod": prod_old}, tooling=False)
     head = repo.commit(["dev", "prod"], {"dev": dev, "prod": prod_new})
 
     result, outputs = repo.run_step(base, head)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from jsonschema.validators import validator_for
 
-from components.cilium import (
+from components.k8s.cilium import (
     DEFAULT_VERSION,
     SCHEMA_DIR,
     SUPPORTED_VERSIONS,

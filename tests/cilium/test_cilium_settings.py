@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from components.cilium import CiliumSettings, default_operator_replicas
+from components.k8s.cilium import CiliumSettings, default_operator_replicas
 
 
 def settings(**overrides: Any) -> CiliumSettings:

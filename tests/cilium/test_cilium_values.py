@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from components.cilium import (
+from components.k8s.cilium import (
     SUPPORTED_VERSIONS,
     CiliumSettings,
     deep_merge,

@@ -1,4 +1,4 @@
-"""components.valuesschema against the jsonschema package (Draft7Validator) on the shipped schemas.
+"""components.k8s.valuesschema against the jsonschema package (Draft7Validator), shipped schemas.
 
 The plan validates Cilium values with our small draft-07 validator; these tests hold it to the
 reference implementation: same violations, same paths, same messages, on valid rendered
@@ -15,8 +15,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from components import valuesschema
-from components.cilium import SUPPORTED_VERSIONS, CiliumSettings, render_values, schema_path
+from components.k8s import valuesschema
+from components.k8s.cilium import SUPPORTED_VERSIONS, CiliumSettings, render_values, schema_path
 
 Path = tuple[str | int, ...]
 

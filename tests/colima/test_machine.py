@@ -9,7 +9,7 @@ import pulumi
 import pytest
 from pulumi_command import local
 
-from components.colima import TYPE_TOKEN, ColimaError, ColimaMachine, ColimaMachineArgs
+from components.machines.colima import TYPE_TOKEN, ColimaError, ColimaMachine, ColimaMachineArgs
 from components.scripts import local_invocation
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeDeployKeyForTestsOnly0123456789abcd deploy"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.colima import (
+from components.machines.colima import (
     ColimaError,
     ColimaMachineArgs,
     ColimaVm,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.colima import last_line, parse_colima_list, vm_host_key
+from components.machines.colima import last_line, parse_colima_list, vm_host_key
 from components.scripts import PROJECT_DIR, local_invocation, script_path
 
 FAKE = Path(__file__).with_name("fake_colima.py")

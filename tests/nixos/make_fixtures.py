@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from typing import Any
 
 from components.config import K3sConfig
-from components.hostspec import (
+from components.hosts.hostspec import (
     AdminUser,
     Cilium,
     Container,

@@ -12,7 +12,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from components import catalog, cilium
+from components import catalog
+from components.k8s import cilium
 
 SSH_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx3mQ2bJ0pM1wq6Zr7s8S3bA2VfM0g5qTj9Gkq1mLrX "

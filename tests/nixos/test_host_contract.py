@@ -13,7 +13,8 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel
 
-from components import catalog, config, hostspec, render, rules
+from components import catalog, config, rules
+from components.hosts import hostspec, render
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent

@@ -14,8 +14,8 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from components import hostspec
-from components.hostspec import HostSpec, content_hash, host_json
+from components.hosts import hostspec
+from components.hosts.hostspec import HostSpec, content_hash, host_json
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -29,7 +29,7 @@ def load(path: Path) -> dict[str, Any]:
 def test_schema_file_is_current() -> None:
     committed = hostspec.SCHEMA_PATH.read_text(encoding="utf-8")
     assert committed == hostspec.schema_text(), (
-        "nixos/host.schema.json is stale: run `python -m components.hostspec --write`"
+        "nixos/host.schema.json is stale: run `python -m components.hosts.hostspec --write`"
     )
 
 
@@ -62,7 +62,7 @@ def test_keys_are_camel_case_without_mangled_k3s() -> None:
 
 _RENDER = """
 import sys
-from components.hostspec import HostSpec, host_json
+from components.hosts.hostspec import HostSpec, host_json
 data = sys.stdin.read()
 sys.stdout.write(host_json(HostSpec.model_validate_json(data)))
 """

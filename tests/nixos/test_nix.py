@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from components import hostspec
+from components.hosts import hostspec
 
 ROOT = Path(__file__).resolve().parents[2]
 NIXOS = ROOT / "nixos"

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from components import plan
+from tooling import plan
 
 from . import matrix
 

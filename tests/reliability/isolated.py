@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from components import hostspec, mocks, plan
-from components.__main__ import main as cli_main
 from components.config import ConfigError
+from components.hosts import hostspec
+from tooling import mocks, plan
+from tooling.__main__ import main as cli_main
 
 T = TypeVar("T")
 
@@ -48,7 +49,7 @@ class CliRun:
 
 
 def run_cli_in_process(config_files: list[Path], out: Path) -> dict[str, CliRun]:
-    """`python -m components plan --config-file F --out DIR --quiet` through its entry point."""
+    """`python -m tooling plan --config-file F --out DIR --quiet` through its entry point."""
     runs = {}
     for path in config_files:
         stdout, stderr = io.StringIO(), io.StringIO()

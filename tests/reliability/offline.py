@@ -10,13 +10,16 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from components import cilium, config, hostspec, inventory, k3s, mocks, render
+from components import config
 from components.cluster import colima_machine_args
-from components.colima import validate_machine_args
 from components.config import ClusterConfig
-from components.hetzner import firewall_rules
-from components.inventory import Host
+from components.hosts import hostspec, inventory, render
+from components.hosts.inventory import Host
+from components.k8s import cilium, k3s
+from components.machines.colima import validate_machine_args
+from components.machines.hetzner import firewall_rules
 from components.scripts import remote_invocation
+from tooling import mocks
 
 # One line, as nixos_host.DeployKey hands it on (tls ends the OpenSSH form with a newline).
 DEPLOY_KEY = mocks.fake_ssh_public_key("offline-deploy-key").strip()

@@ -15,8 +15,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from components.cilium import SUPPORTED_VERSIONS
 from components.config import ClusterConfig
+from components.k8s.cilium import SUPPORTED_VERSIONS
 from tests.reliability.test_api_endpoint import ACCEPTED, REFUSED
 
 KEY = (

@@ -3,7 +3,7 @@
 Stacks come from the stack schema (stack_strategy.py), valid and invalid field by field. Each is
 checked in-process: refused stacks must name stack paths, accepted ones go through everything the
 program derives from the stack (offline.render_stack). A sample of both then runs through the
-real CLI (`python -m components plan`) in a fresh interpreter: accepted ones exit 0 with host
+real CLI (`python -m tooling plan`) in a fresh interpreter: accepted ones exit 0 with host
 data byte-identical to the in-process render, refused ones exit 2 naming the same path.
 """
 
@@ -19,9 +19,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from components import mocks, render
-from components.__main__ import EXIT_CONFIG_ERROR
 from components.config import ClusterConfig, ConfigError
+from components.hosts import render
 from components.stack import parse_cluster
 from tests.conftest import stack_data
 from tests.reliability import offline
@@ -34,6 +33,8 @@ from tests.reliability.stack_strategy import (
     stacks,
 )
 from tests.reliability.test_invalid_stacks import LIMA_HOME, names_field, problem_lines
+from tooling import mocks
+from tooling.__main__ import EXIT_CONFIG_ERROR
 
 WELL_FORMED = 220  # examples without a target; PER_TARGET more for each target
 PER_TARGET = 4

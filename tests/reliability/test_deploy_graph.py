@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from bench import graph
-from components import hostspec, plan
+from components.hosts import hostspec
 from tests.conftest import run_plan, stack_data
 from tests.reliability import isolated
 from tests.reliability.isolated import plan_with_nixos_dir
+from tooling import plan
 
 
 def document(cluster: dict[str, Any]) -> dict[str, Any]:

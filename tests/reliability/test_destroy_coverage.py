@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from components import lifecycle
-from components.mocks import REDACTED, Registration
 from tests.conftest import Plan, run_plan
 from tests.reliability.test_secret_hygiene import PLANTED, STACK_FILE
+from tooling.mocks import REDACTED, Registration
 
 COMMAND_TYPES = ("command:local:Command", "command:remote:Command")
 

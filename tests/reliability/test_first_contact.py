@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.mocks import fake_private_key, fake_ssh_public_key
-from components.userdata import host_key_user_data
+from components.machines.userdata import host_key_user_data
 from tests.conftest import Plan, stack_data
+from tooling.mocks import fake_private_key, fake_ssh_public_key
 
 SERVER_TYPE = "hcloud:index/server:Server"
 

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import plan
-from components.__main__ import EXIT_CONFIG_ERROR
 from tests.conftest import PROJECT_DIR
 from tests.reliability.isolated import (
     CliRun,
@@ -23,10 +21,12 @@ from tests.reliability.isolated import (
     in_fresh_process,
     run_cli_in_process,
 )
+from tooling import plan
+from tooling.__main__ import EXIT_CONFIG_ERROR
 
 INVALID_DIR = Path(__file__).parent / "invalid"
 INVALID_FILES = sorted(INVALID_DIR.glob("*.yaml"))
-PLAN_CLI = (sys.executable, "-m", "components", "plan")
+PLAN_CLI = (sys.executable, "-m", "tooling", "plan")
 TAILSCALE_STACK = Path(__file__).parent / "stacks" / "Pulumi.tailscale.yaml"
 # Files run as real subprocesses too (the rest only in-process, to keep the suite fast).
 SUBPROCESS_FILES = (

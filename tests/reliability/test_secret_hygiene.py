@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from components import mocks, plan, render
+from components.hosts import render
 from tests.conftest import PROJECT_DIR
 from tests.reliability import isolated
+from tooling import mocks, plan
 
 STACK_FILE = Path(__file__).parent / "stacks" / "Pulumi.tailscale.yaml"
 PLANTED = {
@@ -181,7 +182,7 @@ def test_cli_output_and_files_hold_no_secret(planned: Planned, tmp_path: Path) -
         [
             sys.executable,
             "-m",
-            "components",
+            "tooling",
             "plan",
             "--config-file",
             str(stack),

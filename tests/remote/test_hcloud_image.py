@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from components.nixos_host import secret_bundle
+from components.hosts.nixos_host import secret_bundle
 from components.scripts import PROJECT_DIR
 from tests.remote.harness import FAKEBIN, FakeHost, make_nixos_source
 
@@ -385,8 +385,8 @@ def test_bad_input_exits_2(
 
 def test_host_key_unit_installs_the_key_from_user_data(tmp_path: Path) -> None:
     """The first-boot script of nixos/modules/hetzner-host-key.nix on the user data the
-    program renders (components/hetzner_image.py), with a stand-in curl."""
-    from components.userdata import host_key_user_data
+    program renders (components/machines/hetzner_image.py), with a stand-in curl."""
+    from components.machines.userdata import host_key_user_data
 
     text = (PROJECT_DIR / "nixos/modules/hetzner-host-key.nix").read_text()
     script = re.search(r"script = ''\n(.*?)\n      '';", text, re.S)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from components.nixos_host import secret_bundle
+from components.hosts.nixos_host import secret_bundle
 from components.scripts import PROJECT_DIR, local_invocation, remote_invocation
 from tests.remote.harness import (
     FAKEBIN,

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import local
 
-from components import catalog, profiles, render, rules
-from components.machineview import MachineView, WakeCommand
+from components import catalog, profiles, rules
+from components.hosts import render
+from components.hosts.machineview import MachineView, WakeCommand
 from components.scripts import local_invocation
 
 TYPE_TOKEN = "nixos-k3s:colima:Machine"

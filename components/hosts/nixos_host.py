@@ -26,7 +26,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_tls as tls
 
-from components.machineview import WakeCommand
+from components.hosts.machineview import WakeCommand
 from components.scripts import local_invocation, remote_invocation
 
 # The install runs once per machine (its trigger is the machine's id). Later changes to its

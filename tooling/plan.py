@@ -1,6 +1,6 @@
 """The offline plan: run the real program under mocks and write what it would create.
 
-`python -m components plan --stack dev` needs no credentials, no Pulumi CLI and no cloud. It
+`python -m tooling plan --stack dev` needs no credentials, no Pulumi CLI and no cloud. It
 reads Pulumi.<stack>.yaml, runs __main__.py in-process against `mocks.FakeProviders`, and writes
 DIR/plan.json (every resource with its inputs, parent and dependencies, secrets redacted, and
 the monthly cost at catalog.py's list prices),
@@ -25,8 +25,9 @@ from pulumi.runtime import settings
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
-from components import cost, jsontext, mocks
 from components.config import ConfigError, Problem
+from components.hosts import jsontext
+from tooling import cost, mocks
 
 PROJECT = "nixos-k3s"
 PROJECT_DIR = Path(__file__).resolve().parent.parent

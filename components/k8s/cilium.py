@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from components import catalog, profiles, valuesschema
+from components import catalog, profiles
 from components.config.derived import has_nested_nodes, node_count
 from components.config.errors import Problem
 from components.config.schema import ClusterConfig
+from components.k8s import valuesschema
 
 CHART_NAME = "cilium"
 CHART_REPO = "https://helm.cilium.io"
@@ -27,7 +28,7 @@ NAMESPACE = "kube-system"
 SUPPORTED_VERSIONS = catalog.CILIUM_VERSIONS
 DEFAULT_VERSION = catalog.CILIUM_DEFAULT_VERSION
 
-SCHEMA_DIR = Path(__file__).parent / "data" / "cilium"
+SCHEMA_DIR = Path(__file__).parents[1] / "data" / "cilium"
 
 # k3s hands each node a /24 of --cluster-cidr (its default --node-cidr-mask-size-ipv4); the
 # operator carves the pool the same way so per-node pod ranges look alike either way.

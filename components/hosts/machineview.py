@@ -9,8 +9,8 @@ from typing import Any
 
 import pulumi
 
-from components import render
-from components.hostspec import HostSpec
+from components.hosts import render
+from components.hosts.hostspec import HostSpec
 
 
 @dataclass(frozen=True)

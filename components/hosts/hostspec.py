@@ -8,7 +8,7 @@ Every field is required and has no default: render.py fills each one from the st
 NixOS options that take them declare no default either, so a value is chosen in one place. The
 checks shared with the stack models come from components/rules.py.
 
-Run `python -m components.hostspec --write` after changing a model: it regenerates
+Run `python -m components.hosts.hostspec --write` after changing a model: it regenerates
 `nixos/host.schema.json`, and a test fails while that file is stale.
 """
 
@@ -26,10 +26,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from components import catalog, jsontext, rules
+from components import catalog, rules
+from components.hosts import jsontext
 
 SCHEMA_VERSION = 1
-NIXOS_DIR = Path(__file__).parent.parent / "nixos"
+NIXOS_DIR = Path(__file__).parents[2] / "nixos"
 SCHEMA_PATH = NIXOS_DIR / "host.schema.json"
 # Files that never influence a host's system closure (see content_hash).
 HASH_EXCLUDED_DIRS = frozenset({"hosts"})

@@ -1,8 +1,9 @@
 """Hetzner add-ons inside the cluster: the cloud controller manager and the CSI driver.
 
 Values are pure functions of the stack config, checked against the pinned charts' schemas
-(components/data/hcloud/): the CSI chart's own values.schema.json, and for the cloud controller,
-whose chart ships none, a strict schema derived from its values.yaml by components/chartschema.py.
+(components/data/hcloud/): the CSI chart's own values.schema.json, and for the cloud
+controller, whose chart ships none, a strict schema derived from its values.yaml by
+components/k8s/chartschema.py.
 The releases share the Cilium release's Kubernetes provider.
 
 Routing: the cloud controller runs with the private network (node InternalIPs, load balancers
@@ -23,11 +24,11 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import helm, valuesschema
+from components.config import ClusterConfig
+from components.k8s import helm, valuesschema
 
 # Helm drops keys set to null before it validates; paths are shown as for Cilium's values.
-from components.cilium import _format_path, _without_nulls
-from components.config import ClusterConfig
+from components.k8s.cilium import _format_path, _without_nulls
 
 CHART_REPO = "https://charts.hetzner.cloud"
 NAMESPACE = "kube-system"
@@ -39,7 +40,7 @@ CSI_VERSION = "2.22.1"
 # controller.hcloudToken.existingSecret) and key `network` (CCM networking.network).
 TOKEN_SECRET = "hcloud"
 STORAGE_CLASS = "hcloud-volumes"
-SCHEMA_DIR = Path(__file__).parent / "data" / "hcloud"
+SCHEMA_DIR = Path(__file__).parents[1] / "data" / "hcloud"
 # Set by the cloud controller on every node it initialised as a Hetzner Cloud server.
 PROVIDED_BY_LABEL = "instance.hetzner.cloud/provided-by"
 

@@ -1,4 +1,4 @@
-"""Command line of nixos-k3s: `python -m components plan|diff ...`.
+"""Command line of nixos-k3s: `python -m tooling plan|diff ...`.
 
 plan  run the program offline under mocks and write plan.json + hosts/*.json (no credentials)
 diff  compare two plan directories (per resource and per host), exit 1 when they differ
@@ -16,7 +16,7 @@ EXIT_CONFIG_ERROR = 2
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from components import plan
+    from tooling import plan
 
     if args.config_file:
         path = Path(args.config_file)
@@ -74,11 +74,11 @@ def _stack_from_filename(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["diff"]:
-        from components import diff
+        from tooling import diff
 
         return diff.main(argv[1:])
     parser = argparse.ArgumentParser(
-        prog="python -m components",
+        prog="python -m tooling",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

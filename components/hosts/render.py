@@ -15,7 +15,7 @@ from pathlib import Path
 
 from components import catalog, profiles, rules
 from components.config import ClusterConfig, container_mode, uses_cloud_controller
-from components.hostspec import (
+from components.hosts.hostspec import (
     SCHEMA_VERSION,
     AdminUser,
     Cilium,
@@ -35,7 +35,7 @@ from components.hostspec import (
     Ssh,
     Tailscale,
 )
-from components.inventory import Host
+from components.hosts.inventory import Host
 
 SECRETS_DIR = "/var/lib/nixos-k3s/secrets"
 TOKEN_FILE = f"{SECRETS_DIR}/k3s-token"
@@ -169,7 +169,7 @@ def _etcd_s3(cfg: ClusterConfig) -> EtcdS3 | None:
     )
 
 
-FLAKE_LOCK = Path(__file__).resolve().parent.parent / "nixos" / "flake.lock"
+FLAKE_LOCK = Path(__file__).resolve().parents[2] / "nixos" / "flake.lock"
 
 
 def roll_key(cfg: ClusterConfig) -> str:
@@ -223,7 +223,7 @@ def _containers(
 # firewall.nix reads too and checks every opened port against. Render chooses which ports a host
 # opens because the choice depends on the stack (role, CNI, tunnel protocol, ingress, tailscale),
 # which the NixOS side never sees; the Nix side only refuses a port it has no reason for.
-FIREWALL_PORTS_PATH = Path(__file__).resolve().parent.parent / "nixos/modules/firewall-ports.json"
+FIREWALL_PORTS_PATH = Path(__file__).resolve().parents[2] / "nixos/modules/firewall-ports.json"
 FIREWALL_PORTS = json.loads(FIREWALL_PORTS_PATH.read_text(encoding="utf-8"))
 
 

@@ -1,6 +1,6 @@
-"""Compare two offline plans (`python -m components plan`) the way a reviewer needs them.
+"""Compare two offline plans (`python -m tooling plan`) the way a reviewer needs them.
 
-`python -m components diff OLD NEW [--format text|markdown]` says which resources a deploy would
+`python -m tooling diff OLD NEW [--format text|markdown]` says which resources a deploy would
 add, remove, replace or change (input by input), which hosts it would redeploy, and shows the
 unified diff of every changed host's rendered data. Secret values never appear: a plan holds
 only the marker "[secret]" and a keyed fingerprint, so a changed secret reads "changed (secret)".
@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from components import cost, rollout
+from tooling import cost, rollout
 
 SECRET = "[secret]"
 PLAN_FILE = "plan.json"
@@ -701,7 +701,7 @@ def render_markdown(plan_diff: PlanDiff, max_chars: int = DEFAULT_MARKDOWN_MAX_C
     def note(omitted: Sequence[str]) -> str:
         return (
             f"> [!WARNING]\n> Truncated to fit a comment: {_md_text(_omitted_names(omitted))} "
-            "not shown. Run `python -m components diff` on the two plans for the full diff.\n"
+            "not shown. Run `python -m tooling diff` on the two plans for the full diff.\n"
         )
 
     return _assemble(heading + table, _sections(plan_diff), wrap, note, max_chars)
@@ -802,7 +802,7 @@ def _max_chars(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m components diff",
+        prog="python -m tooling diff",
         description="Compare two offline plan directories written by `components plan`.",
     )
     parser.add_argument("old", type=Path, metavar="OLD", help="plan directory before the change")
@@ -823,7 +823,7 @@ def main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
     except _UsageError as error:
-        print(f"python -m components diff: {error}", file=sys.stderr)
+        print(f"python -m tooling diff: {error}", file=sys.stderr)
         return 2
     except SystemExit as leave:  # --help
         return leave.code if isinstance(leave.code, int) else 0
@@ -831,7 +831,7 @@ def main(argv: list[str]) -> int:
     try:
         plan_diff = diff_plans(load_plan(args.old), load_plan(args.new))
     except PlanError as error:
-        print(f"python -m components diff: {error}", file=sys.stderr)
+        print(f"python -m tooling diff: {error}", file=sys.stderr)
         return 2
     if args.format == "markdown":
         report = render_markdown(plan_diff, max_chars or DEFAULT_MARKDOWN_MAX_CHARS)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_command as command
 
-from components import k3s
 from components.config import ClusterConfig
-from components.inventory import Host
-from components.machineview import MachineView
-from components.nixos_host import NixosHost, NixosHostArgs
-from components.render import container_node_name
+from components.hosts.inventory import Host
+from components.hosts.machineview import MachineView
+from components.hosts.nixos_host import NixosHost, NixosHostArgs
+from components.hosts.render import container_node_name
+from components.k8s import k3s
 
 
 def moved_from(parent: pulumi.Resource) -> list[pulumi.Input[pulumi.Alias]]:

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_hcloud as hcloud
 
-from components import catalog, render
+from components import catalog
 from components.config import ClusterConfig, load_balancer_private_ip, uses_load_balancer
-from components.hetzner_image import NixosImage, NixosImageArgs, image_key
-from components.inventory import Host, container_block
-from components.machineview import MachineView
-from components.render import API_PORT
+from components.hosts import render
+from components.hosts.inventory import Host, container_block
+from components.hosts.machineview import MachineView
+from components.hosts.render import API_PORT
+from components.machines.hetzner_image import NixosImage, NixosImageArgs, image_key
 
 
 @dataclass(frozen=True)

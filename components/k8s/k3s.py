@@ -17,8 +17,8 @@ import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
 
-from components import cilium, helm
 from components.config import ClusterConfig, Taint
+from components.k8s import cilium, helm
 from components.scripts import local_invocation, remote_invocation
 
 NODE_JOIN_TIMEOUT_SECONDS = 600

@@ -9,7 +9,7 @@ mapping of the chart's own settings refuses keys the chart does not know
 through with toYaml, and their keys are Kubernetes', not the chart's.
 
 Regenerate after changing the pinned chart:
-    python -m components.chartschema components/data/hcloud/<chart>-<version>.values.yaml
+    python -m components.k8s.chartschema components/data/hcloud/<chart>-<version>.values.yaml
 writes <chart>-<version>.values.schema.json next to it.
 """
 
@@ -101,7 +101,7 @@ def derive_file(values_file: Path) -> dict[str, Any]:
     schema = derive(values, CCM_OPEN_MAPS, CCM_NULLABLE_STRINGS, refinements=CCM_REFINEMENTS)
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
-        "$comment": f"derived by components/chartschema.py from {values_file.name}",
+        "$comment": f"derived by components/k8s/chartschema.py from {values_file.name}",
         **schema,
     }
 
@@ -113,7 +113,7 @@ def schema_text(schema: Mapping[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].endswith(".values.yaml"):
         print(
-            "usage: python -m components.chartschema <chart>-<version>.values.yaml",
+            "usage: python -m components.k8s.chartschema <chart>-<version>.values.yaml",
             file=sys.stderr,
         )
         return 2
