@@ -146,7 +146,7 @@ class Cluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         keys = _Keys.of(name, hosts, child)
         self._hetzner: HetznerMachines | None = None
-        machines = self._machines(name, cfg, hosts, keys.deploy, keys.hosts, child)
+        machines = self._machines(name, cfg, hosts, keys.deploy, child)
         lb = self._hetzner.api_load_balancer if self._hetzner else None
         bootstrap = next(h for h in hosts if h.is_bootstrap)
         self.bootstrap_host = bootstrap.name
@@ -329,19 +329,17 @@ class Cluster(pulumi.ComponentResource):
         cfg: ClusterConfig,
         hosts: list[Host],
         deploy_key: DeployKey,
-        host_keys: dict[str, HostKey],
         child: pulumi.ResourceOptions,
     ) -> dict[str, MachineView]:
         deploy_public = deploy_key.public_openssh
         if cfg.provider == "hetzner":
-            # Each server's user data carries the host key its first SSH contact pins
-            # (cloud-config `ssh_keys`; Hetzner's API stores it). Booting the NixOS image, that is
-            # the host's own NixOS key (nixos/modules/hetzner-host-key.nix installs it). On the
-            # stock image it is a throwaway key, distinct from the NixOS host key, which only
-            # travels over a connection pinned to this one.
+            # Each server's user data carries a throwaway host key that its first SSH contact
+            # pins (cloud-config `ssh_keys`; Hetzner's API stores it and the metadata service
+            # hands it to any process on the server). cloud-init installs it on the stock
+            # image, nixos/modules/hetzner-host-key.nix at the NixOS image's first boot. It is
+            # retired by the install: nixos-anywhere writes the NixOS host key, or on the image
+            # install.sh replaces it over a connection pinned to it.
             image_json: dict[catalog.Arch, pulumi.Output[str]] = {}
-            stock_keys: dict[str, tls.PrivateKey] = {}
-            first_contact: dict[str, tuple[pulumi.Output[str], pulumi.Output[str]]] = {}
             if cfg.hetzner.nixos_image:
                 arches: list[catalog.Arch] = sorted({h.arch for h in hosts})
                 for arch in arches:
@@ -350,20 +348,10 @@ class Cluster(pulumi.ComponentResource):
                             render.image_spec(cfg, a, [key, *cfg.ssh_keys])
                         )
                     )
-                first_contact = {
-                    h.name: (host_keys[h.name].private_openssh, host_keys[h.name].public_openssh)
-                    for h in hosts
-                }
-            else:
-                stock_keys = {
-                    h.name: tls.PrivateKey(
-                        f"{h.name}-stock-host-key", algorithm="ED25519", opts=child
-                    )
-                    for h in hosts
-                }
-                first_contact = {
-                    n: (k.private_key_openssh, k.public_key_openssh) for n, k in stock_keys.items()
-                }
+            stock_keys = {
+                h.name: tls.PrivateKey(f"{h.name}-stock-host-key", algorithm="ED25519", opts=child)
+                for h in hosts
+            }
             hetzner = self._hetzner = HetznerMachines(
                 f"{name}-hetzner",
                 HetznerMachinesArgs(
@@ -372,11 +360,11 @@ class Cluster(pulumi.ComponentResource):
                     deploy_public_key=deploy_public,
                     user_data={
                         n: pulumi.Output.secret(
-                            pulumi.Output.all(private, public).apply(
+                            pulumi.Output.all(k.private_key_openssh, k.public_key_openssh).apply(
                                 lambda keys: host_key_user_data(keys[0], keys[1])
                             )
                         )
-                        for n, (private, public) in first_contact.items()
+                        for n, k in stock_keys.items()
                     },
                     image_host_json=image_json,
                     deploy_private_key=deploy_key.private_openssh,

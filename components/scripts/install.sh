@@ -23,9 +23,11 @@
 #                    runs through `nix run github:nix-community/nixos-anywhere/$NIXOS_ANYWHERE_REF`
 #   NIXOS_ANYWHERE_REF  release tag of nixos-anywhere (1.13.0)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (60), SSH_RETRY_DELAY (5)
-#   FROM_IMAGE       1: the machine booted the NixOS image (hetzner.nixosImage), whose first
-#                    boot installs the pinned host key from the server's user data; only wait
-#                    until it answers with that key, never run nixos-anywhere (0)
+#   FROM_IMAGE       1: the machine booted the NixOS image (hetzner.nixosImage): its first boot
+#                    installs the throwaway stock key from the server's user data
+#                    (hetzner-host-key.nix); over a connection pinned to it, the host's NixOS key
+#                    replaces it and sshd restarts, so the key the metadata service hands out is
+#                    retired at once. Never runs nixos-anywhere (0)
 # Stdin: an install-secrets.sh bundle (header with record count and sha256, then records
 #   `<path>\t<octal mode>\t<base64 content>`), checked before anything is used. It holds exactly
 #   what the install needs: `@deploy-key`, the SSH private key to connect with, and `@host-key`,
@@ -56,7 +58,7 @@ source "$SCRIPT_DIR/operator-lib.sh"
 readonly DEFAULT_NIXOS_ANYWHERE_REF=1.13.0
 
 setup() {
-  require_env TARGET_HOST HOST_NAME HOST_JSON HOST_PUBLIC_KEY
+  require_env TARGET_HOST HOST_NAME HOST_JSON HOST_PUBLIC_KEY STOCK_HOST_PUBLIC_KEY
   TARGET_PORT=${TARGET_PORT:-22}
   TARGET_USER=${TARGET_USER:-root}
   NIXOS_SOURCE_DIR=${NIXOS_SOURCE_DIR:-nixos}
@@ -69,9 +71,6 @@ setup() {
   SSH_RETRY_DELAY=${SSH_RETRY_DELAY:-5}
   FROM_IMAGE=${FROM_IMAGE:-0}
   [[ $FROM_IMAGE == 0 || $FROM_IMAGE == 1 ]] || bad_input "FROM_IMAGE must be 0 or 1: $FROM_IMAGE"
-  # The NixOS image answers with the host key from the start: no stock key to pin.
-  [[ $FROM_IMAGE == 1 ]] || require_env STOCK_HOST_PUBLIC_KEY
-  STOCK_HOST_PUBLIC_KEY=${STOCK_HOST_PUBLIC_KEY:-}
   local name
   for name in TARGET_PORT POST_KEXEC_SSH_PORT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
     require_number "$name"
@@ -80,7 +79,7 @@ setup() {
   [[ $HOST_NAME =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]] || bad_input "invalid HOST_NAME: $HOST_NAME"
   [[ $HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
     bad_input "HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
-  [[ $FROM_IMAGE == 1 || $STOCK_HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
+  [[ $STOCK_HOST_PUBLIC_KEY =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+ ]] ||
     bad_input "STOCK_HOST_PUBLIC_KEY must look like 'ssh-ed25519 AAAA...'"
   [[ $NIXOS_ANYWHERE_REF =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
     bad_input "NIXOS_ANYWHERE_REF must be a tag or commit: $NIXOS_ANYWHERE_REF"
@@ -124,11 +123,8 @@ read_bundle() {
   pinned="$pinned_type $pinned_body"
   printf 'nixos-k3s-target %s\n' "$pinned" >"$WORK/known_hosts"
   local stock_type stock_body
-  : >"$WORK/known_hosts_stock"
-  if [[ -n $STOCK_HOST_PUBLIC_KEY ]]; then
-    read -r stock_type stock_body _ <<<"$STOCK_HOST_PUBLIC_KEY"
-    printf 'nixos-k3s-stock %s %s\n' "$stock_type" "$stock_body" >"$WORK/known_hosts_stock"
-  fi
+  read -r stock_type stock_body _ <<<"$STOCK_HOST_PUBLIC_KEY"
+  printf 'nixos-k3s-stock %s %s\n' "$stock_type" "$stock_body" >"$WORK/known_hosts_stock"
 }
 
 # The tree nixos-anywhere copies onto the new root: the host key only. Its directories are 0755
@@ -144,14 +140,20 @@ stage_extra_files() {
 }
 
 # One login as USER, accepting only the key in KNOWN_HOSTS (under ALIAS); errors in probe.err.
-probe_with() {
+# ssh to the target as USER, pinned to the one key in KNOWN_HOSTS (under ALIAS), running COMMAND.
+pinned_ssh() {
   local known_hosts=$1 alias=$2 user=$3
+  shift 3
   ssh -F none -T -p "$TARGET_PORT" -i "$WORK/deploy-key" -o IdentitiesOnly=yes \
     -o IdentityAgent=none -o BatchMode=yes -o StrictHostKeyChecking=yes \
     -o UserKnownHostsFile="$known_hosts" -o GlobalKnownHostsFile=/dev/null \
     -o HostKeyAlias="$alias" -o UpdateHostKeys=no -o ControlMaster=no \
     -o ControlPath=none -o ConnectTimeout="$SSH_CONNECT_TIMEOUT" -o LogLevel=ERROR \
-    "$user@$TARGET_HOST" true </dev/null 2>"$WORK/probe.err"
+    "$user@$TARGET_HOST" "$@"
+}
+
+probe_with() {
+  pinned_ssh "$1" "$2" "$3" true </dev/null 2>"$WORK/probe.err"
 }
 
 # Prints installed (answers with the NixOS host key), stock (with the pinned stock key: not
@@ -226,18 +228,38 @@ run_nixos_anywhere() {
     --extra-files "$WORK/extra" </dev/null >&2
 }
 
+# The NixOS image: puts the host's own key in place of the first-boot key and restarts sshd,
+# over a connection pinned to the first-boot key; the key travels on stdin.
+# shellcheck disable=SC2016 # expanded on the host
+readonly ROTATE_HOST_KEY='set -eu
+umask 077
+d=${NIXOS_K3S_ROOT:-}/etc/ssh
+cat >"$d/ssh_host_ed25519_key.new"
+ssh-keygen -y -f "$d/ssh_host_ed25519_key.new" >"$d/ssh_host_ed25519_key.pub.new"
+chmod 0644 "$d/ssh_host_ed25519_key.pub.new"
+mv "$d/ssh_host_ed25519_key.pub.new" "$d/ssh_host_ed25519_key.pub"
+mv "$d/ssh_host_ed25519_key.new" "$d/ssh_host_ed25519_key"
+systemctl restart sshd.service'
+
+rotate_host_key() {
+  pinned_ssh "$WORK/known_hosts_stock" nixos-k3s-stock "$TARGET_USER" "$ROTATE_HOST_KEY" \
+    <"$WORK/host-key" >&2
+}
+
 main() {
   setup
   read_bundle
   local state
-  if [[ $FROM_IMAGE == 1 ]]; then
+  state=$(wait_for_answer)
+  if [[ $FROM_IMAGE == 1 && $state == stock ]]; then
+    printf 'install.sh: %s runs the NixOS image; replacing its first-boot host key\n' "$HOST_NAME" >&2
+    rotate_host_key || fail "cannot install $HOST_NAME's host key over the pinned connection"
     state=$(wait_for_answer installed)
     [[ $state == installed ]] ||
-      fail "$HOST_NAME booted from the NixOS image does not answer with the pinned host key ($state)"
-    printf 'install.sh: %s runs the NixOS image; it answers with the pinned host key\n' "$HOST_NAME" >&2
+      fail "$HOST_NAME does not answer with the pinned host key after the key change ($state)"
+    printf 'install.sh: %s answers with its pinned host key\n' "$HOST_NAME" >&2
     return 0
   fi
-  state=$(wait_for_answer)
   case $state in
   installed)
     printf 'install.sh: %s already runs the installed system (pinned host key); skipping\n' \

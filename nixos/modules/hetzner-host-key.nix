@@ -1,4 +1,4 @@
-# First boot from the Hetzner NixOS image: install the host's SSH host key from its user data before sshd starts.
+# First boot from the Hetzner NixOS image: install the first-boot SSH host key from the user data before sshd starts.
 {
   config,
   lib,
@@ -14,7 +14,8 @@ in
     enable = lib.mkEnableOption ''
       installing the SSH host key from the server's user data (cloud-config `ssh_keys`,
       written by components/machines/userdata.py) when the host has none: the first boot from the
-      NixOS image. The deploy pins that key from its first connection
+      NixOS image. It is a throwaway key the deploy pins for its first connection, over which
+      install.sh puts the host's own key in its place
     '';
 
     metadataUrl = lib.mkOption {

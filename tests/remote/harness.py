@@ -93,8 +93,11 @@ class SshServer:
             "K3S_KUBECONFIG": str(self.host / "etc/rancher/k3s/k3s.yaml"),
             "NIXOS_K3S_ETC_DIR": str(self.host / "etc/nixos-k3s"),
             "K3S_DATA_DIR": str(self.host / "var/lib/rancher/k3s"),
-            # hcloud-image.py's clean step on the image builder.
+            # hcloud-image.py's clean step on the image builder, install.sh's key change.
             "NIXOS_K3S_ROOT": str(self.host),
+            # The fake systemctl's `restart sshd.service` makes this sshd take the new key.
+            "FAKE_SSHD_HOST_KEY": str(self.host_key),
+            "FAKE_SSHD_PIDFILE": str(self.root / "sshd.pid"),
         }
 
     def ssh(

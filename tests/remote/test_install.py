@@ -482,3 +482,45 @@ def test_the_pinning_ssh_wrapper_overrides_nixos_anywheres_defaults(
     prepended = subprocess.run([*base, *pins, *defaults, *target], capture_output=True, text=True)
     assert prepended.returncode != 0
     assert "Host key verification failed" in prepended.stderr
+
+
+def test_the_nixos_image_gets_its_host_key_over_the_pinned_first_boot_key(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """hetzner.nixosImage: the server booted the image with the throwaway key from its user data
+    (the metadata service would hand the host's own key to any process there); install.sh pins
+    that key, puts the host's key in its place, restarts sshd and then pins the new key."""
+    host_key = new_host_key(tmp_path)
+    env = install_env(host, make_nixos_source(tmp_path), host_key, FROM_IMAGE="1")
+    (host.root / "etc/ssh").mkdir(parents=True, exist_ok=True)
+    result = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert result.returncode == 0, result.stderr
+    assert not host.calls("nixos-anywhere"), "no install on the image"
+    assert host.server.host_public_key() == public_key_of(host_key), "sshd presents the new key"
+    key = host.root / "etc/ssh/ssh_host_ed25519_key"
+    assert key.read_bytes() == host_key.read_bytes()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert public_key_of(key) == public_key_of(host_key)
+    assert "systemctl\trestart sshd.service" in (host.root / "calls.log").read_text()
+    for fragment in secret_fragments(host, host_key):
+        assert fragment not in result.stderr and fragment not in result.stdout
+    # A second run finds the host's own key and changes nothing.
+    again = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert again.returncode == 0, again.stderr
+    assert "already runs" in again.stderr
+
+
+def test_the_image_path_refuses_a_host_that_answers_with_another_key(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    impostor = (
+        new_host_key(tmp_path / "impostor") if (tmp_path / "impostor").mkdir() is None else None
+    )
+    assert impostor is not None
+    host.server.swap_host_key(impostor)
+    host_key = new_host_key(tmp_path)
+    env = install_env(host, make_nixos_source(tmp_path), host_key, FROM_IMAGE="1")
+    result = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert result.returncode == 1
+    assert "neither the pinned stock key" in result.stderr
+    assert not (host.root / "etc/ssh/ssh_host_ed25519_key").exists(), "nothing was written"
