@@ -513,11 +513,8 @@ def test_the_nixos_image_gets_its_host_key_over_the_pinned_first_boot_key(
 def test_the_image_path_refuses_a_host_that_answers_with_another_key(
     host: FakeHost, tmp_path: Path
 ) -> None:
-    impostor = (
-        new_host_key(tmp_path / "impostor") if (tmp_path / "impostor").mkdir() is None else None
-    )
-    assert impostor is not None
-    host.server.swap_host_key(impostor)
+    (tmp_path / "impostor").mkdir()
+    host.server.swap_host_key(new_host_key(tmp_path / "impostor"))
     host_key = new_host_key(tmp_path)
     env = install_env(host, make_nixos_source(tmp_path), host_key, FROM_IMAGE="1")
     result = run_operator_script("install.sh", env, install_bundle(host, host_key))
