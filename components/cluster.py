@@ -28,12 +28,13 @@ from components.hosts.nixos_host import (
     HostKey,
     NixosHost,
     NixosHostArgs,
+    NixosHosts,
     RollArgs,
     SecretSet,
     connection,
 )
 from components.k8s import hcloud_addons, k3s
-from components.k8s.bringup import BringUpArgs, K3sBringUp, NixosHosts
+from components.k8s.bringup import BringUpArgs, K3sBringUp
 from components.machines.colima import ColimaMachine, ColimaMachineArgs
 from components.machines.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
 from components.machines.userdata import host_key_user_data

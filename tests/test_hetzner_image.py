@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from components.config import parse_cluster
 from components.hosts import hostspec, render
 from components.machines import hetzner_image
+from components.stack import parse_cluster
 from tests.conftest import Plan, run_plan, stack_data
 from tooling import diff, plan
 from tooling.mocks import REDACTED

@@ -5,7 +5,9 @@
 - `errors`: Problem, ConfigError and the formatting of validation errors
 - `derived`: what the rest of the program reads off a valid stack (addresses, node counts)
 - `checks`: the semantic checks of the whole stack
-- `load`: the Pulumi config and secrets, `parse_cluster`, `load_config`
+- `load`: the Pulumi config and secrets; its `parse_cluster` and `load_config` take the checks of
+  the modules above the config as an argument, so the whole check is `components.stack`'s
+  (not re-exported here, so that no caller runs the partial one by mistake)
 
 Nothing here imports the modules that consume the config (cilium, hostspec, render, inventory,
 k3s, cluster, the machine layers); checks that belong to them are handed in (components/stack.py).
@@ -33,8 +35,6 @@ from components.config.load import (
     TAILSCALE_KEY,
     EtcdS3Credentials,
     StackConfig,
-    load_config,
-    parse_cluster,
 )
 from components.config.schema import (
     CiliumConfig,
@@ -89,10 +89,8 @@ __all__ = [
     "container_mode",
     "has_nested_nodes",
     "load_balancer_private_ip",
-    "load_config",
     "needs_tailscale_key",
     "node_count",
-    "parse_cluster",
     "pool_offsets",
     "problems_from_validation",
     "semantic_problems",

@@ -26,6 +26,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_tls as tls
 
+from components.hosts.inventory import Host
 from components.hosts.machineview import WakeCommand
 from components.scripts import local_invocation, remote_invocation
 
@@ -298,3 +299,32 @@ class NixosHost(pulumi.ComponentResource):
                 parent=self, depends_on=list(roll.after), additional_secret_outputs=["stderr"]
             ),
         )
+
+
+def moved_from(parent: pulumi.Resource) -> list[pulumi.Input[pulumi.Alias]]:
+    """The alias of a resource that used to be a direct child of `parent`."""
+    return [pulumi.Alias(parent=parent)]
+
+
+class NixosHosts(pulumi.ComponentResource):
+    """The hosts stage: every host's NixOS lifecycle (install, secrets, build, push, roll), one
+    NixosHost each. Hosts are added in the order the k3s bring-up decides (add), because a
+    host's push waits for gates that in turn wait for earlier pushes. The NixosHosts sat
+    directly under the Cluster before this stage existed: each carries an alias to it."""
+
+    def __init__(self, name: str, was: pulumi.Resource, opts: pulumi.ResourceOptions):
+        super().__init__("nixos-k3s:nixos:Hosts", name, None, opts)
+        self._was = was
+        self.hosts: dict[str, NixosHost] = {}
+
+    def add(self, host: Host, args: NixosHostArgs) -> NixosHost:
+        pushed = NixosHost(
+            host.name,
+            args,
+            opts=pulumi.ResourceOptions(parent=self, aliases=moved_from(self._was)),
+        )
+        self.hosts[host.name] = pushed
+        return pushed
+
+    def done(self) -> None:
+        self.register_outputs({"hosts": sorted(self.hosts)})

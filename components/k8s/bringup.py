@@ -1,8 +1,8 @@
-"""The stages of a cluster after its machines: the NixOS hosts, and the k3s bring-up that orders
-their activations and gates the joins.
+"""The k3s bring-up: the stage after the NixOS hosts that orders their activations and gates
+the joins.
 
-Both are components, so `pulumi preview` shows machines -> hosts -> k3s -> Cilium. Their
-resources sat directly under the Cluster before; each carries an alias to that parent, so an
+A component, so `pulumi preview` shows machines -> hosts -> k3s -> Cilium. Its resources sat
+directly under the Cluster before; each carries an alias to that parent (moved_from), so an
 existing stack keeps them (the engine matches the old URN) instead of replacing them.
 """
 
@@ -17,39 +17,9 @@ import pulumi_command as command
 from components.config import ClusterConfig
 from components.hosts.inventory import Host
 from components.hosts.machineview import MachineView
-from components.hosts.nixos_host import NixosHost, NixosHostArgs
+from components.hosts.nixos_host import NixosHost, moved_from
 from components.hosts.render import container_node_name
 from components.k8s import k3s
-
-
-def moved_from(parent: pulumi.Resource) -> list[pulumi.Input[pulumi.Alias]]:
-    """The alias of a resource that used to be a direct child of `parent`."""
-    return [pulumi.Alias(parent=parent)]
-
-
-class NixosHosts(pulumi.ComponentResource):
-    """Every host's NixOS lifecycle (install, secrets, build, push, roll), one NixosHost each.
-
-    Hosts are added in the order the k3s bring-up decides (add), because a host's push waits
-    for gates that in turn wait for earlier pushes."""
-
-    def __init__(self, name: str, was: pulumi.Resource, opts: pulumi.ResourceOptions):
-        super().__init__("nixos-k3s:nixos:Hosts", name, None, opts)
-        self._was = was
-        self.hosts: dict[str, NixosHost] = {}
-
-    def add(self, host: Host, args: NixosHostArgs) -> NixosHost:
-        pushed = NixosHost(
-            host.name,
-            args,
-            opts=pulumi.ResourceOptions(parent=self, aliases=moved_from(self._was)),
-        )
-        self.hosts[host.name] = pushed
-        return pushed
-
-    def done(self) -> None:
-        self.register_outputs({"hosts": sorted(self.hosts)})
-
 
 # host, what its push waits for, what its roll waits for -> the host's NixosHost
 HostFactory = Callable[[Host, list[pulumi.Resource], Sequence[pulumi.Resource]], NixosHost]
