@@ -195,8 +195,8 @@ class Cluster(pulumi.ComponentResource):
         """What the k3s bring-up needs: the gates' way to the bootstrap server, and how to add
         a host's NixOS lifecycle once the bring-up knows what its push waits for."""
         cfg = args.config
-        bootstrap = machines[next(h.name for h in hosts if h.is_bootstrap)]
-        bootstrap_key = keys.hosts[next(h.name for h in hosts if h.is_bootstrap)]
+        bootstrap_name = next(h.name for h in hosts if h.is_bootstrap)
+        bootstrap, bootstrap_key = machines[bootstrap_name], keys.hosts[bootstrap_name]
         gate_target = k3s.GateTarget(
             ssh_host=bootstrap.ssh_host,
             ssh_user=bootstrap.ssh_user,

@@ -17,8 +17,6 @@ push     activate the built release with an on-host rollback timer, confirm over
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +24,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_tls as tls
 
+from components.hosts.bundle import secret_bundle
 from components.hosts.inventory import Host
 from components.hosts.machineview import WakeCommand
 from components.scripts import local_invocation, remote_invocation
@@ -38,21 +37,6 @@ ALREADY_INSTALLED = "echo 'nixos-k3s: already installed; changes go through the 
 # Dial retries that outlast a reboot or kexec (about 5 minutes in all).
 DIAL_ERROR_LIMIT = 30
 PER_DIAL_TIMEOUT = 10
-SECRET_MODE = "0600"
-BUNDLE_FORMAT = "nixos-k3s-bundle v1"
-
-
-def secret_bundle(files: Mapping[str, str], special: Mapping[str, str] | None = None) -> str:
-    """The stdin format of install.sh / install-secrets.sh: a header line with the record count
-    and the SHA-256 of the records, then `path<TAB>mode<TAB>base64` lines. The scripts refuse a
-    bundle that is cut short, altered or longer than its header says, before writing a file."""
-    records = [
-        f"{path}\t{SECRET_MODE}\t{base64.b64encode(content.encode()).decode()}\n"
-        for path, content in sorted({**(special or {}), **files}.items())
-    ]
-    body = "".join(records)
-    digest = hashlib.sha256(body.encode()).hexdigest()
-    return f"{BUNDLE_FORMAT} {len(records)} {digest}\n{body}"
 
 
 @dataclass(frozen=True)

@@ -103,12 +103,20 @@ def _tls_sans(cfg: ClusterConfig, facts: MachineFacts, api_sans: Sequence[str]) 
     return sorted(set(names))
 
 
+def _graceful_shutdown(cfg: ClusterConfig) -> GracefulNodeShutdown:
+    shutdown = cfg.k3s.graceful_shutdown
+    return GracefulNodeShutdown(
+        enable=shutdown.enabled,
+        shutdown_grace_period=shutdown.grace_period,
+        shutdown_grace_period_critical_pods=shutdown.critical_pods_grace_period,
+    )
+
+
 def _k3s(
     cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str, api_sans: Sequence[str]
 ) -> K3s:
     is_server = host.role == "server"
     snapshots = cfg.k3s.etcd_snapshots
-    shutdown = cfg.k3s.graceful_shutdown
     return K3s(
         enable=True,
         role="server" if is_server else "agent",
@@ -125,11 +133,7 @@ def _k3s(
         node_external_ip=facts.public_ipv4,
         node_labels=dict(sorted(host.pool.labels.items())),
         node_taints=[t.render() for t in host.pool.taints],
-        graceful_node_shutdown=GracefulNodeShutdown(
-            enable=shutdown.enabled,
-            shutdown_grace_period=shutdown.grace_period,
-            shutdown_grace_period_critical_pods=shutdown.critical_pods_grace_period,
-        ),
+        graceful_node_shutdown=_graceful_shutdown(cfg),
         kubelet_config=_kubelet(cfg, host),
         etcd_snapshots=EtcdSnapshots(
             enable=snapshots.enabled and is_server,
@@ -369,7 +373,6 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
     """
     placeholder = str(ipaddress.ip_network(cfg.network.ip_range).network_address + 1)
     hetzner = profiles.hetzner.PROFILE
-    shutdown = cfg.k3s.graceful_shutdown
     snapshots = cfg.k3s.etcd_snapshots
     return HostSpec(
         schema_version=SCHEMA_VERSION,
@@ -414,11 +417,7 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
             node_external_ip=None,
             node_labels={},
             node_taints=[],
-            graceful_node_shutdown=GracefulNodeShutdown(
-                enable=shutdown.enabled,
-                shutdown_grace_period=shutdown.grace_period,
-                shutdown_grace_period_critical_pods=shutdown.critical_pods_grace_period,
-            ),
+            graceful_node_shutdown=_graceful_shutdown(cfg),
             kubelet_config={},
             etcd_snapshots=EtcdSnapshots(
                 enable=False,

@@ -29,7 +29,7 @@ import pulumi
 import pulumi_command as command
 
 from components import catalog
-from components.hosts.nixos_host import secret_bundle
+from components.hosts.bundle import secret_bundle
 from components.scripts import PROJECT_DIR, script_path
 
 FLAKE_LOCK = PROJECT_DIR / "nixos" / "flake.lock"

@@ -52,6 +52,7 @@ ARCHES = ("x86_64", "arm64")
 MANAGED = {"managed-by": "nixos-k3s"}
 SCRIPTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS_DIR.parent.parent))  # the project root: components.machines.userdata
+from components.hosts.bundle import BUNDLE_FORMAT, secret_bundle  # noqa: E402  (standard library only)
 from components.machines.userdata import host_key_user_data  # noqa: E402  (standard library only)
 
 
@@ -179,8 +180,8 @@ def build_on(api: Api, server: dict[str, Any], work: Path) -> None:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)], check=True
     )
     public = (work / "host-key.pub").read_text().split()
-    records = bundle(
-        [("@deploy-key", (work / "deploy-key").read_bytes()), ("@host-key", key.read_bytes())]
+    records = secret_bundle(
+        {}, {"@deploy-key": (work / "deploy-key").read_text(), "@host-key": key.read_text()}
     )
     install_env = {
         **os.environ,
@@ -210,17 +211,6 @@ def build_on(api: Api, server: dict[str, Any], work: Path) -> None:
         return api.call("GET", f"/servers/{server['id']}")["server"]["status"] == "off"
 
     api.wait("the builder to power off", off)
-
-
-# install.sh / install-secrets.sh's bundle: a header with the record count and the SHA-256 of the
-# records, then `<name>\t<mode>\t<base64>` lines (components/hosts/nixos_host.py, secret_bundle).
-BUNDLE_FORMAT = "nixos-k3s-bundle v1"
-
-
-def bundle(records: list[tuple[str, bytes]]) -> str:
-    body = "".join(f"{name}\t0600\t{base64.b64encode(data).decode()}\n" for name, data in records)
-    digest = hashlib.sha256(body.encode()).hexdigest()
-    return f"{BUNDLE_FORMAT} {len(records)} {digest}\n{body}"
 
 
 def read_stdin() -> dict[str, bytes]:

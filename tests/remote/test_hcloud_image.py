@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from components.hosts.nixos_host import secret_bundle
+from components.hosts.bundle import secret_bundle
 from components.scripts import PROJECT_DIR
 from tests.remote.harness import FAKEBIN, FakeHost, make_nixos_source
 
