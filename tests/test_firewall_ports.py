@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+from components.config import ClusterConfig
+from components.hosts import render
+from components.machines import hetzner
 from tests.conftest import Plan, run_plan, stack_data
 
 
@@ -37,3 +42,43 @@ def test_flannel_nodes_open_no_cilium_port() -> None:
     assert agent["privateTcpPorts"] == [10250]
     assert server["privateTcpPorts"] == [6443, 10250]
     assert agent["privateUdpPorts"] == server["privateUdpPorts"] == [8472]
+
+
+def _cloud_tcp_ports(rules: list[dict[str, Any]]) -> set[int]:
+    return {int(r["port"]) for r in rules if r["protocol"] == "tcp"}
+
+
+def test_cloud_firewall_opens_the_public_ports_of_the_ports_file(plan_of) -> None:
+    """Each port a host opens publicly (numbers from firewall-ports.json) is open in the Hetzner
+    firewall, and the Hetzner firewall opens no other TCP port but the stack's extra rules."""
+    data = stack_data("prod")
+    data["firewall"]["ingress"] = True
+    plan = plan_of(data, stack="prod")
+    hosts_public = {
+        port for host in plan.result.hosts for port in firewall_of(plan, host)["publicTcpPorts"]
+    }
+    ports_file = {entry["port"] for entry in render.FIREWALL_PORTS["tcp"].values()}
+    assert hosts_public == {22, 6443, 80, 443} and hosts_public <= ports_file
+    rules = plan["prod-hetzner-firewall"].inputs["rules"]
+    assert _cloud_tcp_ports(rules) == hosts_public
+    cfg = ClusterConfig.model_validate(data)
+    public_names = set(render.public_tcp_port_names(cfg, is_server=True))
+    assert {render.tcp_port(name) for name in public_names} == hosts_public
+
+
+def test_a_new_public_port_reaches_the_cloud_firewall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port a host opens publicly reaches the cloud firewall with no Hetzner-side edit: open to
+    everyone like ingress, SSH and the API alone narrowed to the admins' CIDRs."""
+    cfg = ClusterConfig.model_validate(stack_data("prod"))
+    assert cfg.firewall is not None
+    names = render.public_tcp_port_names
+    monkeypatch.setattr(
+        render,
+        "public_tcp_port_names",
+        lambda cfg, *, is_server: [*names(cfg, is_server=is_server), "hubble"],
+    )
+    rules = hetzner.firewall_rules(cfg)
+    by_port = {rule.port: rule for rule in rules if rule.protocol == "tcp"}
+    assert set(by_port) == {"22", "6443", str(render.tcp_port("hubble"))}
+    assert by_port["4244"].source_ips == ["0.0.0.0/0", "::/0"]
+    assert by_port["22"].source_ips == list(cfg.firewall.ssh_sources)

@@ -231,7 +231,8 @@ FIREWALL_PORTS_PATH = Path(__file__).resolve().parents[2] / "nixos/modules/firew
 FIREWALL_PORTS = json.loads(FIREWALL_PORTS_PATH.read_text(encoding="utf-8"))
 
 
-def _tcp(name: str) -> int:
+def tcp_port(name: str) -> int:
+    """A TCP port's number by its name in firewall-ports.json."""
     return FIREWALL_PORTS["tcp"][name]["port"]
 
 
@@ -242,7 +243,7 @@ def _udp(name: str) -> int:
 # Cilium's overlay port between nodes, by tunnel protocol (native routing needs none).
 TUNNEL_UDP_PORTS = {protocol: [_udp(protocol)] for protocol in ("vxlan", "geneve")}
 # Cilium's health checks and Hubble's per-node server, between nodes.
-CILIUM_NODE_TCP_PORTS = [_tcp("ciliumHealth"), _tcp("hubble")]
+CILIUM_NODE_TCP_PORTS = [tcp_port("ciliumHealth"), tcp_port("hubble")]
 ETCD_PORTS = PortRange(
     start=FIREWALL_PORTS["tcpRanges"]["etcd"]["start"],
     end=FIREWALL_PORTS["tcpRanges"]["etcd"]["end"],
@@ -251,17 +252,24 @@ ETCD_PORTS = PortRange(
 FLANNEL_INTERFACES = ["cni0", "flannel.1"]
 
 
+def public_tcp_port_names(cfg: ClusterConfig, *, is_server: bool) -> list[str]:
+    """The TCP ports a host opens on its public interface, by name in firewall-ports.json: SSH,
+    on servers the API, with firewall.ingress HTTP and HTTPS. On Hetzner the cloud firewall
+    opens these same ports (components/machines/hetzner.py)."""
+    ingress = ["http", "https"] if cfg.firewall and cfg.firewall.ingress else []
+    return ["ssh", *(["api"] if is_server else []), *ingress]
+
+
 def _firewall(cfg: ClusterConfig, is_server: bool) -> Firewall:
     """Servers alone open the API (6443) and etcd (2379-2380); every node its kubelet and the
     CNI's ports between nodes."""
-    ingress = [_tcp("http"), _tcp("https")] if cfg.firewall and cfg.firewall.ingress else []
-    server_tcp = [_tcp("api")] if is_server else []
+    server_tcp = [tcp_port("api")] if is_server else []
     if cfg.k3s.cni == "flannel":
-        node_tcp = [_tcp("kubelet")]
+        node_tcp = [tcp_port("kubelet")]
         udp = [_udp("vxlan")]
         trusted = [*FLANNEL_INTERFACES]
     else:
-        node_tcp = [_tcp("kubelet"), *CILIUM_NODE_TCP_PORTS]
+        node_tcp = [tcp_port("kubelet"), *CILIUM_NODE_TCP_PORTS]
         tunnelled = cfg.cilium.routing_mode == "tunnel"
         udp = TUNNEL_UDP_PORTS[cfg.cilium.tunnel_protocol] if tunnelled else []
         # Cilium's devices: its overlay device is named after the tunnel protocol.
@@ -271,7 +279,9 @@ def _firewall(cfg: ClusterConfig, is_server: bool) -> Firewall:
     if cfg.tailscale.enabled:
         trusted.append("tailscale0")  # k3s then uses the tailnet addresses between nodes
     return Firewall(
-        public_tcp_ports=[_tcp("ssh"), *server_tcp, *ingress],
+        public_tcp_ports=[
+            tcp_port(name) for name in public_tcp_port_names(cfg, is_server=is_server)
+        ],
         public_udp_ports=[],
         private_tcp_ports=[*server_tcp, *node_tcp],
         private_tcp_port_ranges=[ETCD_PORTS] if is_server else [],

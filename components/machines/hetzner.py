@@ -57,40 +57,40 @@ class ApiLoadBalancer:
 
 
 def firewall_rules(cfg: ClusterConfig) -> list[hcloud.FirewallRuleArgs]:
-    """Inbound rules: SSH and the API from the admin CIDRs, ICMP, optional ingress, extras."""
+    """Inbound rules: every port a host opens publicly (render.public_tcp_port_names, numbers
+    from firewall-ports.json), SSH and the API from the admin CIDRs only; ICMP; extras."""
     fw = cfg.firewall
     assert fw is not None  # validated: hetzner stacks always have a firewall section
     everyone = ["0.0.0.0/0", "::/0"]
+    # The public ports of servers and agents alike (one firewall covers them all), in order.
+    names = dict.fromkeys(
+        render.public_tcp_port_names(cfg, is_server=True)
+        + render.public_tcp_port_names(cfg, is_server=False)
+    )
+    # Ports narrowed to the admins' CIDRs; the hosts open every other public port to everyone.
+    from_admins = {
+        "ssh": (fw.ssh_sources, "ssh from admins"),
+        "api": (fw.api_sources, "kubernetes api from admins"),
+    }
+
+    def tcp_rule(name: str) -> hcloud.FirewallRuleArgs:
+        port = str(render.tcp_port(name))
+        sources, description = from_admins.get(name, (everyone, f"ingress {port}"))
+        return hcloud.FirewallRuleArgs(
+            direction="in",
+            protocol="tcp",
+            port=port,
+            source_ips=list(sources),
+            description=description,
+        )
+
     rules = [
-        hcloud.FirewallRuleArgs(
-            direction="in",
-            protocol="tcp",
-            port="22",
-            source_ips=list(fw.ssh_sources),
-            description="ssh from admins",
-        ),
-        hcloud.FirewallRuleArgs(
-            direction="in",
-            protocol="tcp",
-            port="6443",
-            source_ips=list(fw.api_sources),
-            description="kubernetes api from admins",
-        ),
+        *(tcp_rule(name) for name in names if name in from_admins),
         hcloud.FirewallRuleArgs(
             direction="in", protocol="icmp", source_ips=everyone, description="icmp"
         ),
+        *(tcp_rule(name) for name in names if name not in from_admins),
     ]
-    if fw.ingress:
-        rules += [
-            hcloud.FirewallRuleArgs(
-                direction="in",
-                protocol="tcp",
-                port=port,
-                source_ips=everyone,
-                description=f"ingress {port}",
-            )
-            for port in ("80", "443")
-        ]
     rules += [
         hcloud.FirewallRuleArgs(
             direction="in",
