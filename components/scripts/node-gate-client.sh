@@ -12,6 +12,7 @@
 #   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root): the bootstrap server
 #   HOST_PUBLIC_KEY  its pinned SSH host key (required; it also names the cluster's marker)
 #   NODE_GATE_BOOTSTRAP  1 when NODE is the bootstrap server itself (see node-gate.sh)
+#   NODE_GATE_API_TIMEOUT  passed on to node-gate.sh when set (its default otherwise)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (30 for wait, 3 for remove), SSH_RETRY_DELAY (5)
 #   NIXOS_K3S_STATE_HOME  where the teardown marker lives ($XDG_STATE_HOME/nixos-k3s, or
 #                    ~/.local/state/nixos-k3s)
@@ -55,6 +56,7 @@ setup() {
   for name in TARGET_PORT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
     require_number "$name"
   done
+  [[ -z ${NODE_GATE_API_TIMEOUT:-} ]] || require_number NODE_GATE_API_TIMEOUT
   [[ $SSH_RETRY_DELAY =~ ^[0-9]+([.][0-9]+)?$ ]] || bad_input "SSH_RETRY_DELAY must be a number"
   [[ $NODE_GATE_BOOTSTRAP == 0 || $NODE_GATE_BOOTSTRAP == 1 ]] ||
     bad_input "NODE_GATE_BOOTSTRAP must be 0 or 1"
@@ -138,6 +140,7 @@ main() {
     fail "cannot reach the bootstrap server $TARGET_HOST:$TARGET_PORT to wait for node $2"
   fi
   ENV_PREFIX="env NODE_GATE_BOOTSTRAP=$NODE_GATE_BOOTSTRAP NODE_GATE_TEARDOWN=$teardown "
+  ENV_PREFIX+=${NODE_GATE_API_TIMEOUT:+"NODE_GATE_API_TIMEOUT=$NODE_GATE_API_TIMEOUT "}
   on_host_run node-gate.sh "$@" </dev/null
 }
 

@@ -20,9 +20,10 @@
 #   node-gate.sh ready NODE TIMEOUT  until node NODE reports Ready, then uncordon it; fails
 #                                    (node left cordoned) when it is not Ready in time
 #   node-gate.sh uncordon NODE       mark the node schedulable again
-# Env: POLL_INTERVAL (2), DRAIN_TIMEOUT (120), DELETE_TIMEOUT (60) seconds; API_ATTEMPTS (3):
-#   tries before `remove` decides the API is gone. NODE_GATE_BOOTSTRAP=1 marks NODE as the
-#   server that initialised etcd: `remove` refuses it while any other server is registered
+# Env: POLL_INTERVAL (2), DRAIN_TIMEOUT (120), DELETE_TIMEOUT (60) seconds;
+#   NODE_GATE_API_TIMEOUT (30): seconds `remove` polls the API before it decides the API does not
+#   answer. NODE_GATE_BOOTSTRAP=1 marks NODE as the server that initialised etcd: `remove`
+#   refuses it while any other server is registered
 #   (another server must take over k3s.bootstrapHost first); as the last server it goes.
 #   NODE_GATE_TEARDOWN=1: the whole stack is being destroyed (node-gate-client.sh's teardown
 #   marker), so an API that does not answer means the cluster is gone.
@@ -38,9 +39,9 @@ readonly PROG=node-gate.sh
 readonly POLL_INTERVAL=${POLL_INTERVAL:-2}
 readonly DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-120}
 readonly DELETE_TIMEOUT=${DELETE_TIMEOUT:-60}
-readonly API_ATTEMPTS=${API_ATTEMPTS:-3}
+readonly NODE_GATE_API_TIMEOUT=${NODE_GATE_API_TIMEOUT:-30}
 # shellcheck source-path=SCRIPTDIR source=operator-lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/operator-lib.sh" # inline on hosts: one_line poll_until
+source "$(dirname "${BASH_SOURCE[0]}")/operator-lib.sh" # inline on hosts: one_line poll_until bad_input require_number
 
 say() {
   printf '%s: %s\n' "$PROG" "$*" >&2
@@ -72,27 +73,22 @@ cmd_wait() {
 }
 
 api_answers() {
-  local attempt answer
-  for ((attempt = 1; attempt <= API_ATTEMPTS; attempt++)); do
-    if answer=$(kubectl get --raw=/readyz 2>&1); then
-      return 0
-    fi
-    LAST_ANSWER=$answer
-    ((attempt == API_ATTEMPTS)) || sleep "$POLL_INTERVAL"
-  done
+  local answer
+  answer=$(kubectl get --raw=/readyz 2>&1) && return 0
+  POLL_DETAIL="; last answer: $(one_line "$answer")"
   return 1
 }
 
 cmd_remove() {
   local node=$1 answer
-  LAST_ANSWER=""
-  if ! api_answers; then
+  if ! poll_until "$NODE_GATE_API_TIMEOUT" "$POLL_INTERVAL" \
+    "Kubernetes API on $(uname -n) does not answer" api_answers; then
     if [[ ${NODE_GATE_TEARDOWN:-0} == 1 ]]; then
-      say "Kubernetes API on $(uname -n) is gone ($(one_line "$LAST_ANSWER")) and the stack is being destroyed; nothing to remove for $node"
+      say "the stack is being destroyed, so the cluster is gone; nothing to remove for $node"
       return 0
     fi
-    say "Kubernetes API on $(uname -n) does not answer ($(one_line "$LAST_ANSWER")); refusing to" \
-      "drop $node without draining it and removing it from etcd (the stack is not being destroyed)"
+    say "refusing to drop $node without draining it and removing it from etcd (the stack is" \
+      "not being destroyed)"
     return 1
   fi
   if ! answer=$(kubectl get node "$node" -o name 2>&1); then
@@ -231,6 +227,7 @@ main() {
     if (($# != 2)) || ! valid_node "$2"; then
       usage
     fi
+    require_number NODE_GATE_API_TIMEOUT
     cmd_remove "$2"
     ;;
   drain | ready)

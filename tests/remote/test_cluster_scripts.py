@@ -179,12 +179,15 @@ def test_node_gate_remove_of_a_gone_node_succeeds(host: FakeHost) -> None:
 def test_node_gate_remove_with_the_api_gone_succeeds_in_a_teardown(host: FakeHost) -> None:
     (host.root / "k3s").mkdir()
     (host.root / "k3s/api-down").touch()
-    teardown = {**FAST, "NODE_GATE_TEARDOWN": "1"}
+    teardown = {**FAST, "NODE_GATE_TEARDOWN": "1", "NODE_GATE_API_TIMEOUT": "2"}
+    started = time.monotonic()
     result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "agent-1", env=teardown))
     assert result.returncode == 0, result.stderr
     assert "is gone" in result.stderr and "the stack is being destroyed" in result.stderr
+    assert "does not answer after 2s; last answer: " in result.stderr
     assert "connection to the server 127.0.0.1:6443 was refused" in result.stderr
-    assert len(host.calls("k3s")) == 3, "it retried before giving up on the API"
+    assert len(host.calls("k3s")) >= 3, "it retried until the deadline before giving up"
+    assert time.monotonic() - started >= 1, "it gave up before the deadline"
 
 
 def test_node_gate_remove_fails_when_the_api_is_down_in_a_scale_down(host: FakeHost) -> None:
@@ -192,10 +195,33 @@ def test_node_gate_remove_fails_when_the_api_is_down_in_a_scale_down(host: FakeH
     # dropping it undrained would leave its etcd member behind.
     set_nodes(host, {"server-1": "True", "server-3": "True"})
     (host.root / "k3s/api-down").touch()
-    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "server-3", env=FAST))
+    env = {**FAST, "NODE_GATE_API_TIMEOUT": "1"}
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "server-3", env=env))
     assert result.returncode == 1
+    assert "does not answer after 1s" in result.stderr
     assert "refusing to drop server-3 without draining it" in result.stderr
     assert (host.root / "k3s/nodes/server-3").exists()
+
+
+def test_node_gate_remove_polls_the_api_until_it_answers(host: FakeHost) -> None:
+    # k3s restarting on the bootstrap server: /readyz fails a while, then answers in time.
+    set_nodes(host, {"server-1": "True", "agent-1": "True"})
+    (host.root / "k3s/readyz").write_text("[-]etcd failed: reason withheld")
+    (host.root / "k3s/readyz-failures").write_text("5\n")
+    env = {**FAST, "NODE_GATE_API_TIMEOUT": "20"}
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "agent-1", env=env))
+    assert result.returncode == 0, result.stderr
+    readyz = [c for c in host.calls("k3s") if c.endswith("get --raw=/readyz")]
+    assert len(readyz) == 6
+    assert not (host.root / "k3s/nodes/agent-1").exists()
+
+
+def test_node_gate_remove_rejects_a_bad_api_timeout(host: FakeHost) -> None:
+    env = {"NODE_GATE_API_TIMEOUT": "soon"}
+    result = host.server.ssh(remote_invocation("node-gate.sh", "remove", "agent-1", env=env))
+    assert result.returncode == 2
+    assert "NODE_GATE_API_TIMEOUT must be a positive integer: soon" in result.stderr
+    assert host.calls("k3s") == []
 
 
 def mark_servers(host: FakeHost, *names: str) -> None:
@@ -397,9 +423,10 @@ def test_gate_client_remove_succeeds_when_the_stack_is_destroyed(host: FakeHost)
     # Reachable but with the API gone: also fine in a teardown, passed on to node-gate.sh.
     (host.root / "k3s").mkdir(exist_ok=True)
     (host.root / "k3s/api-down").touch()
-    api_gone = gate_client(host, "remove", "agent-1")
+    api_gone = gate_client(host, "remove", "agent-1", NODE_GATE_API_TIMEOUT="1")
     assert api_gone.returncode == 0, api_gone.stderr
     assert "the stack is being destroyed" in api_gone.stderr
+    assert "does not answer after 1s" in api_gone.stderr  # the deadline reached node-gate.sh
 
     # Another cluster (another bootstrap key) is not torn down by this marker.
     other = gate_client(host, "remove", "agent-1", port=closed_port(), HOST_PUBLIC_KEY=OTHER_KEY)
