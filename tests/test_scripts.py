@@ -20,7 +20,13 @@ def inlined_names(name: str) -> list[str]:
 
 def test_host_side_scripts_name_lib_functions() -> None:
     users = {name for name in SCRIPTS if inlined_names(name)}
-    assert {"api-ready.sh", "install-secrets.sh", "node-gate.sh", "nodes-ready.sh"} <= users
+    assert {
+        "api-ready.sh",
+        "host-activate.sh",
+        "install-secrets.sh",
+        "node-gate.sh",
+        "nodes-ready.sh",
+    } <= users
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -63,3 +69,49 @@ def test_the_operator_side_sends_the_same_text(name: str) -> None:
         check=True,
     )
     assert result.stdout == inline_script(name).rstrip("\n")
+
+
+def wait_for_ssh(answer_on: int, attempts: int = 3, deadline: str = "") -> tuple[int, str, int]:
+    """operator-lib.sh's wait_for_ssh with an `ssh` stand-in that answers on try `answer_on`
+    (0: never); returns the exit code, stderr and the number of dials."""
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'set -euo pipefail; PROG=test; source "$1/operator-lib.sh"; dials=0 answer_on=$2; '
+            "ssh() { dials=$((dials + 1)); ((dials == answer_on)); }; "
+            "SSH_OPTS=() TARGET=root@h TARGET_HOST=h TARGET_PORT=22 SSH_CONNECT_TIMEOUT=1 "
+            "SSH_CONNECT_ATTEMPTS=$3 SSH_RETRY_DELAY=0.01; status=0; "
+            'wait_for_ssh "$4" || status=$?; echo "$status $dials"',
+            "test",
+            str(SCRIPTS_DIR),
+            str(answer_on),
+            str(attempts),
+            deadline,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    status, dials = result.stdout.split()
+    return int(status), result.stderr, int(dials)
+
+
+def test_wait_for_ssh_dials_until_the_host_answers() -> None:
+    status, stderr, dials = wait_for_ssh(answer_on=2)
+    assert (status, dials) == (0, 2)
+    assert stderr == "test: h:22 not reachable yet (attempt 1/3)\n"
+
+
+def test_wait_for_ssh_gives_up_after_its_attempts() -> None:
+    status, stderr, dials = wait_for_ssh(answer_on=0, attempts=3)
+    assert (status, dials) == (1, 3)
+    assert stderr.splitlines() == [
+        f"test: h:22 not reachable yet (attempt {n}/3)" for n in (1, 2, 3)
+    ]
+
+
+def test_wait_for_ssh_gives_up_at_its_deadline() -> None:
+    status, stderr, dials = wait_for_ssh(answer_on=0, attempts=30, deadline="1")
+    assert (status, dials) == (1, 1)
+    assert stderr.splitlines()[-1] == "test: h:22 not reachable after 0s"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # host-activate.sh: receive, activate, confirm or roll back one NixOS release on this host.
 #
-# Runs ON THE HOST as root, sent inline by deploy.sh (`bash -c '<this text>' host-activate.sh ...`).
+# Runs ON THE HOST as root, sent inline by deploy.sh (`bash -c '<this text>' host-activate.sh ...`),
+# with the operator-lib.sh functions it names in place (see inline_script).
 # Usage:
 #   host-activate.sh receive  RELEASE_ID SHA256        stdin: tar of the flake dir
 #   host-activate.sh build    RELEASE_ID HOST_NAME     build only (activate reuses the result)
@@ -31,6 +32,9 @@
 #   release whose activation released it; a rollback of that activation holds k3s again.
 set -euo pipefail
 
+readonly PROG=host-activate.sh
+# shellcheck source-path=SCRIPTDIR source=operator-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/operator-lib.sh" # inline on hosts: poll_until
 readonly STATE=${NIXOS_K3S_STATE_DIR:-/var/lib/nixos-k3s}
 readonly CURRENT_SYSTEM=${NIXOS_K3S_CURRENT_SYSTEM:-/run/current-system}
 readonly SYSTEM_PROFILE=${NIXOS_K3S_SYSTEM_PROFILE:-/nix/var/nix/profiles/system}
@@ -473,25 +477,24 @@ run_activation() {
 }
 
 # Waits until every unit is active or the time is up; prints the units that are not active.
+# poll_until's own message is dropped: the caller reports the units through say (and the log).
 wait_units_active() {
   local seconds=$1
   shift
-  local end=$((SECONDS + seconds)) unit
-  local -a inactive
-  while :; do
-    inactive=()
-    for unit in "$@"; do
-      systemctl is-active --quiet "$unit" || inactive+=("$unit=$(systemctl is-active "$unit" || true)")
-    done
-    if ((${#inactive[@]} == 0)); then
-      return 0
-    fi
-    if ((SECONDS >= end)); then
-      printf '%s\n' "${inactive[*]}"
-      return 1
-    fi
-    sleep 1
+  poll_until "$seconds" 1 "units not active" units_active "$@" 2>/dev/null && return 0
+  printf '%s\n' "$INACTIVE_UNITS"
+  return 1
+}
+
+# True when every unit is active; else INACTIVE_UNITS lists the others as UNIT=STATE.
+units_active() {
+  local unit
+  local -a inactive=()
+  for unit in "$@"; do
+    systemctl is-active --quiet "$unit" || inactive+=("$unit=$(systemctl is-active "$unit" || true)")
   done
+  INACTIVE_UNITS=${inactive[*]-}
+  ((${#inactive[@]} == 0))
 }
 
 cmd_confirm() {

@@ -80,21 +80,33 @@ on_host_run() {
   ssh "${SSH_OPTS[@]}" "$TARGET" "${ENV_PREFIX:-}$(remote_command "$@")"
 }
 
-# Dials until the host answers with the pinned key, or the attempts (or the deadline) run out.
+# Dials until the host answers with the pinned key, or the attempts (or the deadline, in seconds
+# since the epoch) run out. poll_until keeps the time: until the deadline, or else as long as
+# the attempts take when every dial waits its whole connect timeout; ssh_dial counts attempts.
 wait_for_ssh() {
-  local deadline=${1:-} attempt
-  for ((attempt = 1; attempt <= SSH_CONNECT_ATTEMPTS; attempt++)); do
-    if ssh "${SSH_OPTS[@]}" "$TARGET" true </dev/null; then
-      return 0
-    fi
-    if [[ -n $deadline ]] && (($(date +%s) >= deadline)); then
-      return 1
-    fi
-    printf '%s: %s:%s not reachable yet (attempt %d/%d)\n' \
-      "$PROG" "$TARGET_HOST" "$TARGET_PORT" "$attempt" "$SSH_CONNECT_ATTEMPTS" >&2
-    sleep "$SSH_RETRY_DELAY"
-  done
-  return 1
+  local deadline=${1:-} seconds
+  if [[ -n $deadline ]]; then
+    seconds=$((deadline - $(date +%s)))
+    ((seconds > 0)) || seconds=0
+  else
+    seconds=$((SSH_CONNECT_ATTEMPTS * (SSH_CONNECT_TIMEOUT + ${SSH_RETRY_DELAY%.*} + 1)))
+  fi
+  SSH_ATTEMPT=0 SSH_ANSWERED=0
+  poll_until "$seconds" "$SSH_RETRY_DELAY" "$TARGET_HOST:$TARGET_PORT not reachable" ssh_dial &&
+    ((SSH_ANSWERED))
+}
+
+# One dial of wait_for_ssh: true when the host answers (SSH_ANSWERED=1), and after the last
+# attempt too, so that poll_until stops there.
+ssh_dial() {
+  SSH_ATTEMPT=$((SSH_ATTEMPT + 1))
+  if ssh "${SSH_OPTS[@]}" "$TARGET" true </dev/null; then
+    SSH_ANSWERED=1
+    return 0
+  fi
+  printf '%s: %s:%s not reachable yet (attempt %d/%d)\n' \
+    "$PROG" "$TARGET_HOST" "$TARGET_PORT" "$SSH_ATTEMPT" "$SSH_CONNECT_ATTEMPTS" >&2
+  ((SSH_ATTEMPT >= SSH_CONNECT_ATTEMPTS))
 }
 
 # Hex SHA-256 of stdin (sha256sum on Linux, shasum on macOS).
