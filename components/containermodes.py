@@ -72,8 +72,9 @@ def default_mode(cni: str) -> str:
 
 
 def refusal(cni: str, mode: str) -> str | None:
-    """Why `mode` cannot run `cni` (None: it can)."""
+    """Why `mode` cannot run `cni` (None: it can). The reason is the data file's, word for word
+    what k3s-containers.nix says when a host document pairs them: every pair a mode does not
+    run has one there (tests/test_container_modes.py)."""
     if cni in modes()[mode].cnis:
         return None
-    reason = _data()["refusals"].get(f"{cni}/{mode}", f"mode {mode} does not support {cni}")
-    return str(reason)
+    return str(_data()["refusals"][f"{cni}/{mode}"])

@@ -15,12 +15,14 @@ from components.config import (
     ContainerModeName,
     has_nested_nodes,
 )
+from components.config.schema import Cni
 from components.hosts.render import COLIMA_PRIVATE_INTERFACE, HETZNER_PRIVATE_INTERFACE
 from components.k8s import cilium
 from components.stack import parse_cluster
 from tests.conftest import Plan, run_plan, stack_data
 
 SHARED_CILIUM = Path(__file__).resolve().parents[2] / "shared" / "data" / "cilium"
+NIXOS_MODULES = Path(__file__).resolve().parents[1] / "nixos" / "modules"
 
 
 def with_containers(cni: str | None = None, mode: str | None = None) -> dict[str, Any]:
@@ -47,6 +49,23 @@ def test_data_file_modes_match_the_config_and_host_models() -> None:
         assert set(mode.cnis) <= {"cilium", "flannel"}, name
         assert all(cap.startswith("CAP_") and why for cap, why in mode.capabilities.items())
         assert all(why for why in mode.system_call_filter.values())
+
+
+def test_every_pair_a_mode_cannot_run_has_its_reason_in_the_one_data_file() -> None:
+    """The stack check and k3s-containers.nix (for a host document written by hand) quote the
+    same reason: the data file's, which both read."""
+    assert containermodes.DATA_PATH == NIXOS_MODULES / "k3s-container-modes.json"
+    module = (NIXOS_MODULES / "k3s-containers.nix").read_text(encoding="utf-8")
+    assert "lib.importJSON ./k3s-container-modes.json" in module
+    assert 'modeData.refusals."${cni}/${c.mode}"' in module and "EPERM" not in module
+    refusals = json.loads(containermodes.DATA_PATH.read_text(encoding="utf-8"))["refusals"]
+    refused = {
+        f"{cni}/{name}"
+        for cni in get_args(Cni)
+        for name, mode in containermodes.modes().items()
+        if cni not in mode.cnis
+    }
+    assert set(refusals) == refused and all(refusals.values())
 
 
 def test_only_the_host_users_mode_can_run_cilium() -> None:
@@ -82,6 +101,9 @@ def test_cilium_cluster_refuses_user_namespaced_containers_with_the_kernel_reaso
     (problem,) = [str(p) for p in info.value.problems]
     assert problem.startswith("nodePools[1].containers[0].mode: 'user-namespace' cannot run")
     assert "bpf(BPF_PROG_LOAD) fails with EPERM" in problem
+    # The reason k3s-containers.nix gives too (tests/nixos/test_real_modules.py).
+    reason = containermodes.refusal("cilium", "user-namespace")
+    assert f"cannot run k3s.cni 'cilium': {reason}; " in problem
     assert "allowed with cilium: 'host-users'" in problem
 
 

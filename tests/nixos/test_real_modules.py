@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from components import containermodes
+from components.hosts import hostspec
 from tooling import plan
 
 from . import matrix
@@ -290,6 +292,25 @@ def test_a_port_without_a_reason_is_refused(tmp_path: Path) -> None:
     result = evaluate(bad, "bad")
     assert result.returncode == 2, result.errors
     assert "no reason is known for opening TCP 9999" in result.errors
+
+
+def test_a_hand_written_document_with_a_mode_its_cni_cannot_run_is_refused(tmp_path: Path) -> None:
+    """The stack check refuses the pair before any document exists; a host document written or
+    edited by hand passes the document model and schema, and k3s-containers.nix refuses it with
+    the stack check's reason, read from the same data file."""
+    fixture = HERE / "fixtures" / "hetzner-containers.json"
+    document = json.loads(fixture.read_text(encoding="utf-8"))
+    assert document["k3s"]["cni"] == "cilium"
+    container = document["containers"][1]
+    container["mode"] = "user-namespace"
+    hostspec.HostSpec.model_validate(document)
+    bad = tmp_path / fixture.name
+    bad.write_text(json.dumps(document), encoding="utf-8")
+    result = evaluate(bad, "bad")
+    assert result.returncode == 2, result.errors
+    reason = containermodes.refusal("cilium", "user-namespace")
+    expected = f"nixosK3s.k3sContainers.{container['name']}: mode user-namespace cannot run cilium"
+    assert f"{expected}: {reason}." in result.errors
 
 
 def test_evaluation_sees_options_nixpkgs_does_not_declare(tmp_path: Path) -> None:
