@@ -70,6 +70,7 @@ def evaluate(fixture: str, tmp_path: Path) -> dict:
         REPORT.replace("SPECIAL", str(special)).replace("KIT", str(KIT)).replace("ROOT", str(ROOT))
     )
     env = {**os.environ, "NIXLITE_EXTRA_PKGS": "bash k3s k3s_1_34 tailscale"}
+    assert NIX_INSTANTIATE is not None
     done = subprocess.run(
         [NIX_INSTANTIATE, "--eval", "--strict", "--json", "--expr", expr],
         capture_output=True,
