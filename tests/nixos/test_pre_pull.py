@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.nixos.test_modules import nix_eval
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 KIT = Path(os.environ.get("NIXLITE", ROOT.parent / "shared" / "nixlite"))
@@ -69,17 +71,7 @@ def evaluate(fixture: str, tmp_path: Path) -> dict:
     expr = (
         REPORT.replace("SPECIAL", str(special)).replace("KIT", str(KIT)).replace("ROOT", str(ROOT))
     )
-    env = {**os.environ, "NIXLITE_EXTRA_PKGS": "bash k3s k3s_1_34 tailscale"}
-    assert NIX_INSTANTIATE is not None
-    done = subprocess.run(
-        [NIX_INSTANTIATE, "--eval", "--strict", "--json", "--expr", expr],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    return nix_eval(expr)
 
 
 def check_unit(unit: dict, images: list[str], held: bool = True) -> None:
