@@ -346,6 +346,8 @@ in
     # Started with k3s (wanted by it, not ordered after it): a server's k3s.service is active
     # only once it has joined etcd, and the pull is meant to run during the join. Type=exec: no
     # start job waits for the pull; a failed pull only leaves the image to the kubelet.
+    # RemainAfterExit: it stays active, so an activation that changes the list (a Cilium
+    # upgrade) restarts it and the new images are pulled while the release rolls out.
     systemd.services.k3s-pre-pull = {
       enable = cfg.prePullImages != [ ];
       description = "Pull the CNI's images while k3s starts";
@@ -354,6 +356,7 @@ in
       unitConfig.ConditionPathExists = lib.mkIf (cfg.holdUntil != null) cfg.holdUntil;
       serviceConfig = {
         Type = "exec";
+        RemainAfterExit = true;
         ExecStart = "${pkgs.bash}/bin/bash ${./k3s-pre-pull.sh} ${cfg.finalPackage}/bin/k3s ${prePullList}";
       };
     };

@@ -44,6 +44,7 @@ let
       unitConfig = u.unitConfig or { };
       execStart = u.serviceConfig.ExecStart;
       type = u.serviceConfig.Type;
+      remain = u.serviceConfig.RemainAfterExit;
       afterK3s = builtins.elem "k3s.service" (u.after or [ ]);
     };
   list = cfg: cfg.nixosK3s.k3s.prePullImages;
@@ -78,7 +79,8 @@ def check_unit(unit: dict, images: list[str], held: bool = True) -> None:
     assert unit["wantedBy"] == ["k3s.service"] and unit["partOf"] == ["k3s.service"]
     # Not ordered after k3s: a server's k3s.service is active only once it has joined etcd.
     assert not unit["afterK3s"]
-    assert unit["type"] == "exec"
+    # No start job waits for the pull; active after it, so a changed list restarts it.
+    assert unit["type"] == "exec" and unit["remain"] is True
     # Held back with k3s on a host (the deploy releases both); a container's k3s is not held.
     hold = {"ConditionPathExists": "/var/lib/nixos-k3s/k3s-released"} if held else {}
     assert unit["unitConfig"] == hold
