@@ -50,13 +50,19 @@ class Rule:
     # while k-1 others of the same queue still run takes (k-1) x queue_seconds longer.
     queue: str | None = None
     queue_seconds: tuple[float, float] = (0.0, 0.0)
+    # True/False: only in plans whose nodes do / do not pull the CNI's images while k3s starts
+    # (host JSON k3s.prePullImages); None: either.
+    pre_pull: bool | None = None
 
-    def matches(self, res: Mapping[str, Any], role: str | None, nixos_image: bool) -> bool:
+    def matches(
+        self, res: Mapping[str, Any], role: str | None, nixos_image: bool, pre_pull: bool = False
+    ) -> bool:
         return (
             res["type"].startswith(self.type)
             and res["name"].endswith(self.suffix)
             and (self.role is None or self.role == role)
             and (self.nixos_image is None or self.nixos_image == nixos_image)
+            and (self.pre_pull is None or self.pre_pull == pre_pull)
         )
 
 
@@ -80,6 +86,7 @@ def _rule(index: int, entry: Any) -> Rule:
         "source",
         "nixosImage",
         "queue",
+        "prePull",
     }
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -98,7 +105,11 @@ def _rule(index: int, entry: Any) -> Rule:
     if image is not None and not isinstance(image, bool):
         raise StepTableError(f"{where}.nixosImage: true, false or absent; got {image!r}")
     queue, queue_seconds = _queue(where, entry.get("queue"))
+    pre_pull = entry.get("prePull")
+    if pre_pull is not None and not isinstance(pre_pull, bool):
+        raise StepTableError(f"{where}.prePull: true, false or absent; got {pre_pull!r}")
     return Rule(
+        pre_pull=pre_pull,
         queue=queue,
         queue_seconds=queue_seconds,
         nixos_image=image,
@@ -186,13 +197,28 @@ def uses_nixos_image(plan: Mapping[str, Any]) -> bool:
     return any(res["type"] == IMAGE_COMPONENT for res in plan["resources"])
 
 
+def pre_pulls(plan: Mapping[str, Any]) -> bool:
+    """Whether the plan's nodes pull the CNI's images while k3s starts (k3s.prePullImages)."""
+    for res in plan["resources"]:
+        env = res.get("inputs", {}).get("environment")
+        if (
+            isinstance(env, Mapping)
+            and "HOST_JSON" in env
+            and "IMAGE_KEY" not in env
+            and json.loads(env["HOST_JSON"]).get("k3s", {}).get("prePullImages")
+        ):
+            return True
+    return False
+
+
 def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Timed]:
     roles = host_roles(plan)
     image = uses_nixos_image(plan)
+    pre_pull = pre_pulls(plan)
     out: dict[str, Timed] = {}
     for res in plan["resources"]:
         role = resource_role(res["name"], roles)
-        rule = next((r for r in table.rules if r.matches(res, role, image)), None)
+        rule = next((r for r in table.rules if r.matches(res, role, image, pre_pull)), None)
         if rule is None:
             raise StepTableError(
                 f"no step in {STEPS_FILE.name} for {res['type']} {res['name']!r}"

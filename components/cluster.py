@@ -33,7 +33,7 @@ from components.hosts.nixos_host import (
     SecretSet,
     connection,
 )
-from components.k8s import hcloud_addons, k3s
+from components.k8s import cilium, hcloud_addons, k3s
 from components.k8s.bringup import BringUpArgs, K3sBringUp
 from components.machines.colima import ColimaMachine, ColimaMachineArgs
 from components.machines.hetzner import ApiLoadBalancer, HetznerMachines, HetznerMachinesArgs
@@ -114,6 +114,7 @@ class _HostData:
         lb_sans: list[pulumi.Input[str]] = (
             [lb.private_ip, *([lb.public_ipv4] if lb.public_ipv4 is not None else [])] if lb else []
         )
+        images = cilium.node_images(cfg)
         specs: dict[str, pulumi.Output[HostSpec]] = {
             host.name: machines[host.name].spec(
                 [deploy.public_openssh, bootstrap_ip, *(lb_sans if host.role == "server" else [])],
@@ -124,6 +125,7 @@ class _HostData:
                     bootstrap_ip=server_ip,
                     authorized_keys=[key, *cfg.ssh_keys],
                     api_sans=sans,
+                    node_images=images,
                 ),
             )
             for host in hosts

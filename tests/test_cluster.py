@@ -172,8 +172,12 @@ def test_cilium_release_and_nodes_ready_gate(prod_plan: Plan) -> None:
     provider = prod_plan["prod-k8s"]
     assert provider.inputs["clusterIdentifier"] == "prod"
     gate = prod_plan.deps("prod-nodes-ready")
-    assert "prod-cilium" in gate and {f"{h}-joined" for h in HOSTS} <= gate
+    assert "prod-cilium" in gate and {f"{h}-push" for h in HOSTS} <= gate
+    # After the pushes, not the node gates: it polls for registered, Ready nodes itself.
+    assert not any(dep.endswith("-joined") for dep in gate)
     assert "prod-nodes-ready" not in prod_plan.deps("prod-cilium")
+    # The teardown marker still follows every gate (destroy deletes it first).
+    assert {f"{h}-joined" for h in HOSTS} <= prod_plan.deps("prod-teardown-marker")
 
 
 def test_scale_down_drains_before_the_machine_goes(prod_plan: Plan) -> None:

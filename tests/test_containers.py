@@ -117,7 +117,9 @@ def test_container_nodes_get_scale_down_gates(plan: Plan) -> None:
     gate = plan["prod-workers-2-batch-joined"]
     assert gate.inputs["delete"].endswith("node-gate-client.sh remove prod-workers-2-batch")
     assert "prod-workers-2-push" in plan.deps("prod-workers-2-batch-joined")
-    assert "prod-workers-2-batch-joined" in plan.deps("prod-nodes-ready")
+    assert "prod-workers-2-batch-joined" in plan.deps("prod-teardown-marker")
+    # The container's node registers with its host's activation: nodes-Ready follows the push.
+    assert "prod-workers-2-push" in plan.deps("prod-nodes-ready")
     assert plan["prod-nodes-ready"].inputs["create"].endswith(" 9 900")
 
 

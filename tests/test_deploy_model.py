@@ -46,6 +46,7 @@ def test_a_resource_without_a_rule_is_named(table: deploy_model.StepTable) -> No
         ("{step: x, type: 'tls:', seconds: [5, 1], source: guess}", r"steps\[0\]\.seconds"),
         ("{step: x, type: 'tls:', seconds: [1, 2]}", r"steps\[0\]\.source"),
         ("{step: x, type: 'tls:', seconds: [1, 2], source: s, role: boss}", r"steps\[0\]\.role"),
+        ("{step: x, type: 'tls:', seconds: [1, 2], source: s, prePull: yes-ish}", r"prePull"),
     ],
 )
 def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
@@ -140,3 +141,30 @@ def test_a_queue_serialises_only_its_own_members() -> None:
     slots = deploy_model.schedule(deps, durations, 8, queues)
     assert sorted(slot.end for urn, slot in slots.items() if urn in queues) == [10.0, 15.0, 20.0]
     assert slots["d"].end == 10.0
+
+
+def test_nodes_ready_follows_the_last_push_not_a_node_gate(table: deploy_model.StepTable) -> None:
+    result = deploy_model.model(document("prod"), table)
+    for bound in deploy_model.BOUNDS:
+        path = result[bound]["nodesReadyPath"]
+        assert not any(step["resource"].endswith("-joined") for step in path)
+        assert path[-2]["step"].startswith("push") and path[-1]["step"].startswith("nodes ready")
+
+
+def test_pre_pull_rules_apply_to_plans_that_pre_pull(
+    tmp_path: Path, table: deploy_model.StepTable
+) -> None:
+    prod = document("prod")
+    flannel_stack = stack_data("prod")
+    flannel_stack["k3s"] = {**flannel_stack.get("k3s", {}), "cni": "flannel"}
+    flannel_stack.pop("cilium", None)
+    flannel = json.loads(json.dumps(plan.plan_document(run_plan(flannel_stack, stack="prod"))))
+    assert deploy_model.pre_pulls(prod) and not deploy_model.pre_pulls(flannel)
+
+    def nodes_ready_step(doc: dict[str, Any]) -> str:
+        timed = deploy_model.timed_resources(doc, table)
+        (step,) = {t.step for t in timed.values() if t.name.endswith("-nodes-ready")}
+        return step
+
+    assert nodes_ready_step(prod) == "nodes ready: images pulled during the join"
+    assert nodes_ready_step(flannel) == "nodes ready: without pre-pull"

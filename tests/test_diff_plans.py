@@ -65,7 +65,7 @@ def test_pool_resized(before: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 1 and "prod-workers-3" in out
 
 
-def test_cilium_bump_changes_only_the_release(
+def test_cilium_bump_changes_the_release_and_the_image_lists(
     before: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = base()
@@ -73,7 +73,8 @@ def test_cilium_bump_changes_only_the_release(
     code, out = run(before, write(tmp_path, "cilium", data), capsys, "--format", "markdown")
     assert code == 1
     assert "prod-cilium" in out and "1.19.6" in out and "1.20.0" in out
-    assert "-push" not in out
+    # Every host pulls the chart's images while k3s starts: the new version's list re-pushes it.
+    assert "prod-workers-1-push" in out and "prePullImages" in out
 
 
 def test_label_change_redeploys_that_pool(

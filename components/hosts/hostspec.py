@@ -85,6 +85,14 @@ LabelMap = dict[
     Annotated[str, AfterValidator(rules.label_value)],
 ]
 DisableComponent = catalog.K3sComponent
+# An image reference as a pod spec names it (registry/repository[:tag][@sha256:...]).
+ImageRef = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*"
+        r"(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+    ),
+]
 
 
 camel = rules.camel
@@ -254,6 +262,10 @@ class K3s(_Model):
         description="Kubelet with cloud-provider=external: the node waits, tainted "
         "uninitialized, for an external cloud controller (hcloud-cloud-controller-manager)."
     )
+    pre_pull_images: list[ImageRef] = Field(
+        description="Images pulled while k3s starts (the CNI's pods on this node), so that "
+        "they are there when the pods are scheduled; [] = none."
+    )
 
     # The one owner of these rules: nixos/modules/k3s.nix trusts the document (and nixpkgs'
     # k3s module itself refuses clusterInit on an agent).
@@ -333,6 +345,9 @@ class ContainerK3s(_Model):
         description="Extra KubeletConfiguration fields merged over the nspawn ones."
     )
     extra_flags: list[Flag] = Field(description="Further k3s agent flags.")
+    pre_pull_images: list[ImageRef] = Field(
+        description="Images the agent pulls while its k3s starts (as k3s.prePullImages)."
+    )
 
 
 class ContainerCredentials(_Model):

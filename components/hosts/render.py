@@ -69,6 +69,18 @@ class MachineFacts:
     private_mac_address: str | None = None
 
 
+@dataclass(frozen=True)
+class NodeImages:
+    """Images each kind of node pulls while its k3s starts: the CNI's pods on it
+    (components.k8s.cilium.node_images, from the chart as its templates render it)."""
+
+    server: tuple[str, ...] = ()
+    agent: tuple[str, ...] = ()
+
+    def of(self, role: str) -> list[str]:
+        return list(self.server if role == "server" else self.agent)
+
+
 def container_node_name(host_name: str, container_name: str) -> str:
     return f"{host_name}-{container_name}"
 
@@ -113,7 +125,12 @@ def _graceful_shutdown(cfg: ClusterConfig) -> GracefulNodeShutdown:
 
 
 def _k3s(
-    cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str, api_sans: Sequence[str]
+    cfg: ClusterConfig,
+    host: Host,
+    facts: MachineFacts,
+    bootstrap_ip: str,
+    api_sans: Sequence[str],
+    images: NodeImages,
 ) -> K3s:
     is_server = host.role == "server"
     snapshots = cfg.k3s.etcd_snapshots
@@ -145,6 +162,7 @@ def _k3s(
         vpn_auth_file=VPN_AUTH_FILE if cfg.tailscale.enabled else None,
         cni=cfg.k3s.cni,
         external_cloud_provider=uses_cloud_controller(cfg),
+        pre_pull_images=images.of(host.role),
     )
 
 
@@ -189,7 +207,7 @@ def etcd_s3_environment(access_key_id: str, secret_access_key: str) -> str:
 
 
 def _containers(
-    cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str
+    cfg: ClusterConfig, host: Host, facts: MachineFacts, bootstrap_ip: str, images: NodeImages
 ) -> list[Container]:
     nameservers = list(profiles.profile(cfg.provider).nameservers)
     return [
@@ -211,6 +229,7 @@ def _containers(
                     cfg, container_node_name(host.name, slot.config.name), slot.config.kubelet
                 ),
                 extra_flags=[],
+                pre_pull_images=images.of("agent"),
             ),
             credentials=ContainerCredentials(
                 k3s_token=TOKEN_FILE,
@@ -304,10 +323,12 @@ def host_spec(
     bootstrap_ip: str,
     authorized_keys: list[str],
     api_sans: Sequence[str] = (),
+    node_images: NodeImages = NodeImages(),
 ) -> HostSpec:
     """The host document for one host. `authorized_keys` = deploy key + the users' keys.
 
     `api_sans`: addresses of the API load balancer, for the servers' certificates.
+    `node_images`: what the nodes pull while k3s starts (none unless given).
     """
     profile = profiles.profile(cfg.provider)
     managed = profile.managed_network
@@ -347,13 +368,13 @@ def host_spec(
             if cfg.ssh_keys
             else [],
         ),
-        k3s=_k3s(cfg, host, facts, bootstrap_ip, api_sans),
+        k3s=_k3s(cfg, host, facts, bootstrap_ip, api_sans, node_images),
         firewall=_firewall(cfg, host.role == "server"),
         # Cilium's kernel modules and sysctls; a flannel cluster needs none of them.
         cilium=Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),
         tailscale=Tailscale(enable=tailscale_on, auth_key_file=None, wrap_k3s=tailscale_on),
         persistence=Persistence(paths=list(PERSISTENT_PATHS)),
-        containers=_containers(cfg, host, facts, bootstrap_ip),
+        containers=_containers(cfg, host, facts, bootstrap_ip, node_images),
     )
 
 
@@ -439,6 +460,9 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
             vpn_auth_file=None,
             cni=cfg.k3s.cni,
             external_cloud_provider=uses_cloud_controller(cfg),
+            # k3s never runs in the image, so nothing would pull them; the push brings the
+            # host's list (and the image key stays independent of the Cilium version).
+            pre_pull_images=[],
         ),
         # The image serves no API until its first push makes it a node: only SSH and the
         # ports every node opens.

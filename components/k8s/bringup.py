@@ -50,6 +50,7 @@ class K3sBringUp(pulumi.ComponentResource):
     api_ready: command.remote.Command
     kubeconfig: command.remote.Command
     gates: list[pulumi.Resource]
+    pushes: list[pulumi.Resource]
 
     def __init__(
         self, name: str, args: BringUpArgs, was: pulumi.Resource, opts: pulumi.ResourceOptions
@@ -61,6 +62,7 @@ class K3sBringUp(pulumi.ComponentResource):
         bootstrap = next(h for h in args.hosts if h.is_bootstrap)
 
         first = args.add_host(bootstrap, [], [])
+        self.pushes = [first.push]
         last_rolls: list[pulumi.Resource] = [_rolled(first)]
         self.api_ready = k3s.api_ready_gate(
             self._name, args.admin, cfg.deploy.api_ready_timeout_seconds, self._after([first.push])
@@ -84,6 +86,7 @@ class K3sBringUp(pulumi.ComponentResource):
         # upgrade drains a running server) still go one at a time.
         for server in (h for h in args.hosts if h.role == "server" and not h.is_bootstrap):
             pushed = args.add_host(server, [self.api_ready], last_rolls)
+            self.pushes.append(pushed.push)
             last_rolls = [_rolled(pushed)]
             self._join_gates(server, pushed, bootstrap_gate)
         agents = [h for h in args.hosts if h.role == "agent"]
@@ -92,6 +95,7 @@ class K3sBringUp(pulumi.ComponentResource):
             batch = agents[start : start + batch_size]
             pushed_batch = [args.add_host(agent, [self.api_ready], last_rolls) for agent in batch]
             for agent, pushed in zip(batch, pushed_batch, strict=True):
+                self.pushes.append(pushed.push)
                 self._join_gates(agent, pushed, bootstrap_gate)
             last_rolls = [_rolled(pushed) for pushed in pushed_batch]
 
@@ -132,15 +136,22 @@ class K3sBringUp(pulumi.ComponentResource):
         self._container_gates(host, after)
 
     def finish(self, node_count: int, after: Sequence[pulumi.Resource]) -> None:
-        """The nodes-Ready gate, once the CNI and add-ons are released, and the teardown
-        marker; then the stage's outputs."""
+        """The nodes-Ready gate, once the CNI and add-ons are released and every host is
+        activated, and the teardown marker; then the stage's outputs.
+
+        The gate follows the pushes, not the node gates: it polls until node_count nodes are
+        Ready, and a node is Ready only once registered, so it waits for every registration
+        itself and a node gate's SSH round trip is off its path. Nothing needs it after the
+        gates' labels and taints: a first registration carries them already (k3s
+        --node-label/--node-taint from the host data), the releases do not wait for it, and the
+        deploy still waits for every gate. The teardown marker stays after the gates."""
         cfg = self._args.config
         k3s.nodes_ready_gate(
             self._name,
             self._args.admin,
             node_count,
             cfg.deploy.nodes_ready_timeout_seconds,
-            self._after([*after, *self.gates]),
+            self._after([*after, *self.pushes]),
         )
         k3s.teardown_marker(self._name, self._args.gate_target, self._after(list(self.gates)))
         self.register_outputs({"kubeconfig": pulumi.Output.secret(self.kubeconfig.stdout)})

@@ -20,6 +20,7 @@ from components import catalog, profiles
 from components.config.derived import has_nested_nodes, node_count
 from components.config.errors import Problem
 from components.config.schema import ClusterConfig
+from components.hosts.render import NodeImages
 from components.k8s import valuesschema
 
 CHART_NAME = "cilium"
@@ -461,3 +462,137 @@ def stack_problems(cfg: ClusterConfig, earlier: Sequence[Problem]) -> Iterable[P
             )
     except ValueError as exc:
         yield Problem("cilium", str(exc))
+
+
+# --- the images the chart runs, pulled by the nodes while their k3s starts ------------------
+
+CHART_IMAGES_PATH = SCHEMA_DIR / "chart-images.json"
+# The chart defaults that decide which images its pods run, per version: these keys of each
+# version's values.yaml, and nothing else of it (tests/cilium/test_cilium_images.py holds the
+# file to the charts' values.yaml).
+IMAGE_VALUE_PATHS: tuple[tuple[str, ...], ...] = (
+    ("image",),
+    ("l7Proxy",),
+    ("upgradeCompatibility",),
+    ("agent",),
+    ("envoy", "enabled"),
+    ("envoy", "image"),
+    ("operator", "enabled"),
+    ("operator", "image"),
+    ("eni", "enabled"),
+    ("azure", "enabled"),
+    ("alibabacloud", "enabled"),
+    ("hubble", "relay", "image"),
+    ("hubble", "ui", "frontend", "image"),
+    ("hubble", "ui", "backend", "image"),
+)
+
+
+def image_defaults(chart_values: Mapping[str, Any]) -> dict[str, Any]:
+    """The IMAGE_VALUE_PATHS of a chart's default values.yaml, as chart-images.json holds them."""
+    picked: dict[str, Any] = {}
+    for path in IMAGE_VALUE_PATHS:
+        value: Any = chart_values
+        for key in path:
+            value = value[key]
+        node = picked
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = copy.deepcopy(value)
+    return picked
+
+
+@functools.cache
+def _image_defaults(version: str) -> dict[str, Any]:
+    return json.loads(CHART_IMAGES_PATH.read_text(encoding="utf-8"))[check_version(version)]
+
+
+@dataclass(frozen=True)
+class ChartImages:
+    """The images of the chart's pods, as its templates write them into the pod specs."""
+
+    # DaemonSets, one pod on every node: the agent (its init containers run the same image)
+    # and cilium-envoy when the chart runs it apart from the agent.
+    every_node: tuple[str, ...]
+    # Deployments, a few pods in the cluster: the operator, Hubble's relay and UI.
+    cluster: tuple[str, ...]
+
+
+def _image(section: Mapping[str, Any]) -> str:
+    """templates/_helpers.tpl `cilium.image`: the override, else repository[:tag][@digest]."""
+    if section.get("override"):
+        return str(section["override"])
+    tag = f":{section['tag']}" if section.get("tag") else ""
+    digest = f"@{section['digest']}" if section.get("useDigest") else ""
+    return f"{section['repository']}{tag}{digest}"
+
+
+# templates/cilium-operator/_helpers.tpl `cilium.operator.cloud`: the first IPAM cloud enabled
+# names the operator's image and its digest; none is `generic`.
+_OPERATOR_CLOUDS = (("eni", "aws"), ("azure", "azure"), ("alibabacloud", "alibabacloud"))
+
+
+def _operator_image(values: Mapping[str, Any]) -> str:
+    """`cilium.operator.image`: <repository>-<cloud><suffix>:<tag>[@<cloud>Digest]."""
+    image = values["operator"]["image"]
+    if image.get("override"):
+        return str(image["override"])
+    cloud = next(
+        (name for key, name in _OPERATOR_CLOUDS if (values.get(key) or {}).get("enabled")),
+        "generic",
+    )
+    digest = f"@{image[f'{cloud}Digest']}" if image.get("useDigest") else ""
+    tag = f":{image['tag']}" if image.get("tag") else ""
+    return f"{image['repository']}-{cloud}{image.get('suffix') or ''}{tag}{digest}"
+
+
+def _envoy_daemonset(values: Mapping[str, Any]) -> bool:
+    """`envoyDaemonSetEnabled`: off without l7Proxy; envoy.enabled when set; else on for a new
+    installation (upgradeCompatibility unset or >= 1.16)."""
+    if not values.get("l7Proxy"):
+        return False
+    enabled = (values.get("envoy") or {}).get("enabled")
+    if enabled is not None:
+        return bool(enabled)
+    compatibility = values.get("upgradeCompatibility")
+    if compatibility is None:
+        return True
+    major, minor = (int(part) for part in str(compatibility).split(".")[:2])
+    return (major, minor) >= (1, 16)
+
+
+def chart_images(values: Mapping[str, Any], version: str) -> ChartImages:
+    """The images chart `version` runs with `values` (what render_values returns) over its
+    defaults, for the nodes to pull before the pods ask for them."""
+    merged = deep_merge(_image_defaults(version), _without_nulls(values))
+    every_node: list[str] = []
+    if merged.get("agent", True):
+        every_node.append(_image(merged["image"]))
+    if _envoy_daemonset(merged):
+        every_node.append(_image(merged["envoy"]["image"]))
+    cluster: list[str] = []
+    if merged["operator"].get("enabled", True):
+        cluster.append(_operator_image(merged))
+    hubble = merged.get("hubble") or {}
+    if hubble.get("enabled") and (hubble.get("relay") or {}).get("enabled"):
+        cluster.append(_image(hubble["relay"]["image"]))
+    if hubble.get("enabled") and (hubble.get("ui") or {}).get("enabled"):
+        cluster += [
+            _image(hubble["ui"]["frontend"]["image"]),
+            _image(hubble["ui"]["backend"]["image"]),
+        ]
+    return ChartImages(every_node=tuple(every_node), cluster=tuple(cluster))
+
+
+def node_images(cfg: ClusterConfig) -> NodeImages:
+    """What each kind of node pulls while its k3s starts: every node the DaemonSets' images,
+    the servers the Deployments' too (they are the first nodes to register, and the operator,
+    which tolerates every taint, must run before any node gets its pod CIDR). None for flannel,
+    which k3s runs itself."""
+    if cfg.k3s.cni != "cilium":
+        return NodeImages()
+    nodes = max(node_count(cfg), 1)
+    images = chart_images(
+        render_values(cilium_settings(cfg, PLACEHOLDER_API_HOST, nodes)), cfg.cilium.version
+    )
+    return NodeImages(server=images.every_node + images.cluster, agent=images.every_node)

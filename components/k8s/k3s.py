@@ -3,7 +3,7 @@
 Order (the dependency graph says exactly this):
   bootstrap push -> api-ready gate -> server 2 push -> server 2 joined -> server 3 push -> ...
   api-ready gate -> every agent push (in parallel) -> agent joined
-  api-ready gate -> kubeconfig -> Cilium release -> nodes-Ready gate (after every join)
+  api-ready gate -> kubeconfig -> Cilium release -> nodes-Ready gate (after every push)
 etcd admits one learner at a time, so servers join one by one; agents need only the API.
 """
 

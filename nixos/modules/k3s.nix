@@ -31,6 +31,9 @@ let
         meta.mainProgram = "k3s";
       };
 
+  # One image reference a line, for k3s-pre-pull.sh.
+  prePullList = pkgs.writeText "pre-pull-images.txt" (lib.concatLines cfg.prePullImages);
+
   s3 = cfg.etcdSnapshots.s3;
   # k3s reads the S3 keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the EnvironmentFile),
   # so they never appear on its command line.
@@ -280,6 +283,19 @@ in
       description = "Further k3s flags, one `--flag[=value]` per item.";
     };
 
+    prePullImages = lib.mkOption {
+      type = lib.types.listOf (
+        lib.types.strMatching "[a-z0-9][a-z0-9._-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?"
+      );
+      description = ''
+        Images pulled through k3s's containerd (CRI, so registries.yaml applies) while k3s starts:
+        the CNI's pods on this node, which then start without a pull once the node registers.
+        Not through services.k3s.images: k3s pulls that directory's lists before its kubelet
+        starts and, on a joining server, before it joins etcd (k3s-io/k3s#4194), so the pull
+        would lengthen the join instead of running beside it.
+      '';
+    };
+
     holdUntil = lib.mkOption {
       type = lib.types.nullOr (lib.types.strMatching "/[^[:space:]]+");
       default = null;
@@ -325,6 +341,24 @@ in
         S3_FLAGS="${lib.concatStringsSep " " (lib.optionals cfg.etcdSnapshots.enable s3Flags)}"
         S3_ENVIRONMENT_FILE=${lib.optionalString (cfg.etcdSnapshots.enable && s3 != null) s3.environmentFile}
       '';
+    };
+
+    # Started with k3s (wanted by it, not ordered after it): a server's k3s.service is active
+    # only once it has joined etcd, and the pull is meant to run during the join. Type=exec: no
+    # start job waits for the pull; a failed pull only leaves the image to the kubelet.
+    # RemainAfterExit: it stays active, so an activation that changes the list (a Cilium
+    # upgrade) restarts it and the new images are pulled while the release rolls out.
+    systemd.services.k3s-pre-pull = {
+      enable = cfg.prePullImages != [ ];
+      description = "Pull the CNI's images while k3s starts";
+      wantedBy = [ "k3s.service" ];
+      partOf = [ "k3s.service" ];
+      unitConfig.ConditionPathExists = lib.mkIf (cfg.holdUntil != null) cfg.holdUntil;
+      serviceConfig = {
+        Type = "exec";
+        RemainAfterExit = true;
+        ExecStart = "${pkgs.bash}/bin/bash ${./k3s-pre-pull.sh} ${cfg.finalPackage}/bin/k3s ${prePullList}";
+      };
     };
 
     services.k3s = {

@@ -84,7 +84,8 @@ def test_a_new_node_runs_machine_install_push_join_then_nodes_ready(
         ("prod-workers-3", "prod-workers-3-install"),
         ("prod-workers-3-install", "prod-workers-3-push"),
         ("prod-workers-3-push", "prod-workers-3-joined"),
-        ("prod-workers-3-joined", "prod-nodes-ready"),
+        # nodes-Ready follows the pushes (it polls for the registration itself), not the gates.
+        ("prod-workers-3-push", "prod-nodes-ready"),
     }
     mermaid = parsed(text)
     if mermaid:
@@ -123,13 +124,26 @@ def test_a_k3s_package_change_pushes_the_bootstrap_server_first(
     parsed(text)
 
 
-def test_a_cilium_bump_draws_only_the_release(before: Path, tmp_path: Path) -> None:
+def test_a_cilium_bump_pushes_every_host_its_new_image_list(before: Path, tmp_path: Path) -> None:
+    """Each host's data carries the images the chart runs (k3s.prePullImages), so a new Cilium
+    version pushes every host (its k3s-pre-pull.service pulls the new images) and the release
+    follows the bootstrap server's push."""
     data = stack_data("prod")
     data["cilium"]["version"] = "1.20.0"
     text = diagram(before, write(tmp_path, "cilium", data))
 
-    assert re.findall(r'\["(.*?)"\]', text) == ["Helm releases (Cilium)", "prod-cilium<br/>changed"]
-    assert "-->" not in text
+    labels = re.findall(r'\["(.*?)"\]', text)
+    assert labels[0] == "Pushes (nixos-rebuild)" and labels[-2:] == [
+        "Helm releases (Cilium)",
+        "prod-cilium<br/>changed",
+    ]
+    assert {
+        label.split("<br/>")[0] for label in labels if label.endswith("-push<br/>replaced")
+    } == {
+        f"prod-{host}-push"
+        for host in ("control-1", "control-2", "control-3", "workers-1", "workers-2")
+    }
+    assert ("prod-control-1-push", "prod-cilium") in named_edges(text)
     parsed(text)
 
 
@@ -154,7 +168,7 @@ def test_a_large_change_is_drawn_one_box_per_stage(before: Path, tmp_path: Path)
     assert 'machines["Machines<br/>18 added"]' in text
     assert 'pushes["Pushes (nixos-rebuild)<br/>18 added"]' in text
     assert "machines --> installs" in text
-    assert "joins --> ready" in text
+    assert "pushes --> ready" in text
     assert "class machines add" in text
     mermaid = parsed(text)
     if mermaid:
@@ -168,7 +182,7 @@ def test_dev_stack_vms_are_the_machines(tmp_path: Path) -> None:
     text = diagram(empty, write(tmp_path, "dev", stack_data("dev"), stack="dev"))
 
     assert ("dev-server-1-vm", "dev-server-1-install") in named_edges(text)
-    assert ("dev-agent-1-joined", "dev-nodes-ready") in named_edges(text)
+    assert ("dev-agent-1-push", "dev-nodes-ready") in named_edges(text)
     assert ("dev-cilium", "dev-nodes-ready") in named_edges(text)
     parsed(text)
 

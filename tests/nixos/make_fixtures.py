@@ -68,6 +68,7 @@ K3S: dict[str, Any] = {
     "etcd_snapshots": EtcdSnapshots(**SNAPSHOTS),
     "vpn_auth_file": None,
     "external_cloud_provider": False,
+    "pre_pull_images": [],
 }
 FIREWALL: dict[str, Any] = {
     "public_tcp_ports": [22],
@@ -87,6 +88,19 @@ NETWORK: dict[str, Any] = {
     "private_mac_address": None,
     "mtu": 1450,
 }
+# What components.k8s.cilium.node_images gives Cilium 1.19.6's nodes (the servers also pull the
+# operator's image).
+CILIUM_AGENT_IMAGES = [
+    "quay.io/cilium/cilium:v1.19.6"
+    "@sha256:0df5b2750b64c49843aba1d649e9eaf61467cb0645ad3171db6f6962c095ac92",
+    "quay.io/cilium/cilium-envoy:v1.36.9-1782267392-edeb3f2af56c37c407efa1f63f0b32f595399bbc"
+    "@sha256:767101fb8a5e38f055778cb43b7aa8eed80450b37f8121effac3d9de9e06dc99",
+]
+CILIUM_SERVER_IMAGES = [
+    *CILIUM_AGENT_IMAGES,
+    "quay.io/cilium/operator-generic:v1.19.6"
+    "@sha256:0db4ca4e06969d8904ee036617795d0e9c3228cf7b8d902ba74fc2bb98d2d665",
+]
 NO_TAILSCALE = Tailscale(enable=False, auth_key_file=None, wrap_k3s=False)
 
 
@@ -149,6 +163,7 @@ def first_server() -> HostSpec:
             node_external_ip="203.0.113.10",
             tls_sans=["203.0.113.10", "api.prod.example.com"],
             node_taints=["node-role.kubernetes.io/control-plane=true:NoSchedule"],
+            pre_pull_images=CILIUM_SERVER_IMAGES,
             etcd_snapshots=EtcdSnapshots(
                 enable=True,
                 schedule_cron="0 */6 * * *",
@@ -181,6 +196,7 @@ def agent() -> HostSpec:
             node_ip="10.0.1.5",
             node_labels={"node.kubernetes.io/pool": "workers"},
             kubelet_config={"systemReserved": {"cpu": "100m", "memory": "200Mi"}},
+            pre_pull_images=CILIUM_AGENT_IMAGES,
         ),
     )
 
@@ -202,6 +218,7 @@ def container(name: str, index: int, tailscale: bool) -> Container:
             node_external_ip=None,
             kubelet_config={},
             extra_flags=["--node-label=nixos-k3s/container=true"],
+            pre_pull_images=CILIUM_AGENT_IMAGES,
         ),
         credentials=ContainerCredentials(
             k3s_token=f"{SECRETS}/k3s-token",
@@ -228,6 +245,7 @@ def container_host() -> HostSpec:
             token_file=f"{SECRETS}/k3s-token",
             node_ip="10.0.1.8",
             vpn_auth_file=f"{SECRETS}/vpn-auth",
+            pre_pull_images=CILIUM_AGENT_IMAGES,
         ),
         tailscale=Tailscale(enable=True, auth_key_file=None, wrap_k3s=True),
         containers=[container("k3s-agent-1", 1, True), container("k3s-agent-2", 2, False)],
@@ -240,7 +258,7 @@ def flannel_container_host() -> HostSpec:
     return base.model_copy(
         update={
             "name": "prod-host-2",
-            "k3s": base.k3s.model_copy(update={"cni": "flannel"}),
+            "k3s": base.k3s.model_copy(update={"cni": "flannel", "pre_pull_images": []}),
             "firewall": firewall(
                 private_tcp_ports=[6443, 10250],
                 private_udp_ports=[8472],
@@ -248,7 +266,13 @@ def flannel_container_host() -> HostSpec:
             ),
             "cilium": Cilium(host_prerequisites=False),
             "containers": [
-                c.model_copy(update={"mode": "user-namespace"}) for c in base.containers
+                c.model_copy(
+                    update={
+                        "mode": "user-namespace",
+                        "k3s": c.k3s.model_copy(update={"pre_pull_images": []}),
+                    }
+                )
+                for c in base.containers
             ],
         }
     )

@@ -66,6 +66,7 @@ def render_stack(
     lb_public = lb_public_ipv4 if lb_private and cfg.hetzner.load_balancer_public else None
     lb_sans = [a for a in (lb_private, lb_public) if a]
     pushed = {}
+    images = cilium.node_images(cfg)
     for host in hosts:
         spec = render.host_spec(
             cfg,
@@ -74,6 +75,7 @@ def render_stack(
             bootstrap_ip=bootstrap_ip,
             authorized_keys=[deploy_key, *cfg.ssh_keys],
             api_sans=lb_sans if host.role == "server" else [],
+            node_images=images,
         )
         pushed[host.name] = hostspec.host_json(spec)
         render.secret_files(cfg, host)

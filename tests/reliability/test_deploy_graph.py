@@ -53,10 +53,9 @@ def test_servers_join_together_after_the_bootstrap_server(prod: dict[str, Any]) 
     """The servers after the first join at once (etcd's one-learner rule is k3s's to retry), so
     five servers give the same chain as three."""
     chain = graph.critical_paths(prod).nodes_ready.names
-    assert chain.index("prod-api-ready") < chain.index(
-        next(n for n in chain if n.endswith("-joined"))
-    )
-    assert chain[-1] == "prod-nodes-ready"
+    assert "prod-api-ready" in chain and chain[-1] == "prod-nodes-ready"
+    # nodes-Ready follows the pushes and the releases; it polls for the registrations itself.
+    assert not any(name.endswith("-joined") for name in chain)
     five = stack_data("prod")
     five["nodePools"][0]["count"] = 5
     many = graph.critical_paths(document(five))
