@@ -79,9 +79,10 @@ class K3sBringUp(pulumi.ComponentResource):
         self._container_gates(bootstrap, [bootstrap_gate])
         # The other servers join at once, once the API answers, as hetzner-k3s joins its
         # additional masters (set_up_additional_masters: one fiber each). etcd admits one
-        # learner at a time: a join that finds another learner fails (ErrTooManyLearners), k3s
-        # exits and systemd starts it again 5 s later (nixpkgs k3s module: Restart=always,
-        # RestartSec=5s) until the leader has promoted the one before; each push's confirm
+        # learner at a time: a join that finds another learner is refused (ErrTooManyLearners)
+        # and retried, by k3s itself in its newest pkg/etcd/etcd.go, else by systemd 5 s after
+        # k3s exits (nixpkgs k3s module: Restart=always, RestartSec=5s), until the leader has
+        # promoted the one before; each push's confirm
         # waits for its k3s.service, under the rollback deadline as before. Their rolls (an
         # upgrade drains a running server) still go one at a time.
         for server in (h for h in args.hosts if h.role == "server" and not h.is_bootstrap):
