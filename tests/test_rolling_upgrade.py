@@ -109,7 +109,7 @@ class TimedRolls(mocks.FakeProviders):
 
 
 def _roll_spans(data: dict[str, Any]) -> tuple[plan.PlanResult, dict[str, tuple[float, float]]]:
-    config = {"nixos-k3s:cluster": data}
+    config: dict[str, Any] = {"nixos-k3s:cluster": data}
     keys = set()
     for key in plan.PLACEHOLDER_SECRETS:
         config[key] = plan.placeholder_secret(key, None)
