@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import pulumi
 import pytest
 
 from components.config import ConfigError
 from components.hosts import render
 from components.stack import parse_cluster
 from tests.conftest import Plan, run_plan, stack_data
+from tooling import mocks, plan
 
 
 def cluster(workers: int = 4, max_unavailable: int | None = None, **k3s: str) -> dict[str, Any]:
@@ -84,3 +89,44 @@ def test_max_unavailable_is_checked(value: object) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_cluster(cluster(max_unavailable=value))  # type: ignore[arg-type]
     assert "deploy.maxUnavailable" in str(caught.value)
+
+
+class TimedRolls(mocks.FakeProviders):
+    """Fake providers that take a while to create a roll step and note when each one ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: dict[str, tuple[float, float]] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        if not args.name.endswith("-roll"):
+            return super().new_resource(args)
+        start = time.monotonic()
+        time.sleep(0.05)
+        result = super().new_resource(args)
+        self.spans[args.name] = (start, time.monotonic())
+        return result
+
+
+def _roll_spans(data: dict[str, Any]) -> tuple[plan.PlanResult, dict[str, tuple[float, float]]]:
+    config: dict[str, Any] = {"nixos-k3s:cluster": data}
+    keys = set()
+    for key in plan.PLACEHOLDER_SECRETS:
+        config[key] = plan.placeholder_secret(key, None)
+        keys.add(key)
+    providers = TimedRolls()
+    result = plan.run_program(plan.StackFile("prod", config, frozenset(keys)), providers=providers)
+    return result, providers.spans
+
+
+def test_a_roll_step_is_registered_only_after_the_rolls_it_depends_on() -> None:
+    # The engine starts a roll step once its RegisterResource arrives; the program sends it only
+    # after the rolls of the batch before are registered (their URNs, see nixos_host.
+    # once_registered), which in a real deploy means created or updated.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        result, spans = pool.submit(_roll_spans, cluster(max_unavailable=2)).result()
+    planned = Plan(result)
+    assert len(spans) == 7
+    for name, (start, _) in spans.items():
+        for dep in rolls_before(planned, name.removesuffix("-roll")):
+            assert spans[dep][1] <= start, (dep, name)
