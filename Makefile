@@ -52,7 +52,7 @@ lint: $(STAMP) system-deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright
-	shellcheck --external-sources components/scripts/*.sh .ci/run .ci/*.sh
+	shellcheck --external-sources components/scripts/*.sh nixos/modules/*.sh .ci/run .ci/*.sh
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
