@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from components import catalog, profiles, rules
 from components.config import ClusterConfig, container_mode, uses_cloud_controller
@@ -124,6 +125,23 @@ def _graceful_shutdown(cfg: ClusterConfig) -> GracefulNodeShutdown:
     )
 
 
+def _k3s_cluster_wide(cfg: ClusterConfig) -> dict[str, Any]:
+    """The k3s settings every node of the cluster shares: one writer for the hosts and the
+    Hetzner NixOS image (image_spec), which carries k3s held back with only these."""
+    return {
+        "enable": True,
+        "token_file": TOKEN_FILE,
+        "package": cfg.k3s.package,
+        "disable": list(cfg.k3s.disable),
+        "cluster_cidr": cfg.k3s.cluster_cidr,
+        "service_cidr": cfg.k3s.service_cidr,
+        "cluster_dns": cfg.k3s.cluster_dns,
+        "graceful_node_shutdown": _graceful_shutdown(cfg),
+        "cni": cfg.k3s.cni,
+        "external_cloud_provider": uses_cloud_controller(cfg),
+    }
+
+
 def _k3s(
     cfg: ClusterConfig,
     host: Host,
@@ -135,22 +153,15 @@ def _k3s(
     is_server = host.role == "server"
     snapshots = cfg.k3s.etcd_snapshots
     return K3s(
-        enable=True,
+        **_k3s_cluster_wide(cfg),
         role="server" if is_server else "agent",
         cluster_init=host.is_bootstrap,
         server_addr="" if host.is_bootstrap else api_server_url(bootstrap_ip),
-        token_file=TOKEN_FILE,
-        package=cfg.k3s.package,
-        disable=list(cfg.k3s.disable),
-        cluster_cidr=cfg.k3s.cluster_cidr,
-        service_cidr=cfg.k3s.service_cidr,
-        cluster_dns=cfg.k3s.cluster_dns,
         tls_sans=_tls_sans(cfg, facts, api_sans) if is_server else [],
         node_ip=facts.private_ipv4,
         node_external_ip=facts.public_ipv4,
         node_labels=dict(sorted(host.pool.labels.items())),
         node_taints=[t.render() for t in host.pool.taints],
-        graceful_node_shutdown=_graceful_shutdown(cfg),
         kubelet_config=_kubelet(cfg, host),
         etcd_snapshots=EtcdSnapshots(
             enable=snapshots.enabled and is_server,
@@ -160,8 +171,6 @@ def _k3s(
         ),
         extra_flags=list(cfg.k3s.extra_flags),
         vpn_auth_file=VPN_AUTH_FILE if cfg.tailscale.enabled else None,
-        cni=cfg.k3s.cni,
-        external_cloud_provider=uses_cloud_controller(cfg),
         pre_pull_images=images.of(host.role),
     )
 
@@ -433,22 +442,15 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
         # back like on every installed host (holdUntil: no released marker, no token); the push
         # brings each host's own role and flags.
         k3s=K3s(
-            enable=True,
+            **_k3s_cluster_wide(cfg),
             role="server",
             cluster_init=True,
             server_addr="",
-            token_file=TOKEN_FILE,
-            package=cfg.k3s.package,
-            disable=list(cfg.k3s.disable),
-            cluster_cidr=cfg.k3s.cluster_cidr,
-            service_cidr=cfg.k3s.service_cidr,
-            cluster_dns=cfg.k3s.cluster_dns,
             tls_sans=[],
             node_ip=placeholder,
             node_external_ip=None,
             node_labels={},
             node_taints=[],
-            graceful_node_shutdown=_graceful_shutdown(cfg),
             kubelet_config={},
             etcd_snapshots=EtcdSnapshots(
                 enable=False,
@@ -458,8 +460,6 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
             ),
             extra_flags=[],
             vpn_auth_file=None,
-            cni=cfg.k3s.cni,
-            external_cloud_provider=uses_cloud_controller(cfg),
             # k3s never runs in the image, so nothing would pull them; the push brings the
             # host's list (and the image key stays independent of the Cilium version).
             pre_pull_images=[],
