@@ -8,7 +8,9 @@ engine's --parallel: one worker per degree of parallelism, pkg/resource/deploy/s
 Ready resources take free workers in the order they became ready.
 
 The result: minutes to the kubeconfig and to the nodes-Ready gate, with the critical path that
-decided each, step by step, once with every step's low time and once with every high time.
+decided each, step by step, once with every step's low time and once with every high time; and
+every resource that runs past its rule's `limit` (where the project's own scripts would fail the
+step: such a deploy fails, it does not merely take longer).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Rule:
     # True/False: only in plans whose nodes do / do not pull the CNI's images while k3s starts
     # (host JSON k3s.prePullImages); None: either.
     pre_pull: bool | None = None
+    # Seconds after which the project's own scripts fail the step; None: no such limit.
+    limit: float | None = None
 
     def matches(
         self, res: Mapping[str, Any], role: str | None, nixos_image: bool, pre_pull: bool = False
@@ -87,6 +91,7 @@ def _rule(index: int, entry: Any) -> Rule:
         "nixosImage",
         "queue",
         "prePull",
+        "limit",
     }
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -109,6 +114,7 @@ def _rule(index: int, entry: Any) -> Rule:
     if pre_pull is not None and not isinstance(pre_pull, bool):
         raise StepTableError(f"{where}.prePull: true, false or absent; got {pre_pull!r}")
     return Rule(
+        limit=_limit(where, entry.get("limit")),
         pre_pull=pre_pull,
         queue=queue,
         queue_seconds=queue_seconds,
@@ -142,6 +148,20 @@ def _queue(where: str, entry: Any) -> tuple[str | None, tuple[float, float]]:
     if not str(entry["name"]).strip() or not str(entry["source"]).strip():
         raise StepTableError(f"{where}.queue: name and source must not be empty")
     return str(entry["name"]), _seconds(f"{where}.queue.seconds", entry["seconds"])
+
+
+def _limit(where: str, entry: Any) -> float | None:
+    """`limit: {seconds, source}` of a rule, or no limit."""
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping) or set(entry) != {"seconds", "source"}:
+        raise StepTableError(f"{where}.limit: want a mapping with seconds and source")
+    seconds = entry["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        raise StepTableError(f"{where}.limit.seconds: want a positive number, got {seconds!r}")
+    if not str(entry["source"]).strip():
+        raise StepTableError(f"{where}.limit.source: say which script fails the step and when")
+    return float(seconds)
 
 
 def load_steps(path: Path = STEPS_FILE) -> StepTable:
@@ -191,6 +211,7 @@ class Timed:
     seconds: tuple[float, float]
     queue: str | None = None
     queue_seconds: tuple[float, float] = (0.0, 0.0)
+    limit: float | None = None
 
 
 def uses_nixos_image(plan: Mapping[str, Any]) -> bool:
@@ -225,7 +246,13 @@ def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Time
                 f" (role {role or 'none'}): add a rule"
             )
         out[res["urn"]] = Timed(
-            res["urn"], res["name"], rule.step, rule.seconds, rule.queue, rule.queue_seconds
+            res["urn"],
+            res["name"],
+            rule.step,
+            rule.seconds,
+            rule.queue,
+            rule.queue_seconds,
+            rule.limit,
         )
     return out
 
@@ -356,13 +383,25 @@ def model(
         queues = {urn: (t.queue, t.queue_seconds[index]) for urn, t in timed.items() if t.queue}
         slots = schedule(deps, durations, parallel, queues)
         peak = _peak_concurrency(slots)
-        entry: dict[str, Any] = {"peakRunning": peak}
+        entry: dict[str, Any] = {"peakRunning": peak, "overLimit": over_limit(slots, timed)}
         for key, urns in targets.items():
             last = max(urns, key=lambda u: (slots[u].end, u))
             entry[f"{key}Minutes"] = round(slots[last].end / 60, 2)
             entry[f"{key}Path"] = _critical_path(last, deps, slots, timed)
         result[bound] = entry
     return result
+
+
+def over_limit(slots: Mapping[str, Slot], timed: Mapping[str, Timed]) -> list[dict[str, Any]]:
+    """Resources that run longer than their rule's limit (queue wait included), by name."""
+    out = []
+    for urn, t in timed.items():
+        length = slots[urn].end - slots[urn].start
+        if t.limit is not None and length > t.limit:
+            out.append(
+                {"resource": t.name, "step": t.step, "seconds": length, "limitSeconds": t.limit}
+            )
+    return sorted(out, key=lambda o: o["resource"])
 
 
 def _peak_concurrency(slots: Mapping[str, Slot]) -> int:

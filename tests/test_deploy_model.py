@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,15 @@ def test_a_resource_without_a_rule_is_named(table: deploy_model.StepTable) -> No
         ("{step: x, type: 'tls:', seconds: [1, 2]}", r"steps\[0\]\.source"),
         ("{step: x, type: 'tls:', seconds: [1, 2], source: s, role: boss}", r"steps\[0\]\.role"),
         ("{step: x, type: 'tls:', seconds: [1, 2], source: s, prePull: yes-ish}", r"prePull"),
+        ("{step: x, type: 'tls:', seconds: [1, 2], source: s, limit: 90}", r"steps\[0\]\.limit"),
+        (
+            "{step: x, type: 'tls:', seconds: [1, 2], source: s, limit: {seconds: 0, source: s}}",
+            r"steps\[0\]\.limit\.seconds",
+        ),
+        (
+            "{step: x, type: 'tls:', seconds: [1, 2], source: s, limit: {seconds: 9, source: ''}}",
+            r"steps\[0\]\.limit\.source",
+        ),
     ],
 )
 def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
@@ -168,3 +178,27 @@ def test_pre_pull_rules_apply_to_plans_that_pre_pull(
 
     assert nodes_ready_step(prod) == "nodes ready: images pulled during the join"
     assert nodes_ready_step(flannel) == "nodes ready: without pre-pull"
+
+
+def test_steps_past_their_limit_are_reported(table: deploy_model.StepTable) -> None:
+    doc = document("prod")
+    push = next(r for r in table.rules if r.queue)
+    assert push.limit is not None
+    # Every joining server's push, queue wait included, compared with the rule's limit.
+    for limit, expect in ((1.0, {"prod-control-2-push", "prod-control-3-push"}), (1e6, set())):
+        rules = tuple(replace(r, limit=limit) if r is push else r for r in table.rules)
+        result = deploy_model.model(doc, replace(table, rules=rules))
+        for bound in deploy_model.BOUNDS:
+            over = result[bound]["overLimit"]
+            assert {o["resource"] for o in over} == expect, (limit, bound)
+            assert all(o["seconds"] > o["limitSeconds"] == limit for o in over)
+
+
+def test_deploy_checks_report_steps_past_their_limit() -> None:
+    entry = {"nodesReadyMinutes": 4.0, "overLimit": []}
+    over = {"nodesReadyMinutes": 9.0, "overLimit": [{"resource": "x-push"}]}
+    scenario = {"label": "s", "targetNodesReadyMinutes": 5, "low": entry, "high": over}
+    found = {c["name"]: c for c in deploy.checks({"scenarios": [scenario]})}
+    limit = found["modelled steps past their limit, s (low-high times)"]
+    assert (limit["value"], limit["pass"]) == ("0-1", False)
+    assert found["modelled minutes to all nodes Ready, s (high times)"]["pass"] is False
