@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from components.config import ClusterConfig
+from components import catalog
+from components.config import ClusterConfig, ConfigError
 from components.hosts import render
 from components.machines import hetzner
+from components.stack import parse_cluster
 from tests.conftest import Plan, run_plan, stack_data
 
 
@@ -82,3 +84,57 @@ def test_a_new_public_port_reaches_the_cloud_firewall(monkeypatch: pytest.Monkey
     assert set(by_port) == {"22", "6443", str(render.tcp_port("hubble"))}
     assert by_port["4244"].source_ips == ["0.0.0.0/0", "::/0"]
     assert by_port["22"].source_ips == list(cfg.firewall.ssh_sources)
+
+
+def _extra_rules(count: int) -> list[dict[str, Any]]:
+    return [
+        {"protocol": "tcp", "port": str(30000 + i), "sources": ["0.0.0.0/0"]} for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ingress", "extras"), [(False, 0), (True, 0), (False, 2), (True, 3)], ids=str
+)
+def test_the_rule_limit_counts_the_rules_the_plan_creates(
+    plan_of, ingress: bool, extras: int
+) -> None:
+    """The stack check's count is the number of rules the plan gives the cloud firewall: filled
+    up to Hetzner's limit with extra rules the stack is accepted, one more rule is refused."""
+    data = stack_data("prod")
+    data["firewall"]["ingress"] = ingress
+    data["firewall"]["extraRules"] = _extra_rules(extras)
+    created = len(plan_of(data, stack="prod")["prod-hetzner-firewall"].inputs["rules"])
+    room = catalog.MAX_FIREWALL_RULES - created
+    assert room > 0, created
+    data["firewall"]["extraRules"] = _extra_rules(extras + room)
+    parse_cluster(data)
+    data["firewall"]["extraRules"] = _extra_rules(extras + room + 1)
+    with pytest.raises(ConfigError) as refused:
+        parse_cluster(data)
+    assert [str(p) for p in refused.value.problems] == [
+        f"firewall.extraRules: {catalog.MAX_FIREWALL_RULES + 1} rules: a Hetzner firewall holds "
+        f"at most {catalog.MAX_FIREWALL_RULES} (the cluster's own take {created - extras}: "
+        + ", ".join(
+            ["ssh from admins", "kubernetes api from admins", "icmp"]
+            + (["ingress 80", "ingress 443"] if ingress else [])
+        )
+        + ")"
+    ]
+
+
+def test_a_new_public_port_counts_against_the_rule_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port the hosts open publicly takes a rule of the cloud firewall, and the limit check
+    counts it without an edit of its own."""
+    data = stack_data("prod")
+    own = len(hetzner.firewall_rules(ClusterConfig.model_validate(data)))
+    data["firewall"]["extraRules"] = _extra_rules(catalog.MAX_FIREWALL_RULES - own)
+    cfg = ClusterConfig.model_validate(data)
+    assert list(hetzner.stack_problems(cfg, [])) == []
+    names = render.public_tcp_port_names
+    monkeypatch.setattr(
+        render,
+        "public_tcp_port_names",
+        lambda cfg, *, is_server: [*names(cfg, is_server=is_server), "hubble"],
+    )
+    (problem,) = hetzner.stack_problems(cfg, [])
+    assert str(problem).startswith(f"firewall.extraRules: {catalog.MAX_FIREWALL_RULES + 1} rules")

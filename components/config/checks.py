@@ -1,6 +1,7 @@
 """Semantic checks: what only the whole stack can show (overlapping CIDRs, quorum, server types
 per location, impossible combinations). Pure: tests call `semantic_problems` directly. The
-Cilium chart values are checked by components/k8s/cilium.py (`stack_problems`)."""
+Cilium chart values are checked by components/k8s/cilium.py, the number of Hetzner firewall rules
+by components/machines/hetzner.py (each `stack_problems`, handed in by components/stack.py)."""
 
 from __future__ import annotations
 
@@ -171,18 +172,11 @@ def _colima_profile_problems(cfg: ClusterConfig) -> Iterable[Problem]:
 
 
 def _firewall_problems(cfg: ClusterConfig) -> Iterable[Problem]:
-    if cfg.firewall is None:
-        if cfg.provider == "hetzner":
-            yield Problem(
-                "firewall", "required for provider hetzner: sshSources and apiSources (CIDRs)"
-            )
-        return
-    rules = 3 + (2 if cfg.firewall.ingress else 0) + len(cfg.firewall.extra_rules)
-    if rules > catalog.MAX_FIREWALL_RULES:
+    # The number of rules against Hetzner's limit is checked where the rules are made
+    # (components/machines/hetzner.py, stack_problems), so that it counts the real list.
+    if cfg.firewall is None and cfg.provider == "hetzner":
         yield Problem(
-            "firewall.extraRules",
-            f"{rules} rules: a Hetzner firewall holds at most {catalog.MAX_FIREWALL_RULES} "
-            "(ssh, api and icmp count for 3, ingress for 2)",
+            "firewall", "required for provider hetzner: sshSources and apiSources (CIDRs)"
         )
 
 

@@ -324,6 +324,24 @@ def _has_containers(cfg: ClusterConfig) -> bool:
     return any(pool.containers and pool.count for pool in cfg.node_pools)
 
 
+def _cluster_wide(cfg: ClusterConfig, profile: profiles.ProviderProfile) -> dict[str, Any]:
+    """The sections every host of the cluster on `profile`'s machines shares: one writer for the
+    hosts and the Hetzner NixOS image (image_spec), as _k3s_cluster_wide is for k3s."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "cluster_name": cfg.name,
+        "state_version": STATE_VERSION,
+        "hardware": Hardware(
+            profile=profile.hardware_profile,  # type: ignore[arg-type]
+            disk_device=profile.disk_device,
+            rosetta=profile.rosetta and cfg.colima.rosetta,
+        ),
+        # Cilium's kernel modules and sysctls; a flannel cluster needs none of them.
+        "cilium": Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),
+        "persistence": Persistence(paths=list(PERSISTENT_PATHS)),
+    }
+
+
 def host_spec(
     cfg: ClusterConfig,
     host: Host,
@@ -358,16 +376,9 @@ def host_spec(
     )
     tailscale_on = cfg.tailscale.enabled
     return HostSpec(
-        schema_version=SCHEMA_VERSION,
+        **_cluster_wide(cfg, profile),
         name=host.name,
-        cluster_name=cfg.name,
         system=host.system,  # type: ignore[arg-type]
-        state_version=STATE_VERSION,
-        hardware=Hardware(
-            profile=profile.hardware_profile,  # type: ignore[arg-type]
-            disk_device=profile.disk_device,
-            rosetta=profile.rosetta and cfg.colima.rosetta,
-        ),
         network=network,
         ssh=Ssh(
             authorized_keys=authorized_keys,
@@ -379,10 +390,7 @@ def host_spec(
         ),
         k3s=_k3s(cfg, host, facts, bootstrap_ip, api_sans, node_images),
         firewall=_firewall(cfg, host.role == "server"),
-        # Cilium's kernel modules and sysctls; a flannel cluster needs none of them.
-        cilium=Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),
         tailscale=Tailscale(enable=tailscale_on, auth_key_file=None, wrap_k3s=tailscale_on),
-        persistence=Persistence(paths=list(PERSISTENT_PATHS)),
         containers=_containers(cfg, host, facts, bootstrap_ip, node_images),
     )
 
@@ -415,16 +423,9 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
     hetzner = profiles.hetzner.PROFILE
     snapshots = cfg.k3s.etcd_snapshots
     return HostSpec(
-        schema_version=SCHEMA_VERSION,
+        **_cluster_wide(cfg, hetzner),
         name=image_name(cfg, arch),
-        cluster_name=cfg.name,
         system=catalog.NIX_SYSTEMS[arch],  # type: ignore[arg-type]
-        state_version=STATE_VERSION,
-        hardware=Hardware(
-            profile=hetzner.hardware_profile,  # type: ignore[arg-type]
-            disk_device=hetzner.disk_device,
-            rosetta=False,
-        ),
         network=Network(
             public_ipv4=None,
             public_ipv6=None,
@@ -467,8 +468,6 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
         # The image serves no API until its first push makes it a node: only SSH and the
         # ports every node opens.
         firewall=_firewall(cfg, is_server=False),
-        cilium=Cilium(host_prerequisites=cfg.k3s.cni == "cilium"),
         tailscale=Tailscale(enable=False, auth_key_file=None, wrap_k3s=False),
-        persistence=Persistence(paths=list(PERSISTENT_PATHS)),
         containers=[],
     )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_hcloud as hcloud
 
 from components import catalog
-from components.config import ClusterConfig, load_balancer_private_ip, uses_load_balancer
+from components.config import (
+    ClusterConfig,
+    Problem,
+    load_balancer_private_ip,
+    uses_load_balancer,
+)
 from components.hosts import render
 from components.hosts.inventory import Host, container_block
 from components.hosts.machineview import MachineView
@@ -102,6 +107,22 @@ def firewall_rules(cfg: ClusterConfig) -> list[hcloud.FirewallRuleArgs]:
         for rule in fw.extra_rules
     ]
     return rules
+
+
+def stack_problems(cfg: ClusterConfig, earlier: Sequence[Problem]) -> Iterable[Problem]:
+    """The cloud firewall's rules against Hetzner's limit, counted off the list firewall_rules
+    makes, so a port the hosts open publicly counts as soon as it is opened. Checked for every
+    stack with a firewall section (on Colima too). A `config.load.parse_cluster` extra check."""
+    if cfg.firewall is None:
+        return  # a Hetzner stack without one is refused by the config's own checks
+    rules = firewall_rules(cfg)
+    if len(rules) > catalog.MAX_FIREWALL_RULES:
+        own = rules[: len(rules) - len(cfg.firewall.extra_rules)]
+        yield Problem(
+            "firewall.extraRules",
+            f"{len(rules)} rules: a Hetzner firewall holds at most {catalog.MAX_FIREWALL_RULES} "
+            f"(the cluster's own take {len(own)}: {', '.join(str(r.description) for r in own)})",
+        )
 
 
 def spread_groups(hosts: list[Host]) -> dict[str, list[Host]]:

@@ -173,20 +173,20 @@ probe_installed() {
 }
 
 # Waits until the machine answers SSH (with `installed`: with the pinned key), then prints
-# what it found.
+# what it found last; poll_ssh keeps the attempts and the time. Always succeeds: the caller
+# judges the state.
 wait_for_answer() {
-  local want=${1:-any} attempt state
-  for ((attempt = 1; attempt <= SSH_CONNECT_ATTEMPTS; attempt++)); do
-    state=$(probe_installed)
-    if [[ $state == installed || ($state == stock && $want == any) ]]; then
-      printf '%s\n' "$state"
-      return 0
-    fi
-    printf 'install.sh: %s:%s not answering yet (attempt %d/%d): %s\n' "$TARGET_HOST" \
-      "$TARGET_PORT" "$attempt" "$SSH_CONNECT_ATTEMPTS" "$(tr '\n' ' ' <"$WORK/probe.err")" >&2
-    sleep "$SSH_RETRY_DELAY"
-  done
-  printf '%s\n' "$state"
+  ANSWER_WANT=${1:-any} ANSWER_STATE=""
+  poll_ssh "" "$TARGET_HOST:$TARGET_PORT not answering" answer_probe || :
+  printf '%s\n' "$ANSWER_STATE"
+}
+
+# One try of wait_for_answer: true when the state is the one wanted (ANSWER_STATE).
+answer_probe() {
+  ANSWER_STATE=$(probe_installed)
+  [[ $ANSWER_STATE == installed || ($ANSWER_STATE == stock && $ANSWER_WANT == any) ]] && return 0
+  POLL_DETAIL=": $(tr '\n' ' ' <"$WORK/probe.err")"
+  return 1
 }
 
 # nixos-anywhere itself: the given executable, or the pinned release through `nix run` (the

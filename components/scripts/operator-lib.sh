@@ -81,10 +81,21 @@ on_host_run() {
 }
 
 # Dials until the host answers with the pinned key, or the attempts (or the deadline, in seconds
-# since the epoch) run out. poll_until keeps the time: until the deadline, or else as long as
-# the attempts take when every dial waits its whole connect timeout; ssh_dial counts attempts.
+# since the epoch) run out (poll_ssh).
 wait_for_ssh() {
-  local deadline=${1:-} seconds
+  poll_ssh "${1:-}" "$TARGET_HOST:$TARGET_PORT not reachable" ssh "${SSH_OPTS[@]}" "$TARGET" true \
+    </dev/null
+}
+
+# poll_ssh DEADLINE WHAT CONTACT [ARGS...]: runs CONTACT ARGS... (one contact over SSH, true
+# when the host answered as wanted) up to SSH_CONNECT_ATTEMPTS times, SSH_RETRY_DELAY seconds
+# apart, and prints "PROG: WHAT yet (attempt n/N)" and CONTACT's POLL_DETAIL after each try that
+# fails. poll_until keeps the time: until DEADLINE (seconds since the epoch), or with DEADLINE
+# empty as long as the attempts take when every contact waits its whole connect timeout.
+# Returns 0 once CONTACT succeeds, 1 when the attempts or the time run out.
+poll_ssh() {
+  local deadline=$1 what=$2 seconds
+  shift 2
   if [[ -n $deadline ]]; then
     seconds=$((deadline - $(date +%s)))
     ((seconds > 0)) || seconds=0
@@ -92,20 +103,23 @@ wait_for_ssh() {
     seconds=$((SSH_CONNECT_ATTEMPTS * (SSH_CONNECT_TIMEOUT + ${SSH_RETRY_DELAY%.*} + 1)))
   fi
   SSH_ATTEMPT=0 SSH_ANSWERED=0
-  poll_until "$seconds" "$SSH_RETRY_DELAY" "$TARGET_HOST:$TARGET_PORT not reachable" ssh_dial &&
+  poll_until "$seconds" "$SSH_RETRY_DELAY" "$what" ssh_attempt "$what" "$@" &&
     ((SSH_ANSWERED))
 }
 
-# One dial of wait_for_ssh: true when the host answers (SSH_ANSWERED=1), and after the last
+# One try of poll_ssh: true when the contact succeeds (SSH_ANSWERED=1), and after the last
 # attempt too, so that poll_until stops there.
-ssh_dial() {
+ssh_attempt() {
+  local what=$1
+  shift
   SSH_ATTEMPT=$((SSH_ATTEMPT + 1))
-  if ssh "${SSH_OPTS[@]}" "$TARGET" true </dev/null; then
+  POLL_DETAIL=""
+  if "$@"; then
     SSH_ANSWERED=1
     return 0
   fi
-  printf '%s: %s:%s not reachable yet (attempt %d/%d)\n' \
-    "$PROG" "$TARGET_HOST" "$TARGET_PORT" "$SSH_ATTEMPT" "$SSH_CONNECT_ATTEMPTS" >&2
+  printf '%s: %s yet (attempt %d/%d)%s\n' \
+    "$PROG" "$what" "$SSH_ATTEMPT" "$SSH_CONNECT_ATTEMPTS" "$POLL_DETAIL" >&2
   ((SSH_ATTEMPT >= SSH_CONNECT_ATTEMPTS))
 }
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -434,7 +435,32 @@ def test_first_contact_refuses_an_unknown_host_key(host: FakeHost, tmp_path: Pat
     env = install_env(host, make_nixos_source(tmp_path), host_key, SSH_CONNECT_ATTEMPTS="2")
     result = run_operator_script("install.sh", env, install_bundle(host, host_key))
     assert result.returncode == 1
+    # Every attempt is reported with what ssh said; the last state decides.
+    # (ssh's messages end in \r\n: lines are split on \n alone.)
+    tries = [line for line in result.stderr.split("\n") if "not answering yet" in line]
+    assert [line.split(" (attempt ")[1][:3] for line in tries] == ["1/2", "2/2"], result.stderr
+    assert all("Host key verification failed" in line for line in tries), tries
     assert "neither the pinned stock key nor" in result.stderr
+    assert host.calls("nixos-anywhere") == []
+
+
+def test_an_unreachable_host_is_tried_as_often_as_configured(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = str(closed.getsockname()[1])
+    host_key = new_host_key(tmp_path)
+    env = install_env(
+        host, make_nixos_source(tmp_path), host_key, TARGET_PORT=port, SSH_CONNECT_ATTEMPTS="3"
+    )
+    result = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert result.returncode == 1
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert [line.split(": ")[1] for line in lines[:3]] == [
+        f"127.0.0.1:{port} not answering yet (attempt {n}/3)" for n in (1, 2, 3)
+    ], result.stderr
+    assert lines[-1] == f"install.sh: cannot reach 127.0.0.1:{port} over SSH"
     assert host.calls("nixos-anywhere") == []
 
 
