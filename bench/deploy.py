@@ -138,7 +138,8 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
                 "suffix": r.suffix,
                 "role": r.role,
                 "seconds": list(r.seconds),
-                "limitSeconds": r.limit,
+                "limitSeconds": None if r.limit is None else r.limit.seconds,
+                "limitEnvironment": None if r.limit is None else r.limit.environment,
                 "source": r.source,
             }
             for r in table.rules

@@ -55,8 +55,8 @@ class Rule:
     # True/False: only in plans whose nodes do / do not pull the CNI's images while k3s starts
     # (host JSON k3s.prePullImages); None: either.
     pre_pull: bool | None = None
-    # Seconds after which the project's own scripts fail the step; None: no such limit.
-    limit: float | None = None
+    # When the project's own scripts fail the step; None: no such limit.
+    limit: Limit | None = None
 
     def matches(
         self, res: Mapping[str, Any], role: str | None, nixos_image: bool, pre_pull: bool = False
@@ -150,18 +150,51 @@ def _queue(where: str, entry: Any) -> tuple[str | None, tuple[float, float]]:
     return str(entry["name"]), _seconds(f"{where}.queue.seconds", entry["seconds"])
 
 
-def _limit(where: str, entry: Any) -> float | None:
-    """`limit: {seconds, source}` of a rule, or no limit."""
+@dataclass(frozen=True)
+class Limit:
+    """Where the project's own scripts fail a step: after fixed `seconds`, or after as many
+    seconds as the resource's `environment` variable of that name says (a timeout the stack
+    sets, e.g. JOIN_TIMEOUT from deploy.joinTimeoutSeconds)."""
+
+    seconds: float | None = None
+    environment: str | None = None
+
+    def of(self, res: Mapping[str, Any]) -> float:
+        if self.environment is None:
+            assert self.seconds is not None  # _limit gives one of the two
+            return self.seconds
+        value = str((res.get("inputs", {}).get("environment") or {}).get(self.environment))
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise StepTableError(
+                f"{res['name']}: its limit is its environment's {self.environment}, which is "
+                f"{value!r}, not a number of seconds"
+            ) from None
+
+
+def _limit(where: str, entry: Any) -> Limit | None:
+    """`limit: {seconds | environment, source}` of a rule, or no limit."""
     if entry is None:
         return None
-    if not isinstance(entry, Mapping) or set(entry) != {"seconds", "source"}:
-        raise StepTableError(f"{where}.limit: want a mapping with seconds and source")
+    if not isinstance(entry, Mapping) or set(entry) not in (
+        {"seconds", "source"},
+        {"environment", "source"},
+    ):
+        raise StepTableError(
+            f"{where}.limit: want a mapping with source and either seconds or environment"
+        )
+    if not str(entry["source"]).strip():
+        raise StepTableError(f"{where}.limit.source: say which script fails the step and when")
+    if "environment" in entry:
+        name = entry["environment"]
+        if not isinstance(name, str) or not name.strip():
+            raise StepTableError(f"{where}.limit.environment: want a variable name, got {name!r}")
+        return Limit(environment=name)
     seconds = entry["seconds"]
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
         raise StepTableError(f"{where}.limit.seconds: want a positive number, got {seconds!r}")
-    if not str(entry["source"]).strip():
-        raise StepTableError(f"{where}.limit.source: say which script fails the step and when")
-    return float(seconds)
+    return Limit(seconds=float(seconds))
 
 
 def load_steps(path: Path = STEPS_FILE) -> StepTable:
@@ -252,7 +285,7 @@ def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Time
             rule.seconds,
             rule.queue,
             rule.queue_seconds,
-            rule.limit,
+            None if rule.limit is None else rule.limit.of(res),
         )
     return out
 

@@ -239,6 +239,7 @@ class Cluster(pulumi.ComponentResource):
                     machine_id=machine.machine_id,
                     health_units=["k3s.service"],
                     rollback_timeout_seconds=cfg.deploy.rollback_timeout_seconds,
+                    join_timeout_seconds=cfg.deploy.join_timeout_seconds,
                     push_after=after,
                     wake=machine.wake,
                     stock_host_key=machine.stock_host_key,

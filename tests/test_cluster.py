@@ -116,6 +116,17 @@ def test_servers_join_together_once_the_api_answers(prod_plan: Plan) -> None:
     assert prod_plan.reaches("prod-control-3-roll", "prod-control-2-roll")
 
 
+def test_every_push_carries_the_stack_s_rollback_and_join_timeouts(plan_of) -> None:
+    """The first start of k3s (a server's etcd join) gets deploy.joinTimeoutSeconds on the
+    host (host-activate.sh); later pushes rollbackTimeoutSeconds."""
+    data = stack_data("prod")
+    data["deploy"] = {"rollbackTimeoutSeconds": 240, "joinTimeoutSeconds": 900}
+    plan = plan_of(data, stack="prod")
+    for host in HOSTS:
+        env = plan[f"{host}-push"].inputs["environment"]
+        assert (env["ROLLBACK_TIMEOUT"], env["JOIN_TIMEOUT"]) == ("240", "900"), host
+
+
 def test_agents_wait_only_for_the_api(prod_plan: Plan) -> None:
     for agent in ("prod-workers-1", "prod-workers-2"):
         assert "prod-api-ready" in prod_plan.deps(f"{agent}-push")

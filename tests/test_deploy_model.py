@@ -57,6 +57,16 @@ def test_a_resource_without_a_rule_is_named(table: deploy_model.StepTable) -> No
             "{step: x, type: 'tls:', seconds: [1, 2], source: s, limit: {seconds: 9, source: ''}}",
             r"steps\[0\]\.limit\.source",
         ),
+        (
+            "{step: x, type: 'tls:', seconds: [1, 2], source: s,"
+            " limit: {seconds: 9, environment: T, source: s}}",
+            r"steps\[0\]\.limit: want",
+        ),
+        (
+            "{step: x, type: 'tls:', seconds: [1, 2], source: s,"
+            " limit: {environment: 3, source: s}}",
+            r"steps\[0\]\.limit\.environment",
+        ),
     ],
 )
 def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
@@ -186,12 +196,29 @@ def test_steps_past_their_limit_are_reported(table: deploy_model.StepTable) -> N
     assert push.limit is not None
     # Every joining server's push, queue wait included, compared with the rule's limit.
     for limit, expect in ((1.0, {"prod-control-2-push", "prod-control-3-push"}), (1e6, set())):
-        rules = tuple(replace(r, limit=limit) if r is push else r for r in table.rules)
+        rules = tuple(
+            replace(r, limit=deploy_model.Limit(seconds=limit)) if r is push else r
+            for r in table.rules
+        )
         result = deploy_model.model(doc, replace(table, rules=rules))
         for bound in deploy_model.BOUNDS:
             over = result[bound]["overLimit"]
             assert {o["resource"] for o in over} == expect, (limit, bound)
             assert all(o["seconds"] > o["limitSeconds"] == limit for o in over)
+
+
+def test_the_pushes_limit_is_the_stack_s_join_timeout(table: deploy_model.StepTable) -> None:
+    """The limit of a first deploy's pushes is deploy.joinTimeoutSeconds, read from the plan."""
+    data = stack_data("prod")
+    data["deploy"] = {"rollbackTimeoutSeconds": 60, "joinTimeoutSeconds": 75}
+    doc = json.loads(json.dumps(plan.plan_document(run_plan(data, stack="prod"))))
+    timed = deploy_model.timed_resources(doc, table)
+    pushes = [t for t in timed.values() if t.name.endswith("-push")]
+    assert pushes and {t.limit for t in pushes} == {75.0}
+    over = deploy_model.model(doc, table)["high"]["overLimit"]
+    assert {o["resource"] for o in over} >= {"prod-control-2-push", "prod-control-3-push"}
+    default = deploy_model.model(document("prod"), table)["high"]["overLimit"]
+    assert default == [], "600 s covers the modelled joins, queue included"
 
 
 def test_deploy_checks_report_steps_past_their_limit() -> None:

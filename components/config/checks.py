@@ -279,6 +279,17 @@ def _container_problems(cfg: ClusterConfig) -> Iterable[Problem]:
         )
 
 
+def _deploy_problems(cfg: ClusterConfig) -> Iterable[Problem]:
+    deploy = cfg.deploy
+    if deploy.join_timeout_seconds < deploy.rollback_timeout_seconds:
+        yield Problem(
+            "deploy.joinTimeoutSeconds",
+            f"{deploy.join_timeout_seconds} is shorter than deploy.rollbackTimeoutSeconds "
+            f"({deploy.rollback_timeout_seconds}): a first start of k3s gets at least the time "
+            "any push gets; raise it or lower rollbackTimeoutSeconds",
+        )
+
+
 def _seconds(duration: str) -> int:
     units = {"h": 3600, "m": 60, "s": 1}
     return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(h|m|s)", duration))
@@ -295,6 +306,7 @@ def semantic_problems(cfg: ClusterConfig) -> list[Problem]:
         *_address_problems(cfg),
         *_container_problems(cfg),
         *_hetzner_addon_problems(cfg),
+        *_deploy_problems(cfg),
     ]
     if cfg.k3s.cni == "flannel" and cfg.cilium.model_fields_set:
         problems.append(

@@ -475,6 +475,15 @@ class DeployConfig(Model):
     rollback_timeout_seconds: int = Field(
         default=180, ge=30, le=3600, description="Time a new config has to prove itself."
     )
+    join_timeout_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=7200,
+        description="A host's first push, the one that starts k3s there for the first time: how "
+        "long it may take for k3s.service to become active (a server joining etcd, where servers "
+        "joining together wait for each other because etcd admits one learner at a time) before "
+        "the host rolls back. At least rollbackTimeoutSeconds; later pushes use that.",
+    )
     api_ready_timeout_seconds: int = Field(
         default=600, ge=30, le=7200, description="How long to wait for the first server's API."
     )

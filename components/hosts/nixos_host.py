@@ -98,6 +98,8 @@ class NixosHostArgs:
     machine_id: pulumi.Input[str]
     health_units: Sequence[str]
     rollback_timeout_seconds: int
+    # The push that first starts k3s on the host gets this long instead (a server's etcd join).
+    join_timeout_seconds: int
     push_after: Sequence[pulumi.Resource] = field(default_factory=list)
     wake: WakeCommand | None = None
     # Public host key of the machine before the install (stock image and kexec installer): the
@@ -229,6 +231,7 @@ class NixosHost(pulumi.ComponentResource):
             **release_env,
             "HEALTH_UNITS": " ".join(args.health_units),
             "ROLLBACK_TIMEOUT": str(args.rollback_timeout_seconds),
+            "JOIN_TIMEOUT": str(args.join_timeout_seconds),
         }
         push_after = list(args.push_after)
         if args.roll is not None:

@@ -14,8 +14,11 @@
 #   NIXOS_SOURCE_DIR the static nixos/ tree (nixos)
 #   RELEASE_ID       content hash of the release (required)
 #   ROLLBACK_TIMEOUT seconds before the host rolls itself back unless confirmed (180)
+#   JOIN_TIMEOUT     the same for the push that first starts k3s on the host, a server's etcd
+#                    join (ROLLBACK_TIMEOUT; the longer of the two applies)
 #   HEALTH_UNITS     space-separated systemd units that must be active ("" = none)
-#   HEALTH_TIMEOUT   seconds to wait for HEALTH_UNITS (90; capped by the rollback deadline)
+#   HEALTH_TIMEOUT   seconds to wait for HEALTH_UNITS (90; capped by the rollback deadline; the
+#                    push that first starts k3s waits until its deadline)
 #   SSH_CONNECT_TIMEOUT (10), SSH_CONNECT_ATTEMPTS (30), SSH_RETRY_DELAY (5): dial retries
 #     that outlast a reboot or kexec
 # Stdin: the deploy SSH private key (OpenSSH PEM). It only ever lives in a 0600 temp file.
@@ -41,13 +44,14 @@ setup() {
   TARGET_USER=${TARGET_USER:-root}
   NIXOS_SOURCE_DIR=${NIXOS_SOURCE_DIR:-nixos}
   ROLLBACK_TIMEOUT=${ROLLBACK_TIMEOUT:-180}
+  JOIN_TIMEOUT=${JOIN_TIMEOUT:-$ROLLBACK_TIMEOUT}
   HEALTH_UNITS=${HEALTH_UNITS:-}
   HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-90}
   SSH_CONNECT_TIMEOUT=${SSH_CONNECT_TIMEOUT:-10}
   SSH_CONNECT_ATTEMPTS=${SSH_CONNECT_ATTEMPTS:-30}
   SSH_RETRY_DELAY=${SSH_RETRY_DELAY:-5}
   local name
-  for name in TARGET_PORT ROLLBACK_TIMEOUT HEALTH_TIMEOUT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
+  for name in TARGET_PORT ROLLBACK_TIMEOUT JOIN_TIMEOUT HEALTH_TIMEOUT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
     require_number "$name"
   done
   [[ $SSH_RETRY_DELAY =~ ^[0-9]+([.][0-9]+)?$ ]] || bad_input "SSH_RETRY_DELAY must be a number"
@@ -101,9 +105,15 @@ main() {
     return 0
   fi
 
-  local activated_at status=0
+  local activated_at armed status=0
   activated_at=$(date +%s)
-  on_host activate "$RELEASE_ID" "$HOST_NAME" "$ROLLBACK_TIMEOUT" </dev/null || status=$?
+  # activate prints the rollback timeout it armed: JOIN_TIMEOUT when it first starts k3s.
+  armed=$(on_host activate "$RELEASE_ID" "$HOST_NAME" "$ROLLBACK_TIMEOUT" "$JOIN_TIMEOUT" </dev/null) ||
+    status=$?
+  if ! [[ $armed =~ ^[0-9]+$ ]]; then
+    # Not known (the connection dropped, or nothing was armed): the longer one, to be safe.
+    armed=$((10#$JOIN_TIMEOUT > 10#$ROLLBACK_TIMEOUT ? 10#$JOIN_TIMEOUT : 10#$ROLLBACK_TIMEOUT))
+  fi
   case $status in
   0) ;;
   255) printf 'deploy.sh: connection lost during activation; checking over a new connection\n' >&2 ;;
@@ -117,7 +127,7 @@ main() {
   esac
 
   # A fresh connection proves the new configuration still lets us in.
-  local deadline=$((activated_at + 10#$ROLLBACK_TIMEOUT))
+  local deadline=$((activated_at + armed))
   if ! wait_for_ssh "$deadline"; then
     local wait_left=$((deadline - $(date +%s) + 5))
     if ((wait_left > 0)); then
@@ -126,7 +136,7 @@ main() {
     fi
     print_host_status
     fail "no new SSH connection to $HOST_NAME after activating release $RELEASE_ID;" \
-      "the host rolls itself back to the previous generation after ${ROLLBACK_TIMEOUT}s"
+      "the host rolls itself back to the previous generation after ${armed}s"
   fi
   local -a units
   read -r -a units <<<"$HEALTH_UNITS"
@@ -140,7 +150,7 @@ main() {
   255)
     print_host_status
     fail "connection lost while confirming release $RELEASE_ID on $HOST_NAME;" \
-      "unless confirmed, the host rolls back after ${ROLLBACK_TIMEOUT}s"
+      "unless confirmed, the host rolls back after ${armed}s"
     ;;
   *) fail "confirm step failed on $HOST_NAME (exit $status)" ;;
   esac

@@ -6,7 +6,7 @@
 # Usage:
 #   host-activate.sh receive  RELEASE_ID SHA256        stdin: tar of the flake dir
 #   host-activate.sh build    RELEASE_ID HOST_NAME     build only (activate reuses the result)
-#   host-activate.sh activate RELEASE_ID HOST_NAME ROLLBACK_TIMEOUT
+#   host-activate.sh activate RELEASE_ID HOST_NAME ROLLBACK_TIMEOUT [JOIN_TIMEOUT]
 #   host-activate.sh confirm  RELEASE_ID HOST_NAME HEALTH_TIMEOUT [UNIT...]
 #   host-activate.sh rollback [RELEASE_ID]             (what the on-host timer runs)
 #   host-activate.sh status
@@ -19,6 +19,10 @@
 #   it, the activation's process group (and any switch-to-configuration unit a manual
 #   nixos-rebuild-ng left) is stopped and the previous generation comes back. The rollback timer never waits on an activation either: it stops the
 #   activation that holds the lock (TERM, then KILL after STOP_GRACE seconds) and rolls back.
+#   The activation that first starts k3s on a held host (below) gets JOIN_TIMEOUT instead when
+#   that is longer, for all of these: a server's k3s.service is active only once it has joined
+#   etcd, and servers joining together wait for each other (one learner at a time); its confirm
+#   waits for the units until that deadline. `activate` prints the rollback timeout it armed.
 # Exit codes: 0 ok; 1 error; 2 usage; 3 build failed (nothing activated); 4 activation failed
 #   (rolled back); 5 health check failed (rolled back when pending); 6 nothing pending to confirm
 #   (the rollback timer already fired, or activate never ran).
@@ -400,11 +404,12 @@ already_current() {
 }
 
 cmd_activate() {
-  (($# == 3)) || usage
-  local id=$1 name=$2 timeout=$3
+  (($# == 3 || $# == 4)) || usage
+  local id=$1 name=$2 timeout=$3 join_timeout=${4:-$3}
   valid_release_id "$id" || die 2 "invalid release id: $id"
   valid_host_name "$name" || die 2 "invalid host name: $name"
   valid_seconds "$timeout" || die 2 "invalid rollback timeout: $timeout"
+  valid_seconds "$join_timeout" || die 2 "invalid join timeout: $join_timeout"
   RELEASE=$id
   prepare_state
   take_lock
@@ -423,6 +428,10 @@ cmd_activate() {
   build_release "$id" "$name"
   local built
   built=$(resolve "$dir/result")
+  if k3s_held && ((10#$join_timeout > 10#$timeout)); then
+    say "this activation starts k3s for the first time: rollback timeout ${join_timeout}s (join timeout)"
+    timeout=$join_timeout
+  fi
 
   rm -f "$ACTIVATED"
   write_atomically "$PENDING" "release=$id
@@ -454,6 +463,7 @@ deadline=$(($(date +%s) + 10#$timeout))"
   start_released_k3s
   write_atomically "$ACTIVATED" "$id"
   say "release $id activated; waiting for confirmation"
+  printf '%s\n' "$((10#$timeout))"
 }
 
 # The built system's `switch-to-configuration test`, as `nixos-rebuild test` would run it but
@@ -530,7 +540,8 @@ cmd_confirm() {
   fi
   deadline=$(pending_get deadline)
   remaining=$((deadline - $(date +%s) - CONFIRM_MARGIN))
-  if ((remaining < health_timeout)); then
+  # The release that first started k3s waits for it as long as its deadline allows (the join).
+  if ((remaining < health_timeout)) || [[ -f $RELEASE_PENDING && $(<"$RELEASE_PENDING") == "$id" ]]; then
     health_timeout=$((remaining > 1 ? remaining : 1))
   fi
   say "health check: ${*:-no units} (up to ${health_timeout}s)"

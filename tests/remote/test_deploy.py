@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -431,6 +432,59 @@ def test_timer_rollback_of_the_releasing_push_holds_k3s_again(
         assert host.fire_timer().returncode == 0
     assert host.current_system() == host.initial_system
     assert not (host.state / "k3s-released").exists()
+
+
+def delay_start(host: FakeHost, unit: str, seconds: int) -> None:
+    """`systemctl start UNIT` leaves it activating for `seconds` (a server joining etcd)."""
+    (host.root / "start-delay").mkdir(exist_ok=True)
+    (host.root / "start-delay" / unit).write_text(f"{seconds}\n")
+
+
+def test_the_push_that_first_starts_k3s_waits_for_the_join_past_the_health_timeout(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """A joining server's k3s.service is active only once it has joined etcd, which can take
+    minutes (other servers ahead in etcd's learner queue): its first push arms JOIN_TIMEOUT
+    and waits for k3s until that deadline, not HEALTH_TIMEOUT (2 s here)."""
+    delay_start(host, "k3s.service", 6)
+    source = make_nixos_source(tmp_path, {"units": "k3s.service inactive\n"})
+    result = deploy(host, source, ROLLBACK_TIMEOUT="30", JOIN_TIMEOUT="45")
+    assert result.returncode == 0, result.stderr
+    assert_deployed(host, source)
+    assert "--on-active=45s" in timers_armed(host)[-1]
+    assert "rollback timeout 45s (join timeout)" in result.stderr
+    waited = re.search(r"health check: k3s.service \(up to ([0-9]+)s\)", result.stderr)
+    assert waited and int(waited.group(1)) > 10, "the join deadline, not HEALTH_TIMEOUT (2 s)"
+
+
+def test_a_first_start_that_never_joins_rolls_back_at_the_join_deadline(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """As strong as before, only later: k3s that does not come up by JOIN_TIMEOUT rolls the
+    host back and holds k3s again."""
+    delay_start(host, "k3s.service", 600)
+    source = make_nixos_source(tmp_path, {"units": "k3s.service inactive\n"})
+    result = deploy(host, source, ROLLBACK_TIMEOUT="3", JOIN_TIMEOUT="9")
+    assert result.returncode == 1
+    assert "health check of release" in result.stderr
+    assert "k3s.service=activating" in result.stderr
+    assert "--on-active=9s" in timers_armed(host)[-1]
+    assert_rolled_back(host)
+    assert not (host.state / "k3s-released").exists()
+
+
+def test_a_later_push_keeps_the_health_timeout_and_rollback_timeout(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """Once k3s has run on the host, JOIN_TIMEOUT no longer applies."""
+    first = make_nixos_source(tmp_path / "first")
+    assert deploy(host, first, JOIN_TIMEOUT="45").returncode == 0
+    slow = make_nixos_source(tmp_path / "slow", {"units": "k3s.service activating\n"})
+    result = deploy(host, slow, ROLLBACK_TIMEOUT="30", JOIN_TIMEOUT="45")
+    assert result.returncode == 1
+    assert "health check: k3s.service (up to 2s)" in result.stderr
+    assert "--on-active=30s" in timers_armed(host)[-1]
+    assert host.current_system() == built_system(host, release_of(host, first))
 
 
 def test_an_unknown_mode_is_refused_before_anything_runs(host: FakeHost, tmp_path: Path) -> None:
