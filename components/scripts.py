@@ -55,10 +55,19 @@ def inline_script(name: str) -> str:
     )
 
 
+@functools.cache
+def relative_script_path(name: str) -> str:
+    """A script's path relative to the project, as local commands run it.
+
+    Cached because every host and node gate builds its command lines from the same few
+    scripts: the file check and the path arithmetic are done once per script, not per command.
+    """
+    return str(script_path(name).relative_to(PROJECT_DIR))
+
+
 def local_invocation(name: str, *args: str) -> str:
     """Command line for a local.Command: the script by its path relative to the project."""
-    relative = script_path(name).relative_to(PROJECT_DIR)
-    return shlex.join(["bash", str(relative), *args])
+    return shlex.join(["bash", relative_script_path(name), *args])
 
 
 def remote_invocation(name: str, *args: str, env: Mapping[str, str] | None = None) -> str:

@@ -384,3 +384,27 @@ def test_moved_resources_keep_their_old_urns_as_aliases(prod_dir: Path) -> None:
     assert "aliases" not in by_name["prod-k3s"] and "aliases" not in by_name["prod-hosts"]
     server = next(r for r in plan["resources"] if r["type"] == "hcloud:index/server:Server")
     assert "aliases" not in server, "the machines did not move"
+
+
+def test_recorded_inputs_read_as_message_to_dict_reads_them(prod_plan: Plan) -> None:
+    """The monitor's own Struct reader gives what json_format.MessageToDict gives."""
+    from google.protobuf import json_format, struct_pb2
+
+    from tooling.mocks import SECRET_SIG, SIG_KEY, struct_to_dict
+
+    documents = [reg.inputs for reg in prod_plan.result.registrations]
+    documents.append(
+        {
+            "secret": {SIG_KEY: SECRET_SIG, "value": {"nested": [1, 1.5, -2, True, None]}},
+            "empty": {},
+            "emptyList": [],
+            "deep": [[{"a": [{"b": "c"}]}], "x", 0, 1e300],
+            "null": None,
+        }
+    )
+    for document in documents:
+        struct = struct_pb2.Struct()
+        struct.update(document)
+        expected = json_format.MessageToDict(struct, preserving_proto_field_name=True)
+        assert struct_to_dict(struct) == expected
+        assert json.dumps(struct_to_dict(struct)) == json.dumps(expected)

@@ -30,7 +30,7 @@ import pulumi_command as command
 
 from components import catalog
 from components.hosts.bundle import secret_bundle
-from components.scripts import PROJECT_DIR, script_path
+from components.scripts import PROJECT_DIR, relative_script_path
 
 FLAKE_LOCK = PROJECT_DIR / "nixos" / "flake.lock"
 IMAGE_SCRIPT = "hcloud-image.py"
@@ -49,8 +49,7 @@ def image_key(arch: str, image_host_json: str, flake_lock: Path = FLAKE_LOCK) ->
 
 
 def image_invocation(action: str) -> str:
-    relative = script_path(IMAGE_SCRIPT).relative_to(PROJECT_DIR)
-    return f"python3 {relative} {action}"
+    return f"python3 {relative_script_path(IMAGE_SCRIPT)} {action}"
 
 
 @dataclass(frozen=True)
