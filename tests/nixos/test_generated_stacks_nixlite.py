@@ -22,8 +22,8 @@ from tests.reliability import offline
 from tests.reliability.stack_strategy import stacks
 from tests.reliability.test_invalid_stacks import LIMA_HOME
 
-from .test_real_modules import KNOWN_UPSTREAM_WARNING, _tail, evaluate
 from .test_real_modules import _require_kit as _require_kit  # the kit or skip (autouse fixture)
+from .test_real_modules import assert_evaluated_cleanly, evaluate
 
 EXAMPLES = 200  # drawn stacks; about two thirds are accepted
 MIN_DOCUMENTS = 100
@@ -65,14 +65,4 @@ def test_generated_stacks_evaluate_against_real_nixpkgs_modules(
         files.append((name, path))
     with ThreadPoolExecutor(2) as pool:
         evaluations = list(pool.map(lambda item: evaluate(item[1], item[0]), files))
-    failures = [
-        f"{e.host}: exit {e.returncode}\n{_tail(e.errors)}" for e in evaluations if e.returncode
-    ]
-    assert not failures, "\n\n".join(failures)
-    unexpected = [
-        f"{e.host} [{where}]: {text}"
-        for e in evaluations
-        for where, text in e.warnings
-        if text != KNOWN_UPSTREAM_WARNING
-    ]
-    assert not unexpected, "\n".join(unexpected)
+    assert_evaluated_cleanly(evaluations)
