@@ -249,6 +249,7 @@ class Cluster(pulumi.ComponentResource):
                         after=roll_after,
                         drain_timeout_seconds=cfg.deploy.drain_timeout_seconds,
                         ready_timeout_seconds=cfg.deploy.node_ready_timeout_seconds,
+                        every_release=host.role == "server",
                     ),
                     from_image=machine.from_image,
                 ),

@@ -65,6 +65,7 @@ def test_roll_step_inputs(batched: Plan) -> None:
     assert roll.inputs["addPreviousOutputInEnv"] is True
     assert env["ROLL_KEY"] == key
     assert env["DRAIN_TIMEOUT"] == "300" and env["READY_TIMEOUT"] == "600"
+    assert env["ROLL_EVERY_RELEASE"] == "0"  # an agent's release is pushed by its push
     # the node is reached like its push, the drain runs on the bootstrap server
     for name in ("TARGET_HOST", "HOST_NAME", "HOST_JSON", "RELEASE_ID", "HOST_PUBLIC_KEY"):
         assert env[name] == push.inputs["environment"][name]
@@ -130,3 +131,23 @@ def test_a_roll_step_is_registered_only_after_the_rolls_it_depends_on() -> None:
     for name, (start, _) in spans.items():
         for dep in rolls_before(planned, name.removesuffix("-roll")):
             assert spans[dep][1] <= start, (dep, name)
+
+
+def test_servers_push_every_release_along_the_roll_chain(batched: Plan) -> None:
+    """A server's roll pushes any new release itself (node-roll.sh, ROLL_EVERY_RELEASE), so
+    the servers' activations go one at a time along the chain and etcd keeps its quorum; the
+    agents' rolls leave it to their pushes, which run in parallel."""
+    every = {
+        name.removesuffix("-roll"): batched[name].inputs["environment"]["ROLL_EVERY_RELEASE"]
+        for name in batched.by_name
+        if name.endswith("-roll")
+    }
+    assert every == {
+        "prod-control-1": "1",
+        "prod-control-2": "1",
+        "prod-control-3": "1",
+        "prod-workers-1": "0",
+        "prod-workers-2": "0",
+        "prod-workers-3": "0",
+        "prod-workers-4": "0",
+    }

@@ -118,6 +118,8 @@ class RollArgs:
     after: Sequence[pulumi.Resource]  # the rolls of the previous batch
     drain_timeout_seconds: int
     ready_timeout_seconds: int
+    # Servers: every new release is pushed by the roll, one server at a time (etcd quorum).
+    every_release: bool
 
 
 def connection(
@@ -267,7 +269,11 @@ class NixosHost(pulumi.ComponentResource):
         means no upgrade, and the push does the work as usual; a new key rolls this node. The
         push waits for it (and then finds its release active), and the next batch's rolls wait
         for this one, so an upgrade goes through the nodes in order and stops at the first one
-        that fails. Its environment is the push's plus the draining server's: not secret.
+        that fails. A server's roll (every_release) also pushes a new release without an
+        upgrade, with no drain: the servers' activations, which may restart k3s, go one at a
+        time so that etcd keeps its quorum. A first deploy is unchanged: the create only
+        records the key, and the servers join together. Its environment is the push's plus the
+        draining server's: not secret.
         """
         environment = {
             **push_env,
@@ -275,6 +281,7 @@ class NixosHost(pulumi.ComponentResource):
             "ROLL_KEY": roll.key,
             "DRAIN_TIMEOUT": str(roll.drain_timeout_seconds),
             "READY_TIMEOUT": str(roll.ready_timeout_seconds),
+            "ROLL_EVERY_RELEASE": "1" if roll.every_release else "0",
         }
         return command.local.Command(
             f"{name}-roll",

@@ -7,7 +7,12 @@
 #   ROLL_KEY   the k3s package and nixpkgs revision, hashed (required). Printed on stdout when
 #              done; pulumi-command hands the previous run's stdout over as PULUMI_COMMAND_STDOUT.
 #              When that already ends with ROLL_KEY this is no upgrade: nothing happens here (the
-#              host's push applies any other change as usual).
+#              host's push applies any other change as usual), unless ROLL_EVERY_RELEASE is 1.
+#   ROLL_EVERY_RELEASE 1 on servers (0): a run without an upgrade pushes the new release here,
+#              with no drain, so that the servers' pushes go one at a time along the roll chain
+#              (each waits for the previous server's k3s.service, active once its etcd member
+#              runs again) and a change that restarts k3s never takes two etcd members down at
+#              once; a failed push stops the chain as an upgrade's does.
 #   GATE_HOST, GATE_PORT (22), GATE_USER (root), GATE_HOST_PUBLIC_KEY: the server whose
 #              `k3s kubectl` drains and watches the node (node-gate-client.sh)
 #   DRAIN_TIMEOUT (300), READY_TIMEOUT (600) seconds
@@ -46,10 +51,13 @@ main() {
   READY_TIMEOUT=${READY_TIMEOUT:-600}
   require_number DRAIN_TIMEOUT
   require_number READY_TIMEOUT
+  ROLL_EVERY_RELEASE=${ROLL_EVERY_RELEASE:-0}
+  [[ $ROLL_EVERY_RELEASE == 0 || $ROLL_EVERY_RELEASE == 1 ]] ||
+    bad_input "ROLL_EVERY_RELEASE must be 0 or 1: $ROLL_EVERY_RELEASE"
   local previous=${PULUMI_COMMAND_STDOUT:-}
   previous=${previous%$'\n'}
   previous=${previous##*$'\n'}
-  if [[ $previous == "$ROLL_KEY" ]]; then
+  if [[ $previous == "$ROLL_KEY" && $ROLL_EVERY_RELEASE == 0 ]]; then
     say "$HOST_NAME: k3s package and nixpkgs unchanged: no upgrade to roll"
     printf '%s\n' "$ROLL_KEY"
     return 0
@@ -60,6 +68,15 @@ main() {
   trap 'rm -rf "$WORK"' EXIT
   cat >"$WORK/deploy-key"
   [[ -s $WORK/deploy-key ]] || bad_input "no deploy private key on stdin"
+
+  if [[ $previous == "$ROLL_KEY" ]]; then
+    say "$HOST_NAME: no upgrade; a server's release is pushed one server at a time: push"
+    bash "$SCRIPT_DIR/deploy.sh" <"$WORK/deploy-key" >&2 ||
+      fail "$HOST_NAME: push failed (the host rolled back to its previous system); the later servers and agents wait; the roll stops here"
+    say "$HOST_NAME: pushed"
+    printf '%s\n' "$ROLL_KEY"
+    return 0
+  fi
 
   say "$HOST_NAME: upgrade ${previous:-(unknown)} -> $ROLL_KEY: drain (up to ${DRAIN_TIMEOUT}s)"
   gate drain "$HOST_NAME" "$DRAIN_TIMEOUT" ||

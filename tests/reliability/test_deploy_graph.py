@@ -106,7 +106,8 @@ def test_shared_module_change_redeploys_every_host(prod: dict[str, Any], tmp_pat
     assert len(hosts) == 5
     assert graph.changed_pushes(prod, edited) == hosts
     # Nothing but the pushes (and the roll steps, which carry the push's environment: their
-    # update finds ROLL_KEY unchanged and does nothing): the host data itself did not change.
+    # update finds ROLL_KEY unchanged; a server's pushes the release one server at a time, an
+    # agent's does nothing): the host data itself did not change.
     changed = {r["urn"]: r["name"] for r in edited["resources"]}
     assert sorted(changed[u] for u in graph.changed_resources(prod, edited)) == sorted(
         f"{host}-{step}" for host in hosts for step in ("build", "push", "roll")

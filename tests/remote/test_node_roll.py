@@ -136,3 +136,40 @@ def test_bad_environment_exits_2(host: FakeHost, tmp_path: Path) -> None:
     result = roll(host, make_nixos_source(tmp_path), ROLL_KEY="not hex")
     assert result.returncode == 2 and "ROLL_KEY must be a hex digest" in result.stderr
     assert host.calls() == []
+
+
+def test_a_server_pushes_a_new_release_without_an_upgrade_and_without_a_drain(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """ROLL_EVERY_RELEASE=1 (a server): the same key still pushes, so that the servers'
+    activations go one at a time along the roll chain; no drain, no uncordon."""
+    set_node(host, "True")
+    result = roll(host, make_nixos_source(tmp_path), previous=NEW_KEY, ROLL_EVERY_RELEASE="1")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{NEW_KEY}\n"
+    assert "pushed one server at a time" in result.stderr
+    assert kubectl_calls(host) == []
+    assert host.calls("nixos-rebuild") != []
+    assert (host.state / "current-release").exists()
+    assert host.current_system() != host.initial_system
+
+
+def test_a_servers_failed_release_push_stops_the_chain(host: FakeHost, tmp_path: Path) -> None:
+    set_node(host, "True")
+    broken = make_nixos_source(tmp_path, {"build-fails": ""})
+
+    result = roll(host, broken, previous=NEW_KEY, ROLL_EVERY_RELEASE="1")
+
+    assert result.returncode == 1
+    assert "push failed (the host rolled back to its previous system)" in result.stderr
+    assert "the roll stops here" in result.stderr
+    assert result.stdout == ""  # not recorded: the next `pulumi up` pushes it again
+    assert kubectl_calls(host) == []
+    assert host.current_system() == host.initial_system
+
+
+def test_roll_every_release_is_checked(host: FakeHost, tmp_path: Path) -> None:
+    result = roll(host, make_nixos_source(tmp_path), previous=NEW_KEY, ROLL_EVERY_RELEASE="yes")
+    assert result.returncode == 2 and "ROLL_EVERY_RELEASE must be 0 or 1" in result.stderr
+    assert host.calls() == []
