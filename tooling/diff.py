@@ -114,6 +114,7 @@ class ResourceChange:
     name: str
     urn: str
     changes: tuple[ValueChange, ...] = ()
+    runs: bool = True  # whether the deploy does work for it (see _does_work)
 
 
 @dataclass(frozen=True)
@@ -389,22 +390,29 @@ def _rollout(old: Plan, new: Plan, changes: Sequence[ResourceChange]) -> str:
             for urn, r in plan.resources.items()
         }
 
-    kinds = {change.urn: change.kind for change in changes if _runs(change)}
+    kinds = {change.urn: change.kind for change in changes if change.runs}
     return rollout.mermaid(nodes(new), kinds, nodes(old))
 
 
-def _runs(change: ResourceChange) -> bool:
-    """Whether the deploy does work for this change. A host's roll step does only when its
-    ROLL_KEY changes (an upgrade); created, or updated for any other reason, it only records
-    the key (see NixosHost._roll). An install's update only says it is installed already
-    (nixos_host.ALREADY_INSTALLED); it runs again only when replaced with its machine."""
-    if not change.type.startswith("command:"):
+def _does_work(kind: Kind, resource: Resource, paths: frozenset[str] = frozenset()) -> bool:
+    """Whether the deploy does work for this change of `resource` (changed input `paths`). A
+    host's roll step does when its ROLL_KEY changes (an upgrade), and a server's
+    (ROLL_EVERY_RELEASE) also when its release does (it pushes it, one server at a time);
+    created, or updated for any other reason, it only records the key (see NixosHost._roll).
+    An install's update only says it is installed already (nixos_host.ALREADY_INSTALLED); it
+    runs again only when replaced with its machine."""
+    if not resource.type.startswith("command:"):
         return True
-    if change.name.endswith("-install"):
-        return change.kind != "change"
-    if change.name.endswith("-roll"):
-        paths = {value.path for value in change.changes}
-        return change.kind != "add" and rollout.ROLL_KEY_PATH in paths
+    if resource.name.endswith("-install"):
+        return kind != "change"
+    if resource.name.endswith("-roll"):
+        if kind == "add":
+            return False
+        environment = resource.inputs.get("environment") or {}
+        every_release = environment.get("ROLL_EVERY_RELEASE") == "1"
+        return rollout.ROLL_KEY_PATH in paths or (
+            every_release and rollout.RELEASE_ID_PATH in paths
+        )
     return True
 
 
@@ -414,9 +422,11 @@ def _resource_changes(old: Plan, new: Plan) -> tuple[ResourceChange, ...]:
     for urn in sorted(old.resources.keys() | new.resources.keys()):
         before, after = old.resources.get(urn), new.resources.get(urn)
         if before is None and after is not None:
-            changes.append(ResourceChange("add", after.type, after.name, urn))
+            runs = _does_work("add", after)
+            changes.append(ResourceChange("add", after.type, after.name, urn, runs=runs))
         elif after is None and before is not None:
-            changes.append(ResourceChange("remove", before.type, before.name, urn))
+            runs = _does_work("remove", before)
+            changes.append(ResourceChange("remove", before.type, before.name, urn, runs=runs))
         elif before is not None and after is not None and after.custom:
             fingerprints = (old.fingerprints.get(urn, {}), new.fingerprints.get(urn, {}))
             change = _compare_resource(before, after, fingerprints, host_texts)
@@ -448,7 +458,8 @@ def _compare_resource(
         return None
     replaced = any(change.forces_replacement for change in changes)
     kind: Kind = "replace" if replaced else "change"
-    return ResourceChange(kind, after.type, after.name, after.urn, tuple(changes))
+    runs = _does_work(kind, after, frozenset(change.path for change in changes))
+    return ResourceChange(kind, after.type, after.name, after.urn, tuple(changes), runs)
 
 
 def _mark_replacement(resource_type: str, change: ValueChange) -> ValueChange:
@@ -618,7 +629,7 @@ def _counts(plan_diff: PlanDiff) -> tuple[int, int, int, int, int]:
     replaced; an install updated only in state (it says it is installed already) is left out."""
     replaced = [c for c in plan_diff.resources if c.kind == "replace"]
     reruns = sum(1 for c in replaced if c.type.startswith("command:"))
-    changed = sum(1 for c in plan_diff.resources if c.kind == "change" and _runs(c))
+    changed = sum(1 for c in plan_diff.resources if c.kind == "change" and c.runs)
     return (
         plan_diff.count("add"),
         plan_diff.count("remove"),

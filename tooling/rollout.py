@@ -48,7 +48,11 @@ STAGES: tuple[Stage, ...] = (
         lambda n: n.type == "hcloud:index/server:Server" or _command("-vm")(n),
     ),
     Stage("installs", "NixOS installs", _command("-install")),
-    Stage("rolls", "Node rolls (drain, push, Ready, uncordon)", _command("-roll")),
+    Stage(
+        "rolls",
+        "Node rolls (drain, push, Ready, uncordon; a server's new release: push)",
+        _command("-roll"),
+    ),
     Stage("pushes", "Pushes (nixos-rebuild)", _command("-push")),
     Stage("joins", "Joins (node registered)", _command("-joined")),
     Stage("releases", "Helm releases (Cilium)", lambda n: n.type.startswith("kubernetes:helm.sh/")),
@@ -56,6 +60,8 @@ STAGES: tuple[Stage, ...] = (
 )
 # The input whose change makes a host's roll step drain and upgrade its node.
 ROLL_KEY_PATH = "environment.ROLL_KEY"
+# The input whose change makes a server's roll step push its new release (ROLL_EVERY_RELEASE).
+RELEASE_ID_PATH = "environment.RELEASE_ID"
 # Beyond this many boxes, the picture is drawn one box per stage.
 MAX_NODES = 60
 KIND_LABEL = {"add": "added", "replace": "replaced", "change": "changed", "remove": "removed"}

@@ -126,17 +126,22 @@ def test_a_k3s_package_change_pushes_the_bootstrap_server_first(
 
 def test_a_cilium_bump_pushes_every_host_its_new_image_list(before: Path, tmp_path: Path) -> None:
     """Each host's data carries the images the chart runs (k3s.prePullImages), so a new Cilium
-    version pushes every host (its k3s-pre-pull.service pulls the new images) and the release
-    follows the bootstrap server's push."""
+    version pushes every host (its k3s-pre-pull.service pulls the new images), the servers one
+    at a time through their roll steps, and the release follows the bootstrap server's push."""
     data = stack_data("prod")
     data["cilium"]["version"] = "1.20.0"
     text = diagram(before, write(tmp_path, "cilium", data))
 
     labels = re.findall(r'\["(.*?)"\]', text)
-    assert labels[0] == "Pushes (nixos-rebuild)" and labels[-2:] == [
+    assert labels[0].startswith("Node rolls") and labels[-2:] == [
         "Helm releases (Cilium)",
         "prod-cilium<br/>changed",
     ]
+    rolls = {(a, b) for a, b in named_edges(text) if a.endswith("-roll") and b.endswith("-roll")}
+    assert rolls == {
+        ("prod-control-1-roll", "prod-control-2-roll"),
+        ("prod-control-2-roll", "prod-control-3-roll"),
+    }
     assert {
         label.split("<br/>")[0] for label in labels if label.endswith("-push<br/>replaced")
     } == {
@@ -234,6 +239,28 @@ def test_a_k3s_upgrade_draws_the_roll_chain_servers_first(before: Path, tmp_path
     }
     for host in ("prod-control-1", "prod-workers-2"):
         assert (f"{host}-roll", f"{host}-push") in edges
+
+
+def test_a_server_release_draws_the_servers_rolls_one_at_a_time(
+    before: Path, tmp_path: Path
+) -> None:
+    """A new release of the servers (not an upgrade) goes one server at a time: their roll
+    steps push it (ROLL_EVERY_RELEASE), so the diagram draws them, chained, each before its
+    push; the agents' releases did not change and nothing of theirs is drawn."""
+    data = stack_data("prod")
+    data["nodePools"][0]["labels"] = {"tier": "control"}
+    text = diagram(before, write(tmp_path, "server-release", data))
+    edges = named_edges(text)
+
+    rolls = {(a, b) for a, b in edges if a.endswith("-roll") and b.endswith("-roll")}
+    assert rolls == {
+        ("prod-control-1-roll", "prod-control-2-roll"),
+        ("prod-control-2-roll", "prod-control-3-roll"),
+    }
+    for host in ("prod-control-1", "prod-control-2", "prod-control-3"):
+        assert (f"{host}-roll", f"{host}-push") in edges
+    assert "prod-workers-" not in text
+    parsed(text)
 
 
 def test_a_label_change_draws_no_roll(before: Path, tmp_path: Path) -> None:
