@@ -47,10 +47,11 @@ pull() {
 # docs/concepts/containers/images, "Serial and parallel image pulls"). In containerd
 # (internal/cri/server/images/image_pull.go) CRIImageService.PullImage takes no service-wide
 # lock; a blob two images share is written once, the second writer waiting for the first's
-# ingest (core/content/helpers.go OpenWriter). The layer downloads of all pulls share one
-# max_concurrent_downloads limit (3 by default: plugins/transfer defaultConfig, one semaphore in
-# core/transfer/local NewTransferService): the pulls together take at least the slowest image's
-# pull, and more only where three downloads at a time (or the link) are the bottleneck.
+# ingest (core/content/helpers.go OpenWriter). containerd caps layer downloads at
+# max_concurrent_downloads (3 by default), per pull or, in its transfer service and newer CRI
+# image services, for all pulls together (one semaphore: core/transfer/local
+# NewTransferService, images/service.go downloadLimiter). So the pulls together take at least
+# the slowest image's pull, and more only where that cap or the link is the bottleneck.
 while IFS= read -r image; do
   [[ -n $image ]] || continue
   if crictl inspecti "$image" >/dev/null 2>&1; then
