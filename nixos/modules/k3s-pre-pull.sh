@@ -4,8 +4,8 @@
 # when the node registers. Run by k3s-pre-pull.service (nixos/modules/k3s.nix) beside k3s.
 # The missing images are pulled concurrently (see below). Never fails a deploy: an image it
 # cannot pull is left to the kubelet, which pulls it for its pod.
-# Log: one line per image; "is present" lines in list order, then one "pulled"/"could not pull"
-# line per pulled image in the order the pulls end.
+# Log: one line per image: "is present" as the list is read (list order), "pulled"/"could not
+# pull" as each pull ends (completion order, so it varies between runs).
 # Env (tests): CRI_ENDPOINT (k3s's containerd socket), WAIT_SECONDS (600), POLL_INTERVAL (2).
 set -uo pipefail
 
