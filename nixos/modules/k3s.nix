@@ -344,7 +344,8 @@ in
     };
 
     # Started with k3s (wanted by it, not ordered after it): a server's k3s.service is active
-    # only once it has joined etcd, and the pull is meant to run during the join. Type=exec: no
+    # only once it has joined etcd, and the pull is meant to run during the join. The script
+    # pulls the missing images concurrently and waits for all of them. Type=exec: no
     # start job waits for the pull; a failed pull only leaves the image to the kubelet.
     # RemainAfterExit: it stays active, so an activation that changes the list (a Cilium
     # upgrade) restarts it and the new images are pulled while the release rolls out.

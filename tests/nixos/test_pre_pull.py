@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -118,11 +119,14 @@ def test_no_list_no_unit(tmp_path: Path) -> None:
 
 
 def stand_in_k3s(
-    tmp_path: Path, *, present: str = "", failing: str = "", up_after: int = 0
+    tmp_path: Path, *, present: str = "", failing: str = "", up_after: int = 0, overlap: int = 0
 ) -> Path:
     """A `k3s` whose crictl answers `info` after `up_after` calls, knows `present` and cannot
-    pull `failing`; every call is logged."""
+    pull `failing` (its stderr as crictl's: a klog line, then logrus's fatal line); every call is
+    logged. With `overlap`, each pull records its start and then waits (up to 20 s) until
+    `overlap` pulls have started, failing if they have not: only concurrent pulls all succeed."""
     log = tmp_path / "calls"
+    started = tmp_path / "started"
     k3s = tmp_path / "k3s"
     k3s.write_text(
         f"""#!/usr/bin/env bash
@@ -134,7 +138,17 @@ verb=$5 image=${{6:-}}
 case $verb in
 info) n=$(grep -c ' info$' {log}); ((n > {up_after})) ;;
 inspecti) [[ -n "{present}" && $image == "{present}" ]] ;;
-pull) [[ $image != "{failing}" ]] ;;
+pull)
+  echo "$image" >>{started}
+  for ((tick = 0; tick < 200 && $(wc -l <{started}) < {overlap}; tick++)); do sleep 0.1; done
+  (($(wc -l <{started}) >= {overlap})) || {{ echo "only $(wc -l <{started}) started" >&2; exit 1; }}
+  if [[ $image == "{failing}" ]]; then
+    echo 'E1203 18:56:07.000000 1 remote_image.go:180] "PullImage from image service failed"' >&2
+    echo 'time="2026-12-03T18:56:07Z" level=fatal msg="pulling image: not found"' >&2
+    exit 1
+  fi
+  echo "Image is up to date for sha256:0"
+  ;;
 *) exit 9 ;;
 esac
 """
@@ -181,9 +195,42 @@ def test_script_never_fails_the_node(tmp_path: Path) -> None:
     k3s = stand_in_k3s(tmp_path, failing="quay.io/a:1")
     done = run_script(tmp_path, k3s, ["quay.io/a:1", "quay.io/b:2"])
     assert done.returncode == 0
-    assert pulls(tmp_path) == ["quay.io/a:1", "quay.io/b:2"]
-    assert "could not pull quay.io/a:1" in done.stderr
+    # Concurrent: the calls' order is the order the background pulls reached the stand-in.
+    assert sorted(pulls(tmp_path)) == ["quay.io/a:1", "quay.io/b:2"]
+    # One line for the failed image, crictl's fatal message without its time field.
+    assert done.stderr.splitlines() == [
+        'k3s-pre-pull: could not pull quay.io/a:1 (level=fatal msg="pulling image: not found"); '
+        "the kubelet pulls it when its pod starts"
+    ]
+    assert re.fullmatch(r"k3s-pre-pull: pulled quay\.io/b:2 in \d+s\n", done.stdout)
     (tmp_path / "down").mkdir()
     never_up = stand_in_k3s(tmp_path / "down", up_after=10**6)
     done = run_script(tmp_path / "down", never_up, ["quay.io/a:1"], WAIT_SECONDS="0")
     assert done.returncode == 0 and "did not answer" in done.stderr
+
+
+def test_script_pulls_the_missing_images_concurrently(tmp_path: Path) -> None:
+    # Each stand-in pull waits until all three have started: pulled one after another, the first
+    # would give up after 20 s and the test fail (it does against the sequential script).
+    missing = ["quay.io/cilium/cilium:v1", "quay.io/cilium/cilium-envoy:v1", "quay.io/op:v1"]
+    k3s = stand_in_k3s(tmp_path, present="quay.io/a:1", overlap=len(missing))
+    done = run_script(tmp_path, k3s, ["quay.io/a:1", *missing])
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert sorted(pulls(tmp_path)) == sorted(missing)
+    # One line an image: the present one first (list order), then one per pull as it ends.
+    lines = done.stdout.splitlines()
+    assert lines[0] == "k3s-pre-pull: quay.io/a:1 is present"
+    pulled = [re.fullmatch(r"k3s-pre-pull: pulled (\S+) in \d+s", line) for line in lines[1:]]
+    assert sorted(m.group(1) for m in pulled if m) == sorted(missing) and all(pulled)
+
+
+def test_script_is_shellcheck_clean() -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    result = subprocess.run(
+        ["shellcheck", "--external-sources", "--severity=style", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
