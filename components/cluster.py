@@ -249,7 +249,14 @@ class Cluster(pulumi.ComponentResource):
                         after=roll_after,
                         drain_timeout_seconds=cfg.deploy.drain_timeout_seconds,
                         ready_timeout_seconds=cfg.deploy.node_ready_timeout_seconds,
-                        every_release=host.role == "server",
+                        every_release=host.role == "server" or bool(host.containers),
+                        container_nodes=tuple(
+                            (
+                                slot.config.name,
+                                render.container_node_name(host.name, slot.config.name),
+                            )
+                            for slot in host.containers
+                        ),
                     ),
                     from_image=machine.from_image,
                 ),

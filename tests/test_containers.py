@@ -153,3 +153,19 @@ def test_hosts_route_container_ranges_through_the_private_gateway(plan: Plan) ->
         network = host_data(plan, host)["network"]
         assert network["routedCidrs"] == ["10.250.0.0/16"]
         assert network["privateGateway"] == "10.0.0.1"
+
+
+def test_a_host_with_container_nodes_rolls_every_release_and_names_their_nodes(
+    plan: Plan,
+) -> None:
+    """A container the activation stops takes its node's pods with it: the host's roll step
+    pushes each new release itself (ROLL_EVERY_RELEASE), one batch of hosts at a time, and
+    drains the container nodes it would stop (CONTAINER_NODES maps container to node)."""
+    for host in WORKERS:
+        env = plan[f"{host}-roll"].inputs["environment"]
+        assert env["ROLL_EVERY_RELEASE"] == "1"
+        assert env["CONTAINER_NODES"] == f"edge={host}-edge batch={host}-batch"
+        names = {c["name"] for c in host_data(plan, host)["containers"]}
+        assert {pair.split("=")[0] for pair in env["CONTAINER_NODES"].split()} == names
+    server = plan["prod-control-1-roll"].inputs["environment"]
+    assert server["ROLL_EVERY_RELEASE"] == "1" and "CONTAINER_NODES" not in server

@@ -118,8 +118,11 @@ class RollArgs:
     after: Sequence[pulumi.Resource]  # the rolls of the previous batch
     drain_timeout_seconds: int
     ready_timeout_seconds: int
-    # Servers: every new release is pushed by the roll, one server at a time (etcd quorum).
+    # Servers, and hosts with container nodes: every new release is pushed by the roll, one at
+    # a time along the chain (etcd quorum; container nodes drained before their container stops).
     every_release: bool
+    # (container, its node) for each nspawn container node the host carries
+    container_nodes: tuple[tuple[str, str], ...] = ()
 
 
 def connection(
@@ -269,10 +272,12 @@ class NixosHost(pulumi.ComponentResource):
         means no upgrade, and the push does the work as usual; a new key rolls this node. The
         push waits for it (and then finds its release active), and the next batch's rolls wait
         for this one, so an upgrade goes through the nodes in order and stops at the first one
-        that fails. A server's roll (every_release) also pushes a new release without an
-        upgrade, with no drain: the servers' activations, which may restart k3s, go one at a
-        time so that etcd keeps its quorum. A first deploy is unchanged: the create only
-        records the key, and the servers join together. Its environment is the push's plus the
+        that fails. The roll of a server or of a host with container nodes (every_release)
+        also pushes a new release without an upgrade: the servers' activations, which may
+        restart k3s, go one at a time so that etcd keeps its quorum, and the container nodes
+        whose containers the activation stops are drained first (an upgrade drains the host's
+        node and all its container nodes). A first deploy is unchanged: the create only records
+        the key, and the servers join together. Its environment is the push's plus the
         draining server's: not secret.
         """
         environment = {
@@ -283,6 +288,8 @@ class NixosHost(pulumi.ComponentResource):
             "READY_TIMEOUT": str(roll.ready_timeout_seconds),
             "ROLL_EVERY_RELEASE": "1" if roll.every_release else "0",
         }
+        if roll.container_nodes:
+            environment["CONTAINER_NODES"] = " ".join(f"{c}={n}" for c, n in roll.container_nodes)
         return command.local.Command(
             f"{name}-roll",
             create=f"echo {roll.key}",

@@ -6,6 +6,9 @@
 #   bash components/scripts/deploy.sh build    push and build only, nothing activated: every
 #                                              host builds as soon as it answers; the later
 #                                              activation reuses the build
+#   bash components/scripts/deploy.sh restarts push and build, then print on stdout the nspawn
+#                                              containers the activation would stop or restart
+#                                              (one name a line; node-roll.sh drains their nodes)
 # Env:
 #   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root)
 #   HOST_NAME        nixosConfigurations name (required)
@@ -88,7 +91,8 @@ print_host_status() {
 
 main() {
   local mode=${1:-activate}
-  [[ $mode == activate || $mode == build ]] || bad_input "unknown mode $mode (build, or no argument to activate)"
+  [[ $mode == activate || $mode == build || $mode == restarts ]] ||
+    bad_input "unknown mode $mode (build, restarts, or no argument to activate)"
   setup
   assemble_release
   local sha
@@ -102,6 +106,11 @@ main() {
     on_host build "$RELEASE_ID" "$HOST_NAME" </dev/null ||
       fail "build of release $RELEASE_ID failed on $HOST_NAME; nothing was activated"
     printf 'deploy.sh: %s: release %s built\n' "$HOST_NAME" "$RELEASE_ID" >&2
+    return 0
+  fi
+  if [[ $mode == restarts ]]; then
+    on_host restarts "$RELEASE_ID" "$HOST_NAME" </dev/null ||
+      fail "build or dry activation of release $RELEASE_ID failed on $HOST_NAME; nothing was activated"
     return 0
   fi
 

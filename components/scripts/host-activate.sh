@@ -6,6 +6,8 @@
 # Usage:
 #   host-activate.sh receive  RELEASE_ID SHA256        stdin: tar of the flake dir
 #   host-activate.sh build    RELEASE_ID HOST_NAME     build only (activate reuses the result)
+#   host-activate.sh restarts RELEASE_ID HOST_NAME     build, then print the nspawn containers
+#                                                      its activation would stop or restart
 #   host-activate.sh activate RELEASE_ID HOST_NAME ROLLBACK_TIMEOUT [JOIN_TIMEOUT]
 #   host-activate.sh confirm  RELEASE_ID HOST_NAME HEALTH_TIMEOUT [UNIT...]
 #   host-activate.sh rollback [RELEASE_ID]             (what the on-host timer runs)
@@ -93,7 +95,7 @@ die() {
 }
 
 usage() {
-  printf 'usage: host-activate.sh receive|build|activate|confirm|rollback|status ...\n' >&2
+  printf 'usage: host-activate.sh receive|build|restarts|activate|confirm|rollback|status ...\n' >&2
   exit 2
 }
 
@@ -395,6 +397,34 @@ cmd_build() {
   say "release $id built; nothing activated"
 }
 
+# The containers (`container@NAME.service`) that activating release ID would stop or restart,
+# one NAME a line: what the built system's `switch-to-configuration dry-activate` says against
+# the running one. A container whose system or settings changed is stopped and started again
+# (nixos-containers: restartTriggers on its system path and its .conf, restartIfChanged), and its
+# k3s node with it, pods and all. dry-activate writes one line per verb to stderr, units joined
+# by ", " (switch-to-configuration-ng main.rs, as the Perl one before it: "would stop the
+# following units: ...", "would restart the following units: ..."); it changes nothing.
+cmd_restarts() {
+  (($# == 2)) || usage
+  local id=$1 name=$2 built report
+  valid_release_id "$id" || die 2 "invalid release id: $id"
+  valid_host_name "$name" || die 2 "invalid host name: $name"
+  RELEASE=$id
+  prepare_state
+  take_lock
+  [[ -d $RELEASES/$id/flake ]] || die 1 "release $id was not received"
+  touch "$RELEASES/$id"
+  build_release "$id" "$name"
+  built=$(resolve "$RELEASES/$id/result")
+  report=$("$built/bin/switch-to-configuration" dry-activate 2>&1 >/dev/null) ||
+    die 1 "dry activation of release $id failed"
+  printf '%s\n' "$report" >>"$LOG"
+  printf '%s\n' "$report" |
+    sed -n -e 's/^would stop the following units: //p' -e 's/^would restart the following units: //p' |
+    tr ',' '\n' | sed -n 's/^ *container@\([A-Za-z0-9_-][A-Za-z0-9._-]*\)\.service *$/\1/p' |
+    LC_ALL=C sort -u
+}
+
 already_current() {
   local id=$1 built
   built=$(resolve "$RELEASES/$id/result")
@@ -622,6 +652,7 @@ main() {
   case $SUBCOMMAND in
   receive) cmd_receive "$@" ;;
   build) cmd_build "$@" ;;
+  restarts) cmd_restarts "$@" ;;
   activate) cmd_activate "$@" ;;
   confirm) cmd_confirm "$@" ;;
   rollback) cmd_rollback "$@" ;;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# node-roll.sh: one node's step of a rolling upgrade: drain, push, wait for Ready, uncordon.
+# node-roll.sh: one host's step of a rolling upgrade: drain, push, wait for Ready, uncordon.
 #
 # Runs on the OPERATOR machine as the update of the host's `<host>-roll` command
 # (pulumi_command.local.Command, cwd = project root): bash components/scripts/node-roll.sh
@@ -8,11 +8,17 @@
 #              done; pulumi-command hands the previous run's stdout over as PULUMI_COMMAND_STDOUT.
 #              When that already ends with ROLL_KEY this is no upgrade: nothing happens here (the
 #              host's push applies any other change as usual), unless ROLL_EVERY_RELEASE is 1.
-#   ROLL_EVERY_RELEASE 1 on servers (0): a run without an upgrade pushes the new release here,
-#              with no drain, so that the servers' pushes go one at a time along the roll chain
-#              (each waits for the previous server's k3s.service, active once its etcd member
-#              runs again) and a change that restarts k3s never takes two etcd members down at
-#              once; a failed push stops the chain as an upgrade's does.
+#   ROLL_EVERY_RELEASE 1 on servers and on hosts that carry container nodes (0): a run without
+#              an upgrade pushes the new release here, so that these hosts' pushes go one at a
+#              time along the roll chain: a change that restarts k3s never takes two etcd members
+#              down at once (each push waits for its server's k3s.service, active once its etcd
+#              member runs again), and the container nodes the activation stops (`deploy.sh
+#              restarts`: the built release's dry activation) are drained first, Ready and
+#              uncordoned after, one batch of hosts at a time. A failed step stops the chain as an
+#              upgrade's does.
+#   CONTAINER_NODES "CONTAINER=NODE ..." for the host's nspawn container nodes: an upgrade drains
+#              them with the host's node (their k3s changes too); a new release drains those
+#              whose containers it stops or restarts.
 #   GATE_HOST, GATE_PORT (22), GATE_USER (root), GATE_HOST_PUBLIC_KEY: the server whose
 #              `k3s kubectl` drains and watches the node (node-gate-client.sh)
 #   DRAIN_TIMEOUT (300), READY_TIMEOUT (600) seconds
@@ -44,6 +50,55 @@ gate() {
     bash "$SCRIPT_DIR/node-gate-client.sh" "$@" <"$WORK/deploy-key" >&2
 }
 
+# NODES: the nodes this roll takes out of service (drained before the push, Ready and uncordoned
+# after it). DRAINED: those drained so far, uncordoned again when a later step fails.
+NODES=()
+DRAINED=()
+
+# The container node of CONTAINER (CONTAINER_NODES: "CONTAINER=NODE ..."), or nothing.
+container_node() {
+  local pair
+  for pair in $CONTAINER_NODES; do
+    if [[ ${pair%%=*} == "$1" ]]; then
+      printf '%s\n' "${pair#*=}"
+      return 0
+    fi
+  done
+}
+
+uncordon_drained() {
+  local node
+  for node in ${DRAINED[@]+"${DRAINED[@]}"}; do
+    gate uncordon "$node" || say "$node: uncordon failed too"
+  done
+}
+
+# Drain NODES, push, wait until they are Ready, uncordon them. WHAT says why, for the log.
+roll_nodes() {
+  local what=$1 node
+  ((${#NODES[@]} > 0)) || say "$HOST_NAME: $what: no node to drain"
+  for node in ${NODES[@]+"${NODES[@]}"}; do
+    say "$HOST_NAME: $what: drain $node (up to ${DRAIN_TIMEOUT}s)"
+    if ! gate drain "$node" "$DRAIN_TIMEOUT"; then
+      # node-gate.sh uncordons a node whose drain did not finish; the others drained before it
+      # are uncordoned here.
+      uncordon_drained
+      fail "$HOST_NAME: drain of $node did not finish; the nodes are uncordoned and unchanged; the roll stops here"
+    fi
+    DRAINED+=("$node")
+  done
+  say "$HOST_NAME: push"
+  if ! bash "$SCRIPT_DIR/deploy.sh" <"$WORK/deploy-key" >&2; then
+    uncordon_drained
+    fail "$HOST_NAME: push failed (the host rolled back to its previous system); the nodes are uncordoned; the roll stops here"
+  fi
+  for node in ${NODES[@]+"${NODES[@]}"}; do
+    say "$HOST_NAME: wait for $node to be Ready (up to ${READY_TIMEOUT}s), then uncordon"
+    gate ready "$node" "$READY_TIMEOUT" ||
+      fail "$HOST_NAME: pushed but $node is not Ready; the node stays cordoned; the roll stops here"
+  done
+}
+
 main() {
   require_env ROLL_KEY HOST_NAME GATE_HOST GATE_HOST_PUBLIC_KEY
   [[ $ROLL_KEY =~ ^[0-9a-f]{8,64}$ ]] || bad_input "ROLL_KEY must be a hex digest: $ROLL_KEY"
@@ -54,6 +109,12 @@ main() {
   ROLL_EVERY_RELEASE=${ROLL_EVERY_RELEASE:-0}
   [[ $ROLL_EVERY_RELEASE == 0 || $ROLL_EVERY_RELEASE == 1 ]] ||
     bad_input "ROLL_EVERY_RELEASE must be 0 or 1: $ROLL_EVERY_RELEASE"
+  CONTAINER_NODES=${CONTAINER_NODES:-}
+  local pair
+  for pair in $CONTAINER_NODES; do
+    [[ $pair =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*=[a-z0-9]([a-z0-9.-]*[a-z0-9])?$ ]] ||
+      bad_input "CONTAINER_NODES must be CONTAINER=NODE pairs: $pair"
+  done
   local previous=${PULUMI_COMMAND_STDOUT:-}
   previous=${previous%$'\n'}
   previous=${previous##*$'\n'}
@@ -70,25 +131,30 @@ main() {
   [[ -s $WORK/deploy-key ]] || bad_input "no deploy private key on stdin"
 
   if [[ $previous == "$ROLL_KEY" ]]; then
-    say "$HOST_NAME: no upgrade; a server's release is pushed one server at a time: push"
-    bash "$SCRIPT_DIR/deploy.sh" <"$WORK/deploy-key" >&2 ||
-      fail "$HOST_NAME: push failed (the host rolled back to its previous system); the later servers and agents wait; the roll stops here"
+    # A new release, no upgrade: the host's own node keeps its pods (k3s restarts, they run on),
+    # but a container the activation stops takes its node's pods with it: drain those first.
+    local name node
+    if [[ -n $CONTAINER_NODES ]]; then
+      bash "$SCRIPT_DIR/deploy.sh" restarts <"$WORK/deploy-key" >"$WORK/restarts" ||
+        fail "$HOST_NAME: build of the new release failed; nothing was activated; the roll stops here"
+      while IFS= read -r name; do
+        node=$(container_node "$name")
+        # A container not in the new release is being removed: its own gate drains it.
+        [[ -z $node ]] || NODES+=("$node")
+      done <"$WORK/restarts"
+    fi
+    roll_nodes "a new release, pushed one host at a time (no upgrade)"
     say "$HOST_NAME: pushed"
     printf '%s\n' "$ROLL_KEY"
     return 0
   fi
 
-  say "$HOST_NAME: upgrade ${previous:-(unknown)} -> $ROLL_KEY: drain (up to ${DRAIN_TIMEOUT}s)"
-  gate drain "$HOST_NAME" "$DRAIN_TIMEOUT" ||
-    fail "$HOST_NAME: drain did not finish; the node is uncordoned and unchanged; the roll stops here"
-  say "$HOST_NAME: push"
-  if ! bash "$SCRIPT_DIR/deploy.sh" <"$WORK/deploy-key" >&2; then
-    gate uncordon "$HOST_NAME" || say "$HOST_NAME: uncordon failed too"
-    fail "$HOST_NAME: push failed (the host rolled back to its previous system); the node is uncordoned; the roll stops here"
-  fi
-  say "$HOST_NAME: wait for Ready (up to ${READY_TIMEOUT}s), then uncordon"
-  gate ready "$HOST_NAME" "$READY_TIMEOUT" ||
-    fail "$HOST_NAME: upgraded but not Ready; the node stays cordoned; the roll stops here"
+  # An upgrade: the host's node and every container node it carries (their k3s changes too).
+  NODES=("$HOST_NAME")
+  for pair in $CONTAINER_NODES; do
+    NODES+=("${pair#*=}")
+  done
+  roll_nodes "upgrade ${previous:-(unknown)} -> $ROLL_KEY"
   say "$HOST_NAME: upgraded"
   printf '%s\n' "$ROLL_KEY"
 }

@@ -101,7 +101,9 @@ def test_a_drain_that_times_out_uncordons_and_stops_the_roll(
     result = roll(host, make_nixos_source(tmp_path))
 
     assert result.returncode == 1
-    assert "drain did not finish; the node is uncordoned and unchanged" in result.stderr
+    assert f"drain of {HOST_NAME} did not finish; the nodes are uncordoned and unchanged" in (
+        result.stderr
+    )
     assert result.stdout == ""  # the key is not recorded: the next `pulumi up` tries again
     assert not cordoned(host)
     assert host.calls("nixos-rebuild") == []
@@ -127,7 +129,7 @@ def test_a_node_not_ready_after_the_push_stays_cordoned(host: FakeHost, tmp_path
     result = roll(host, make_nixos_source(tmp_path))
 
     assert result.returncode == 1
-    assert "upgraded but not Ready; the node stays cordoned" in result.stderr
+    assert f"pushed but {HOST_NAME} is not Ready; the node stays cordoned" in result.stderr
     assert result.stdout == ""
     assert cordoned(host)
 
@@ -148,7 +150,7 @@ def test_a_server_pushes_a_new_release_without_an_upgrade_and_without_a_drain(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{NEW_KEY}\n"
-    assert "pushed one server at a time" in result.stderr
+    assert "pushed one host at a time (no upgrade)" in result.stderr
     assert kubectl_calls(host) == []
     assert host.calls("nixos-rebuild") != []
     assert (host.state / "current-release").exists()
@@ -172,4 +174,129 @@ def test_a_servers_failed_release_push_stops_the_chain(host: FakeHost, tmp_path:
 def test_roll_every_release_is_checked(host: FakeHost, tmp_path: Path) -> None:
     result = roll(host, make_nixos_source(tmp_path), previous=NEW_KEY, ROLL_EVERY_RELEASE="yes")
     assert result.returncode == 2 and "ROLL_EVERY_RELEASE must be 0 or 1" in result.stderr
+    assert host.calls() == []
+
+
+EDGE, BATCH = f"{HOST_NAME}-edge", f"{HOST_NAME}-batch"
+CONTAINERS = f"edge={EDGE} batch={BATCH}"
+# What switch-to-configuration dry-activate writes when the edge container's system changed
+# (stopped and started again: stopIfChanged), a container no longer in the release stops, and a
+# changed unit that the switch leaves running (X-StopIfChanged=false) is named as not stopped.
+EDGE_STOPS = (
+    "would stop the following units: container@edge.service, nscd.service\n"
+    "would NOT stop the following changed units: container@batch.service\n"
+    "would restart the following units: container@gone.service, systemd-journald.service\n"
+    "would start the following units: container@edge.service, nscd.service\n"
+)
+
+
+def set_nodes(host: FakeHost, *names: str) -> None:
+    nodes = host.root / "k3s/nodes"
+    nodes.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (nodes / name).write_text("True")
+
+
+def test_a_release_that_stops_a_container_drains_only_its_node(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    set_nodes(host, HOST_NAME, EDGE, BATCH)
+    source = make_nixos_source(tmp_path, {"dry-activate": EDGE_STOPS})
+
+    result = roll(
+        host, source, previous=NEW_KEY, ROLL_EVERY_RELEASE="1", CONTAINER_NODES=CONTAINERS
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{NEW_KEY}\n"
+    # the container being removed (gone) is left to its own gate; batch does not stop
+    assert kubectl_calls(host) == [
+        f"drain {EDGE} --ignore-daemonsets --delete-emptydir-data --timeout=30s",
+        f"uncordon {EDGE}",
+    ]
+    calls = host.calls()
+    dry = next(i for i, c in enumerate(calls) if c.endswith(" dry-activate"))
+    drain = next(i for i, c in enumerate(calls) if "drain" in c)
+    activation = next(i for i, c in enumerate(calls) if c.endswith(" test"))
+    uncordon = next(i for i, c in enumerate(calls) if "uncordon" in c)
+    assert dry < drain < activation < uncordon
+    assert (host.state / "current-release").exists()
+    assert not any((host.root / "k3s/cordoned").glob("*"))
+
+
+def test_a_release_that_stops_no_container_drains_nothing(host: FakeHost, tmp_path: Path) -> None:
+    set_nodes(host, HOST_NAME, EDGE, BATCH)
+    source = make_nixos_source(
+        tmp_path, {"dry-activate": "would restart the following units: nscd.service\n"}
+    )
+
+    result = roll(
+        host, source, previous=NEW_KEY, ROLL_EVERY_RELEASE="1", CONTAINER_NODES=CONTAINERS
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert kubectl_calls(host) == []
+    assert "no node to drain" in result.stderr
+    assert (host.state / "current-release").exists()
+
+
+def test_an_upgrade_drains_the_host_and_all_its_container_nodes(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    set_nodes(host, HOST_NAME, EDGE, BATCH)
+
+    result = roll(host, make_nixos_source(tmp_path), CONTAINER_NODES=CONTAINERS)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{NEW_KEY}\n"
+    drains = [
+        f"drain {node} --ignore-daemonsets --delete-emptydir-data --timeout=30s"
+        for node in (HOST_NAME, EDGE, BATCH)
+    ]
+    assert kubectl_calls(host) == [*drains, *(f"uncordon {n}" for n in (HOST_NAME, EDGE, BATCH))]
+    # an upgrade needs no dry activation: every container's k3s changes
+    assert not any(c.endswith(" dry-activate") for c in host.calls())
+
+
+def test_a_drain_that_fails_part_way_uncordons_the_nodes_already_drained(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    set_nodes(host, HOST_NAME, EDGE, BATCH)
+    (host.root / f"k3s/drain-fails-{EDGE}").write_text("")
+
+    result = roll(host, make_nixos_source(tmp_path), CONTAINER_NODES=CONTAINERS)
+
+    assert result.returncode == 1
+    assert f"drain of {EDGE} did not finish; the nodes are uncordoned and unchanged" in (
+        result.stderr
+    )
+    assert result.stdout == ""
+    assert f"uncordon {HOST_NAME}" in kubectl_calls(host)
+    assert not any((host.root / "k3s/cordoned").glob("*"))
+    assert host.calls("nixos-rebuild") == []
+    assert not (host.state / "current-release").exists()
+
+
+def test_a_release_whose_build_fails_drains_nothing_and_stops(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    set_nodes(host, HOST_NAME, EDGE, BATCH)
+    broken = make_nixos_source(tmp_path, {"build-fails": "", "dry-activate": EDGE_STOPS})
+
+    result = roll(
+        host, broken, previous=NEW_KEY, ROLL_EVERY_RELEASE="1", CONTAINER_NODES=CONTAINERS
+    )
+
+    assert result.returncode == 1
+    assert "build of the new release failed; nothing was activated" in result.stderr
+    assert result.stdout == ""
+    assert kubectl_calls(host) == []
+    assert host.current_system() == host.initial_system
+
+
+def test_container_nodes_are_checked(host: FakeHost, tmp_path: Path) -> None:
+    result = roll(host, make_nixos_source(tmp_path), CONTAINER_NODES="edge=Not_A_Node")
+    assert result.returncode == 2 and "CONTAINER_NODES must be CONTAINER=NODE pairs" in (
+        result.stderr
+    )
     assert host.calls() == []
