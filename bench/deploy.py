@@ -144,6 +144,17 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
             }
             for r in table.rules
         ],
+        "pulls": [
+            {
+                "step": r.step,
+                "role": r.role,
+                "offsetSeconds": list(r.offset),
+                "offsetSource": r.offset_source,
+                "seconds": list(r.seconds),
+                "source": r.source,
+            }
+            for r in table.pulls
+        ],
         "scenarios": results,
     }
 
@@ -215,6 +226,11 @@ def render(document: dict[str, Any]) -> str:
             + (
                 f" (+{p['waitedForWorkerMinutes']:.1f} waiting for a worker)"
                 if "waitedForWorkerMinutes" in p
+                else ""
+            )
+            + (
+                f" (from {p['offsetMinutes']:.1f} into {p['afterStartOf']})"
+                if "afterStartOf" in p
                 else ""
             )
             for p in sc["high"]["nodesReadyPath"]

@@ -7,6 +7,11 @@ children) and a worker is free; at most `parallel` resource operations run at on
 engine's --parallel: one worker per degree of parallelism, pkg/resource/deploy/step_executor.go).
 Ready resources take free workers in the order they became ready.
 
+Beside the resources, every node whose host JSON lists images to pull while its k3s starts
+(k3s.prePullImages, on a host or in one of its nspawn containers) gets a timed pull of its own
+(the table's `pulls`): it starts a set time after its host's push starts, takes no worker (it runs
+on the node, not in the engine), and the nodes-Ready gate starts only once every pull has ended.
+
 The result: minutes to the kubeconfig and to the nodes-Ready gate, with the critical path that
 decided each, step by step, once with every step's low time and once with every high time; and
 every resource that runs past its rule's `limit` (where the project's own scripts would fail the
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +31,7 @@ from typing import Any
 import yaml
 
 from bench import graph
+from components.hosts import hostspec
 
 STEPS_FILE = Path(__file__).with_name("deploy_steps.yaml")
 # The step that makes the Hetzner NixOS image: zero time in a scenario whose image exists.
@@ -32,6 +39,12 @@ IMAGE_STEP = "nixos image"
 IMAGE_COMPONENT = "nixos-k3s:hetzner:NixosImage"
 ROLES = ("bootstrap", "server", "agent", "container")
 BOUNDS = ("low", "high")
+# The CNIs a host document can name (k3s.cni).
+CNIS: tuple[str, ...] = typing.get_args(hostspec.K3s.model_fields["cni"].annotation)
+# The command that first starts k3s on a host (and its containers): the anchor of its pulls.
+PUSH_SUFFIX = "-push"
+# Keys of the modelled pulls in a schedule; no URN starts like this.
+PULL_KEY = "pull::"
 
 
 class StepTableError(ValueError):
@@ -57,9 +70,16 @@ class Rule:
     pre_pull: bool | None = None
     # When the project's own scripts fail the step; None: no such limit.
     limit: Limit | None = None
+    # Only in plans whose hosts run this CNI (host JSON k3s.cni); None: any.
+    cni: str | None = None
 
     def matches(
-        self, res: Mapping[str, Any], role: str | None, nixos_image: bool, pre_pull: bool = False
+        self,
+        res: Mapping[str, Any],
+        role: str | None,
+        nixos_image: bool,
+        pre_pull: bool = False,
+        cni: str | None = None,
     ) -> bool:
         return (
             res["type"].startswith(self.type)
@@ -67,7 +87,21 @@ class Rule:
             and (self.role is None or self.role == role)
             and (self.nixos_image is None or self.nixos_image == nixos_image)
             and (self.pre_pull is None or self.pre_pull == pre_pull)
+            and (self.cni is None or self.cni == cni)
         )
+
+
+@dataclass(frozen=True)
+class PullRule:
+    """How long a node's pull of the CNI's images takes, and when it starts: `offset` seconds
+    after its host's push starts (low, high)."""
+
+    step: str
+    role: str | None
+    offset: tuple[float, float]
+    offset_source: str
+    seconds: tuple[float, float]
+    source: str
 
 
 @dataclass(frozen=True)
@@ -75,6 +109,7 @@ class StepTable:
     parallel: int
     cli_default: int
     rules: tuple[Rule, ...]
+    pulls: tuple[PullRule, ...] = ()
 
 
 def _rule(index: int, entry: Any) -> Rule:
@@ -92,19 +127,13 @@ def _rule(index: int, entry: Any) -> Rule:
         "queue",
         "prePull",
         "limit",
+        "cni",
     }
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
-    seconds = _seconds(f"{where}.seconds", entry.get("seconds"))
-    role = entry.get("role")
-    if role is not None and role not in ROLES:
-        raise StepTableError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
-    if not str(entry.get("source", "")).strip():
-        raise StepTableError(f"{where}.source: say where the time comes from or why it is a guess")
+    seconds, role = _common(where, entry)
     if not entry.get("type"):
         raise StepTableError(f"{where}.type: required (a resource type or type prefix)")
-    if not str(entry.get("step", "")).strip():
-        raise StepTableError(f"{where}.step: required (a short name for the step)")
     suffix = str(entry.get("suffix", ""))
     image = entry.get("nixosImage")
     if image is not None and not isinstance(image, bool):
@@ -113,7 +142,11 @@ def _rule(index: int, entry: Any) -> Rule:
     pre_pull = entry.get("prePull")
     if pre_pull is not None and not isinstance(pre_pull, bool):
         raise StepTableError(f"{where}.prePull: true, false or absent; got {pre_pull!r}")
+    cni = entry.get("cni")
+    if cni is not None and cni not in CNIS:
+        raise StepTableError(f"{where}.cni: {cni!r} is not one of {', '.join(CNIS)}")
     return Rule(
+        cni=cni,
         limit=_limit(where, entry.get("limit")),
         pre_pull=pre_pull,
         queue=queue,
@@ -123,6 +156,45 @@ def _rule(index: int, entry: Any) -> Rule:
         type=str(entry["type"]),
         suffix=suffix,
         role=role,
+        seconds=seconds,
+        source=" ".join(str(entry["source"]).split()),
+    )
+
+
+def _common(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float], str | None]:
+    """The keys every rule has: seconds, step, source and an optional role."""
+    seconds = _seconds(f"{where}.seconds", entry.get("seconds"))
+    role = entry.get("role")
+    if role is not None and role not in ROLES:
+        raise StepTableError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
+    if not str(entry.get("source", "")).strip():
+        raise StepTableError(f"{where}.source: say where the time comes from or why it is a guess")
+    if not str(entry.get("step", "")).strip():
+        raise StepTableError(f"{where}.step: required (a short name for the step)")
+    return seconds, role
+
+
+def _pull(index: int, entry: Any) -> PullRule:
+    """`pulls[i]`: {step, role?, offset: {seconds, source}, seconds, source}."""
+    where = f"pulls[{index}]"
+    if not isinstance(entry, Mapping):
+        raise StepTableError(f"{where}: a pull is a mapping")
+    unknown = set(entry) - {"step", "role", "offset", "seconds", "source"}
+    if unknown:
+        raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
+    seconds, role = _common(where, entry)
+    offset = entry.get("offset")
+    if not isinstance(offset, Mapping) or set(offset) != {"seconds", "source"}:
+        raise StepTableError(
+            f"{where}.offset: want a mapping with seconds (after its push starts) and source"
+        )
+    if not str(offset["source"]).strip():
+        raise StepTableError(f"{where}.offset.source: say when the pull starts and why")
+    return PullRule(
+        step=str(entry["step"]),
+        role=role,
+        offset=_seconds(f"{where}.offset.seconds", offset["seconds"]),
+        offset_source=" ".join(str(offset["source"]).split()),
         seconds=seconds,
         source=" ".join(str(entry["source"]).split()),
     )
@@ -208,7 +280,15 @@ def load_steps(path: Path = STEPS_FILE) -> StepTable:
     rules = tuple(_rule(i, entry) for i, entry in enumerate(data.get("steps") or []))
     if not rules:
         raise StepTableError("steps: the table has no rules")
-    return StepTable(parallel=parallel, cli_default=default, rules=rules)
+    pulls = data.get("pulls") or []
+    if not isinstance(pulls, list):
+        raise StepTableError(f"pulls: want a list of pulls, got {pulls!r}")
+    return StepTable(
+        parallel=parallel,
+        cli_default=default,
+        rules=rules,
+        pulls=tuple(_pull(i, entry) for i, entry in enumerate(pulls)),
+    )
 
 
 def host_roles(plan: Mapping[str, Any]) -> dict[str, str]:
@@ -251,28 +331,67 @@ def uses_nixos_image(plan: Mapping[str, Any]) -> bool:
     return any(res["type"] == IMAGE_COMPONENT for res in plan["resources"])
 
 
-def pre_pulls(plan: Mapping[str, Any]) -> bool:
-    """Whether the plan's nodes pull the CNI's images while k3s starts (k3s.prePullImages)."""
+def _host_documents(plan: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Host name -> (URN of its push, its host JSON), from the push commands."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
     for res in plan["resources"]:
         env = res.get("inputs", {}).get("environment")
         if (
             isinstance(env, Mapping)
             and "HOST_JSON" in env
             and "IMAGE_KEY" not in env
-            and json.loads(env["HOST_JSON"]).get("k3s", {}).get("prePullImages")
+            and res["name"] == f"{env.get('HOST_NAME')}{PUSH_SUFFIX}"
         ):
-            return True
-    return False
+            out[env["HOST_NAME"]] = (res["urn"], json.loads(env["HOST_JSON"]))
+    return out
+
+
+@dataclass(frozen=True)
+class PullNode:
+    """A node that pulls the CNI's images while its k3s starts, and its host's push."""
+
+    node: str
+    role: str
+    push: str
+
+
+def pull_nodes(plan: Mapping[str, Any]) -> list[PullNode]:
+    """Every node with a non-empty k3s.prePullImages, a host's or one of its nspawn
+    containers' (nixos/modules/k3s.nix k3s-pre-pull.service: enabled only then), by name."""
+    roles = host_roles(plan)
+    out = []
+    for host, (push, doc) in _host_documents(plan).items():
+        if doc.get("k3s", {}).get("prePullImages"):
+            out.append(PullNode(host, roles[host], push))
+        for container in doc.get("containers", []):
+            k3s = container.get("k3s", {})
+            if k3s.get("prePullImages"):
+                out.append(PullNode(k3s["nodeName"], "container", push))
+    return sorted(out, key=lambda n: n.node)
+
+
+def pre_pulls(plan: Mapping[str, Any]) -> bool:
+    """Whether any node of the plan pulls the CNI's images while k3s starts."""
+    return bool(pull_nodes(plan))
+
+
+def plan_cni(plan: Mapping[str, Any]) -> str | None:
+    """The CNI the plan's hosts run (host JSON k3s.cni), or None without host documents."""
+    cnis = {doc.get("k3s", {}).get("cni") for _, doc in _host_documents(plan).values()}
+    if len(cnis) > 1:
+        raise ValueError(f"the plan's hosts name different CNIs: {sorted(map(str, cnis))}")
+    return next(iter(cnis), None)
 
 
 def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Timed]:
     roles = host_roles(plan)
     image = uses_nixos_image(plan)
     pre_pull = pre_pulls(plan)
+    cni = plan_cni(plan)
     out: dict[str, Timed] = {}
     for res in plan["resources"]:
         role = resource_role(res["name"], roles)
-        rule = next((r for r in table.rules if r.matches(res, role, image, pre_pull)), None)
+        rule = next((r for r in table.rules if r.matches(res, role, image, pre_pull, cni)), None)
         if rule is None:
             raise StepTableError(
                 f"no step in {STEPS_FILE.name} for {res['type']} {res['name']!r}"
@@ -291,6 +410,33 @@ def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Time
 
 
 @dataclass(frozen=True)
+class TimedPull:
+    """A node's pull: from `offset` seconds after its push (`anchor`) starts, `seconds` long."""
+
+    key: str
+    name: str
+    step: str
+    anchor: str
+    offset: tuple[float, float]
+    seconds: tuple[float, float]
+
+
+def timed_pulls(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPull]:
+    """Every node's pull, by key (PULL_KEY + node name), from the first matching pull rule."""
+    out: dict[str, TimedPull] = {}
+    for node in pull_nodes(plan):
+        rule = next((r for r in table.pulls if r.role in (None, node.role)), None)
+        if rule is None:
+            raise StepTableError(
+                f"no pull in {STEPS_FILE.name} for node {node.node!r} (role {node.role}),"
+                " which pulls the CNI's images while its k3s starts: add one"
+            )
+        key = f"{PULL_KEY}{node.node}"
+        out[key] = TimedPull(key, node.node, rule.step, node.push, rule.offset, rule.seconds)
+    return out
+
+
+@dataclass(frozen=True)
 class Slot:
     start: float
     end: float
@@ -301,38 +447,57 @@ def schedule(
     durations: Mapping[str, float],
     parallel: int,
     queues: Mapping[str, tuple[str, float]] | None = None,
+    anchored: Mapping[str, tuple[str, float]] | None = None,
 ) -> dict[str, Slot]:
     """Start and end of every resource with at most `parallel` running at once.
 
     A resource of zero duration takes no worker (nothing to wait for). A resource in a queue
     (`queues`: urn -> queue name, seconds) that starts while k others of its queue run takes
-    k x seconds longer. Ties are broken by URN, so the schedule is deterministic.
+    k x seconds longer. An anchored activity (`anchored`: key -> anchor, offset) is no engine
+    operation: it starts `offset` seconds after its anchor starts, whatever its own `deps`,
+    lasts its duration and takes no worker; others may depend on it. Ties are broken by URN, so
+    the schedule is deterministic.
     """
     queues = queues or {}
+    anchored = anchored or {}
     waiting = {urn: set(d) for urn, d in deps.items()}
     dependents: dict[str, list[str]] = {}
     for urn, ds in deps.items():
         for dep in ds:
             dependents.setdefault(dep, []).append(urn)
-    ready: list[tuple[float, str]] = [(0.0, urn) for urn, ds in waiting.items() if not ds]
+    followers: dict[str, list[str]] = {}
+    for key, (anchor, _) in anchored.items():
+        followers.setdefault(anchor, []).append(key)
+    ready: list[tuple[float, str]] = [
+        (0.0, urn) for urn, ds in waiting.items() if not ds and urn not in anchored
+    ]
     heapq.heapify(ready)
     running: list[tuple[float, str]] = []
+    # Anchored activities, started: (end, key); they hold no worker.
+    timers: list[tuple[float, str]] = []
     slots: dict[str, Slot] = {}
     now = 0.0
 
     def finish(urn: str, at: float) -> None:
         for dependent in dependents.get(urn, []):
             waiting[dependent].discard(urn)
-            if not waiting[dependent]:
+            if not waiting[dependent] and dependent not in anchored:
                 heapq.heappush(ready, (at, dependent))
 
-    while ready or running:
+    def start(urn: str, end: float) -> None:
+        slots[urn] = Slot(now, end)
+        for key in sorted(followers.get(urn, [])):
+            begin = now + anchored[key][1]
+            slots[key] = Slot(begin, begin + durations[key])
+            heapq.heappush(timers, (slots[key].end, key))
+
+    while ready or running or timers:
         deferred: list[tuple[float, str]] = []
         while ready:
             item = heapq.heappop(ready)
             urn = item[1]
             if durations[urn] == 0:
-                slots[urn] = Slot(now, now)
+                start(urn, now)
                 finish(urn, now)
             elif len(running) < parallel:
                 length = durations[urn]
@@ -340,31 +505,42 @@ def schedule(
                     name, extra = queues[urn]
                     ahead = sum(1 for _, other in running if queues.get(other, ("",))[0] == name)
                     length += ahead * extra
-                slots[urn] = Slot(now, now + length)
+                start(urn, now + length)
                 heapq.heappush(running, (now + length, urn))
             else:
                 deferred.append(item)
         for item in deferred:
             heapq.heappush(ready, item)
-        if not running:
+        if not running and not timers:
             continue
-        now, urn = heapq.heappop(running)
-        finish(urn, now)
-        while running and running[0][0] == now:
-            finish(heapq.heappop(running)[1], now)
+        now = min(heap[0][0] for heap in (running, timers) if heap)
+        for heap in (running, timers):
+            while heap and heap[0][0] == now:
+                finish(heapq.heappop(heap)[1], now)
     if len(slots) != len(deps):
         stuck = sorted(set(deps) - set(slots))[:5]
         raise ValueError(f"dependency cycle or unknown dependency around {stuck}")
     return slots
 
 
+@dataclass(frozen=True)
+class Step:
+    """What a critical path prints of a resource or a pull."""
+
+    name: str
+    step: str
+
+
 def _critical_path(
     target: str,
     deps: Mapping[str, set[str]],
     slots: Mapping[str, Slot],
-    timed: Mapping[str, Timed],
+    steps: Mapping[str, Step],
+    anchors: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Back from `target`: at each step the dependency that finished last (what it waited for)."""
+    """Back from `target`: at each step the dependency that finished last (what it waited for);
+    from a pull (`anchors`: key -> the push it starts in) on to that push."""
+    anchors = anchors or {}
     path = []
     urn: str | None = target
     while urn is not None:
@@ -372,12 +548,19 @@ def _critical_path(
         if slot.end > slot.start or urn == target:
             path.append(
                 {
-                    "resource": timed[urn].name,
-                    "step": timed[urn].step,
+                    "resource": steps[urn].name,
+                    "step": steps[urn].step,
                     "startMinutes": round(slot.start / 60, 2),
                     "endMinutes": round(slot.end / 60, 2),
                 }
             )
+        if urn in anchors:
+            # A pull began when its push had run `offset`: it waited for nothing else.
+            anchor = anchors[urn]
+            path[-1]["afterStartOf"] = steps[anchor].name
+            path[-1]["offsetMinutes"] = round((slot.start - slots[anchor].start) / 60, 2)
+            urn = anchor
+            continue
         before = [d for d in deps[urn] if slots[d].end > 0]
         urn = max(before, key=lambda d: (slots[d].end, d), default=None)
         if urn is not None and slots[urn].end < slot.start:
@@ -399,8 +582,6 @@ def model(
     """
     parallel = table.parallel if parallel is None else parallel
     deploy = graph.DeployGraph(plan)
-    timed = timed_resources(plan, table)
-    deps = {urn: deploy.dependencies(urn) for urn in deploy.resources}
     targets = {
         "kubeconfig": deploy.urn_of("-kubeconfig"),
         "nodesReady": deploy.urn_of("-nodes-ready"),
@@ -409,20 +590,74 @@ def model(
         raise ValueError("plan has no -kubeconfig or -nodes-ready command")
     result: dict[str, Any] = {"parallel": parallel}
     for index, bound in enumerate(BOUNDS):
-        durations = {
-            urn: 0.0 if image_ready and t.step == IMAGE_STEP else t.seconds[index]
-            for urn, t in timed.items()
+        run = schedule_plan(plan, table, index, parallel, image_ready, deploy)
+        slots = run.slots
+        # The pulls run on the nodes, not in the engine's workers.
+        peak = _peak_concurrency({urn: slots[urn] for urn in run.timed})
+        entry: dict[str, Any] = {
+            "peakRunning": peak,
+            "overLimit": over_limit(slots, run.timed),
+            "pulls": len(run.pulls),
+            "lastPullEndMinutes": round(max((slots[k].end for k in run.pulls), default=0) / 60, 2),
         }
-        queues = {urn: (t.queue, t.queue_seconds[index]) for urn, t in timed.items() if t.queue}
-        slots = schedule(deps, durations, parallel, queues)
-        peak = _peak_concurrency(slots)
-        entry: dict[str, Any] = {"peakRunning": peak, "overLimit": over_limit(slots, timed)}
         for key, urns in targets.items():
             last = max(urns, key=lambda u: (slots[u].end, u))
             entry[f"{key}Minutes"] = round(slots[last].end / 60, 2)
-            entry[f"{key}Path"] = _critical_path(last, deps, slots, timed)
+            entry[f"{key}Path"] = _critical_path(last, run.deps, slots, run.steps, run.anchors)
         result[bound] = entry
     return result
+
+
+@dataclass(frozen=True)
+class PlanSchedule:
+    """One schedule of a plan: every resource's and every pull's slot, with what they wait for."""
+
+    deps: dict[str, set[str]]
+    slots: dict[str, Slot]
+    timed: dict[str, Timed]
+    steps: dict[str, Step]
+    # Pull key -> the push it starts in.
+    anchors: dict[str, str]
+    pulls: dict[str, TimedPull]
+
+
+def schedule_plan(
+    plan: Mapping[str, Any],
+    table: StepTable,
+    index: int,
+    parallel: int | None = None,
+    image_ready: bool = False,
+    deploy: graph.DeployGraph | None = None,
+) -> PlanSchedule:
+    """The plan scheduled with every step's low (index 0) or high (1) time: the resources as
+    the engine runs them, each node's pull beside its push, and the nodes-Ready gate after its
+    dependencies and every pull."""
+    parallel = table.parallel if parallel is None else parallel
+    deploy = deploy or graph.DeployGraph(plan)
+    timed = timed_resources(plan, table)
+    pulls = timed_pulls(plan, table)
+    deps = {urn: deploy.dependencies(urn) for urn in deploy.resources}
+    for urn in deploy.urn_of("-nodes-ready"):
+        deps[urn] = deps[urn] | set(pulls)
+    deps.update({key: set() for key in pulls})
+    durations = {
+        urn: 0.0 if image_ready and t.step == IMAGE_STEP else t.seconds[index]
+        for urn, t in timed.items()
+    }
+    durations.update({key: p.seconds[index] for key, p in pulls.items()})
+    queues = {urn: (t.queue, t.queue_seconds[index]) for urn, t in timed.items() if t.queue}
+    anchored = {key: (p.anchor, p.offset[index]) for key, p in pulls.items()}
+    slots = schedule(deps, durations, parallel, queues, anchored)
+    steps = {urn: Step(t.name, t.step) for urn, t in timed.items()}
+    steps.update({key: Step(p.name, p.step) for key, p in pulls.items()})
+    return PlanSchedule(
+        deps=deps,
+        slots=slots,
+        timed=timed,
+        steps=steps,
+        anchors={key: p.anchor for key, p in pulls.items()},
+        pulls=pulls,
+    )
 
 
 def over_limit(slots: Mapping[str, Slot], timed: Mapping[str, Timed]) -> list[dict[str, Any]]:

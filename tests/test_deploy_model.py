@@ -9,13 +9,31 @@ from typing import Any
 
 import pytest
 
-from bench import deploy, deploy_model
+from bench import deploy, deploy_model, shapes
 from tests.conftest import run_plan, stack_data
 from tooling import plan
+
+PULL = "cni image pull"
 
 
 def document(stack: str) -> dict[str, Any]:
     return json.loads(json.dumps(plan.plan_document(run_plan(stack_data(stack), stack=stack))))
+
+
+def planned(cluster: dict[str, Any], stack: str = "prod") -> dict[str, Any]:
+    return json.loads(json.dumps(plan.plan_document(run_plan(cluster, stack=stack))))
+
+
+def flannel_document() -> dict[str, Any]:
+    data = stack_data("prod")
+    data["k3s"] = {**data.get("k3s", {}), "cni": "flannel"}
+    data.pop("cilium", None)
+    return planned(data)
+
+
+def instant_pulls(table: deploy_model.StepTable) -> deploy_model.StepTable:
+    """The table with every pull taking no time (for tests of what the pushes do)."""
+    return replace(table, pulls=tuple(replace(p, seconds=(0.0, 0.0)) for p in table.pulls))
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +51,13 @@ def test_every_rule_says_where_its_time_comes_from(table: deploy_model.StepTable
     for rule in table.rules:
         assert rule.source and rule.step
         assert 0 <= rule.seconds[0] <= rule.seconds[1]
+    assert table.pulls
+    for pull in table.pulls:
+        assert pull.source and pull.offset_source and pull.step
+        assert 0 <= pull.seconds[0] <= pull.seconds[1]
+        assert 0 <= pull.offset[0] <= pull.offset[1]
+    # The last pull rule takes any node: a role the table forgot cannot go unpulled.
+    assert table.pulls[-1].role is None
 
 
 def test_a_resource_without_a_rule_is_named(table: deploy_model.StepTable) -> None:
@@ -76,6 +101,69 @@ def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
         deploy_model.load_steps(bad)
 
 
+GOOD_PULL = "step: p, offset: {seconds: [1, 2], source: s}, seconds: [3, 4], source: s"
+
+
+@pytest.mark.parametrize(
+    ("pulls", "error"),
+    [
+        ("[{step: p, seconds: [3, 4], source: s}]", r"pulls\[0\]\.offset: want"),
+        ("[{step: p, offset: [1, 2], seconds: [3, 4], source: s}]", r"pulls\[0\]\.offset: want"),
+        (
+            "[{step: p, offset: {seconds: [2, 1], source: s}, seconds: [3, 4], source: s}]",
+            r"pulls\[0\]\.offset\.seconds",
+        ),
+        (
+            "[{step: p, offset: {seconds: [1, 2], source: ' '}, seconds: [3, 4], source: s}]",
+            r"pulls\[0\]\.offset\.source",
+        ),
+        (
+            f"[{{{GOOD_PULL}}}, {{step: p, offset: {{seconds: [1, 2], source: s}}, source: s}}]",
+            r"pulls\[1\]\.seconds",
+        ),
+        (
+            "[{step: p, offset: {seconds: [1, 2], source: s}, seconds: [3, 4]}]",
+            r"pulls\[0\]\.source",
+        ),
+        (f"[{{{GOOD_PULL}, role: boss}}]", r"pulls\[0\]\.role"),
+        (f"[{{{GOOD_PULL}, suffix: -push}}]", r"pulls\[0\]: unknown key"),
+        (
+            "[{offset: {seconds: [1, 2], source: s}, seconds: [3, 4], source: s}]",
+            r"pulls\[0\]\.step",
+        ),
+        ("[3]", r"pulls\[0\]: a pull is a mapping"),
+        ("{step: p}", r"pulls: want a list"),
+    ],
+)
+def test_a_bad_pull_is_refused(tmp_path: Path, pulls: str, error: str) -> None:
+    bad = tmp_path / "steps.yaml"
+    bad.write_text(
+        "engine: {parallel: 8, cliDefault: 8}\n"
+        "steps:\n  - {step: x, type: 'tls:', seconds: [1, 2], source: s}\n"
+        f"pulls: {pulls}\n",
+        "utf-8",
+    )
+    with pytest.raises(deploy_model.StepTableError, match=error):
+        deploy_model.load_steps(bad)
+
+
+def test_a_rule_for_an_unknown_cni_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "steps.yaml"
+    bad.write_text(
+        "engine: {parallel: 8, cliDefault: 8}\n"
+        "steps:\n  - {step: x, type: 'tls:', seconds: [1, 2], source: s, cni: weave}\n",
+        "utf-8",
+    )
+    with pytest.raises(deploy_model.StepTableError, match=r"steps\[0\]\.cni: 'weave'"):
+        deploy_model.load_steps(bad)
+
+
+def test_a_node_without_a_pull_rule_is_named(table: deploy_model.StepTable) -> None:
+    servers_only = replace(table, pulls=(replace(table.pulls[-1], role="server"),))
+    with pytest.raises(deploy_model.StepTableError, match="'prod-control-1' \\(role bootstrap\\)"):
+        deploy_model.timed_pulls(document("prod"), servers_only)
+
+
 def test_schedule_runs_at_most_parallel_operations_at_once() -> None:
     deps: dict[str, set[str]] = {f"t{i}": set() for i in range(4)}
     deps["after"] = {"t0", "t1", "t2", "t3"}
@@ -111,7 +199,8 @@ def test_roles_come_from_the_host_data() -> None:
 
 
 def test_model_of_prod_follows_the_server_joins(table: deploy_model.StepTable) -> None:
-    result = deploy_model.model(document("prod"), table)
+    # Pulls of no time: on the high times the nodes' pulls outlast the joins (tested below).
+    result = deploy_model.model(document("prod"), instant_pulls(table))
     for bound in deploy_model.BOUNDS:
         entry = result[bound]
         assert 0 < entry["kubeconfigMinutes"] < entry["nodesReadyMinutes"]
@@ -143,7 +232,7 @@ def test_servers_joining_together_wait_in_the_learner_queue(table: deploy_model.
     five = stack_data("prod")
     five["nodePools"][0]["count"] = 5
     doc = json.loads(json.dumps(plan.plan_document(run_plan(five, stack="prod"))))
-    result = deploy_model.model(doc, table)
+    result = deploy_model.model(doc, instant_pulls(table))
     rule = next(r for r in table.rules if r.queue)
     for index, bound in enumerate(deploy_model.BOUNDS):
         pushes = [s for s in result[bound]["nodesReadyPath"] if s["step"] == rule.step]
@@ -168,26 +257,41 @@ def test_nodes_ready_follows_the_last_push_not_a_node_gate(table: deploy_model.S
     for bound in deploy_model.BOUNDS:
         path = result[bound]["nodesReadyPath"]
         assert not any(step["resource"].endswith("-joined") for step in path)
-        assert path[-2]["step"].startswith("push") and path[-1]["step"].startswith("nodes ready")
+        assert path[-1]["step"].startswith("nodes ready")
+        # The last push, or a node's pull that outlasted it, and before the pull its push.
+        pushes = [i for i, step in enumerate(path) if step["step"].startswith("push")]
+        assert pushes[-1] in (len(path) - 2, len(path) - 3)
+        if pushes[-1] == len(path) - 3:
+            assert path[-2]["step"] == PULL
+            assert path[-2]["afterStartOf"] == path[-3]["resource"]
 
 
 def test_pre_pull_rules_apply_to_plans_that_pre_pull(
     tmp_path: Path, table: deploy_model.StepTable
 ) -> None:
     prod = document("prod")
-    flannel_stack = stack_data("prod")
-    flannel_stack["k3s"] = {**flannel_stack.get("k3s", {}), "cni": "flannel"}
-    flannel_stack.pop("cilium", None)
-    flannel = json.loads(json.dumps(plan.plan_document(run_plan(flannel_stack, stack="prod"))))
+    flannel = flannel_document()
     assert deploy_model.pre_pulls(prod) and not deploy_model.pre_pulls(flannel)
+    assert (deploy_model.plan_cni(prod), deploy_model.plan_cni(flannel)) == ("cilium", "flannel")
 
     def nodes_ready_step(doc: dict[str, Any]) -> str:
         timed = deploy_model.timed_resources(doc, table)
         (step,) = {t.step for t in timed.values() if t.name.endswith("-nodes-ready")}
         return step
 
-    assert nodes_ready_step(prod) == "nodes ready: images pulled during the join"
-    assert nodes_ready_step(flannel) == "nodes ready: without pre-pull"
+    assert nodes_ready_step(prod) == "nodes ready: after the pulls"
+    assert nodes_ready_step(flannel) == "nodes ready: flannel, nothing to pull"
+    # A Cilium plan whose nodes pull nothing (no host document lists an image) keeps the rule
+    # where the pull follows the last push.
+    no_pull = json.loads(json.dumps(prod))
+    for res in no_pull["resources"]:
+        env = res.get("inputs", {}).get("environment")
+        if isinstance(env, dict) and "HOST_JSON" in env:
+            host = json.loads(env["HOST_JSON"])
+            host["k3s"]["prePullImages"] = []
+            env["HOST_JSON"] = json.dumps(host)
+    assert not deploy_model.pre_pulls(no_pull)
+    assert nodes_ready_step(no_pull) == "nodes ready: without pre-pull"
 
 
 def test_steps_past_their_limit_are_reported(table: deploy_model.StepTable) -> None:
@@ -229,3 +333,92 @@ def test_deploy_checks_report_steps_past_their_limit() -> None:
     limit = found["modelled steps past their limit, s (low-high times)"]
     assert (limit["value"], limit["pass"]) == ("0-1", False)
     assert found["modelled minutes to all nodes Ready, s (high times)"]["pass"] is False
+
+
+def test_a_pull_starts_its_offset_after_its_push_starts_and_takes_no_worker() -> None:
+    # One worker: the push waits for `blocker`; its pull starts 30 s after the push really
+    # started, not when it became ready; `other` gets the worker while the pull still runs.
+    deps: dict[str, set[str]] = {
+        "blocker": set(),
+        "push": set(),
+        "other": {"push"},
+        "pull": set(),
+        "gate": {"push", "pull"},
+    }
+    durations = {"blocker": 50.0, "push": 100.0, "other": 20.0, "pull": 200.0, "gate": 10.0}
+    slots = deploy_model.schedule(deps, durations, 1, anchored={"pull": ("push", 30.0)})
+    assert (slots["push"].start, slots["push"].end) == (50.0, 150.0)
+    assert (slots["pull"].start, slots["pull"].end) == (80.0, 280.0)
+    assert (slots["other"].start, slots["other"].end) == (150.0, 170.0)
+    assert (slots["gate"].start, slots["gate"].end) == (280.0, 290.0)
+
+
+def test_every_pre_pulling_node_pulls_beside_its_own_push(table: deploy_model.StepTable) -> None:
+    """Hosts and their nspawn containers; each pull from its rule's offset after its push."""
+    doc = planned(shapes.cluster_config(6, 3, 1), stack="bench")
+    pulls = deploy_model.timed_pulls(doc, table)
+    names = {p.name: p for p in pulls.values()}
+    assert sorted(names) == [
+        "bench-control-1",
+        "bench-control-2",
+        "bench-control-3",
+        "bench-dense-1-1",
+        "bench-dense-1-1-c1",
+        "bench-workers-1-1",
+    ]
+    container = next(r for r in table.pulls if r.role == "container")
+    assert names["bench-dense-1-1-c1"].offset == container.offset
+    assert names["bench-control-1"].offset == table.pulls[-1].offset != container.offset
+    for index in (0, 1):
+        run = deploy_model.schedule_plan(doc, table, index)
+        (gate,) = [u for u, t in run.timed.items() if t.name.endswith("-nodes-ready")]
+        for key, pull in pulls.items():
+            host = pull.name.removesuffix("-c1")
+            push = run.slots[pull.anchor]
+            assert run.timed[pull.anchor].name == f"{host}-push"
+            assert run.slots[key].start == push.start + pull.offset[index]
+            assert run.slots[key].end == run.slots[key].start + pull.seconds[index]
+            assert run.slots[gate].start >= run.slots[key].end
+
+
+def test_nodes_ready_waits_for_the_slowest_pull(table: deploy_model.StepTable) -> None:
+    doc = document("prod")
+    slow = deploy_model.PullRule(
+        step=PULL, role="agent", offset=(5, 5), offset_source="s", seconds=(900, 1000), source="s"
+    )
+    result = deploy_model.model(doc, replace(table, pulls=(slow, *table.pulls)))
+    (gate,) = {r for r in table.rules if r.step == "nodes ready: after the pulls"}
+    for index, bound in enumerate(deploy_model.BOUNDS):
+        path = result[bound]["nodesReadyPath"]
+        pull, push = path[-2], path[-3]
+        assert pull["step"] == PULL and pull["resource"].startswith("prod-workers-")
+        assert push["resource"] == f"{pull['resource']}-push"
+        assert pull["afterStartOf"] == push["resource"]
+        assert abs(pull["startMinutes"] - push["startMinutes"] - 5 / 60) < 0.01
+        assert abs(pull["endMinutes"] - pull["startMinutes"] - slow.seconds[index] / 60) < 0.01
+        ready = result[bound]["nodesReadyMinutes"]
+        assert abs(ready - pull["endMinutes"] - gate.seconds[index] / 60) < 0.01
+    # The printed path shows it.
+    text = deploy.render(
+        {
+            "stepsFile": "x",
+            "parallel": 128,
+            "scenarios": [{"label": "prod", "hosts": 5, "anchor": "-", **result}],
+        }
+    )
+    assert f"[{PULL}] 16.7 (from 0.1 into prod-workers-" in text
+
+
+def test_a_flannel_plan_pulls_nothing(table: deploy_model.StepTable) -> None:
+    flannel = flannel_document()
+    assert deploy_model.timed_pulls(flannel, table) == {}
+    result = deploy_model.model(flannel, table)
+    (rule,) = {r for r in table.rules if r.step == "nodes ready: flannel, nothing to pull"}
+    for index, bound in enumerate(deploy_model.BOUNDS):
+        path = result[bound]["nodesReadyPath"]
+        assert result[bound]["pulls"] == 0
+        assert not any(step["step"] == PULL for step in path)
+        # Right after the last push, for no longer than the rule says.
+        assert path[-2]["step"].startswith("push")
+        length = (path[-1]["endMinutes"] - path[-1]["startMinutes"]) * 60
+        assert abs(length - rule.seconds[index]) < 1
