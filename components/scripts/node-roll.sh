@@ -18,7 +18,8 @@
 #              upgrade's does.
 #   CONTAINER_NODES "CONTAINER=NODE ..." for the host's nspawn container nodes: an upgrade drains
 #              them with the host's node (their k3s changes too); a new release drains those
-#              whose containers it stops or restarts.
+#              whose containers it stops or restarts, and the node (HOST_NAME-CONTAINER) of a
+#              container it removes, which stays cordoned until that container's gate deletes it.
 #   GATE_HOST, GATE_PORT (22), GATE_USER (root), GATE_HOST_PUBLIC_KEY: the server whose
 #              `k3s kubectl` drains and watches the node (node-gate-client.sh)
 #   DRAIN_TIMEOUT (300), READY_TIMEOUT (600) seconds
@@ -51,8 +52,11 @@ gate() {
 }
 
 # NODES: the nodes this roll takes out of service (drained before the push, Ready and uncordoned
-# after it). DRAINED: those drained so far, uncordoned again when a later step fails.
+# after it). LEAVING: container nodes whose container the release removes (drained before the
+# push stops it, left cordoned: the container's own gate deletes the node). DRAINED: those
+# drained so far, uncordoned again when a later step fails.
 NODES=()
+LEAVING=()
 DRAINED=()
 
 # The container node of CONTAINER (CONTAINER_NODES: "CONTAINER=NODE ..."), or nothing.
@@ -73,11 +77,11 @@ uncordon_drained() {
   done
 }
 
-# Drain NODES, push, wait until they are Ready, uncordon them. WHAT says why, for the log.
+# Drain NODES and LEAVING, push, wait until NODES are Ready, uncordon them. WHAT says why.
 roll_nodes() {
   local what=$1 node
-  ((${#NODES[@]} > 0)) || say "$HOST_NAME: $what: no node to drain"
-  for node in ${NODES[@]+"${NODES[@]}"}; do
+  ((${#NODES[@]} + ${#LEAVING[@]} > 0)) || say "$HOST_NAME: $what: no node to drain"
+  for node in ${NODES[@]+"${NODES[@]}"} ${LEAVING[@]+"${LEAVING[@]}"}; do
     say "$HOST_NAME: $what: drain $node (up to ${DRAIN_TIMEOUT}s)"
     if ! gate drain "$node" "$DRAIN_TIMEOUT"; then
       # node-gate.sh uncordons a node whose drain did not finish; the others drained before it
@@ -139,8 +143,12 @@ main() {
         fail "$HOST_NAME: build of the new release failed; nothing was activated; the roll stops here"
       while IFS= read -r name; do
         node=$(container_node "$name")
-        # A container not in the new release is being removed: its own gate drains it.
-        [[ -z $node ]] || NODES+=("$node")
+        if [[ -n $node ]]; then
+          NODES+=("$node")
+        else
+          # Not in the new release: the activation stops it for good (render's node name).
+          LEAVING+=("$HOST_NAME-$name")
+        fi
       done <"$WORK/restarts"
     fi
     roll_nodes "a new release, pushed one host at a time (no upgrade)"

@@ -177,7 +177,7 @@ def test_roll_every_release_is_checked(host: FakeHost, tmp_path: Path) -> None:
     assert host.calls() == []
 
 
-EDGE, BATCH = f"{HOST_NAME}-edge", f"{HOST_NAME}-batch"
+EDGE, BATCH, GONE = f"{HOST_NAME}-edge", f"{HOST_NAME}-batch", f"{HOST_NAME}-gone"
 CONTAINERS = f"edge={EDGE} batch={BATCH}"
 # What switch-to-configuration dry-activate writes when the edge container's system changed
 # (stopped and started again: stopIfChanged), a container no longer in the release stops, and a
@@ -190,6 +190,10 @@ EDGE_STOPS = (
 )
 
 
+def cordoned_nodes(host: FakeHost) -> list[str]:
+    return sorted(p.name for p in (host.root / "k3s/cordoned").glob("*"))
+
+
 def set_nodes(host: FakeHost, *names: str) -> None:
     nodes = host.root / "k3s/nodes"
     nodes.mkdir(parents=True, exist_ok=True)
@@ -200,7 +204,7 @@ def set_nodes(host: FakeHost, *names: str) -> None:
 def test_a_release_that_stops_a_container_drains_only_its_node(
     host: FakeHost, tmp_path: Path
 ) -> None:
-    set_nodes(host, HOST_NAME, EDGE, BATCH)
+    set_nodes(host, HOST_NAME, EDGE, BATCH, GONE)
     source = make_nixos_source(tmp_path, {"dry-activate": EDGE_STOPS})
 
     result = roll(
@@ -209,11 +213,14 @@ def test_a_release_that_stops_a_container_drains_only_its_node(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{NEW_KEY}\n"
-    # the container being removed (gone) is left to its own gate; batch does not stop
+    # batch does not stop; gone, removed by this release, is drained before its container
+    # stops and left cordoned for its own gate to delete
     assert kubectl_calls(host) == [
         f"drain {EDGE} --ignore-daemonsets --delete-emptydir-data --timeout=30s",
+        f"drain {GONE} --ignore-daemonsets --delete-emptydir-data --timeout=30s",
         f"uncordon {EDGE}",
     ]
+    assert cordoned_nodes(host) == [GONE]
     calls = host.calls()
     dry = next(i for i, c in enumerate(calls) if c.endswith(" dry-activate"))
     drain = next(i for i, c in enumerate(calls) if "drain" in c)
@@ -221,7 +228,6 @@ def test_a_release_that_stops_a_container_drains_only_its_node(
     uncordon = next(i for i, c in enumerate(calls) if "uncordon" in c)
     assert dry < drain < activation < uncordon
     assert (host.state / "current-release").exists()
-    assert not any((host.root / "k3s/cordoned").glob("*"))
 
 
 def test_a_release_that_stops_no_container_drains_nothing(host: FakeHost, tmp_path: Path) -> None:
