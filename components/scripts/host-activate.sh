@@ -383,7 +383,8 @@ build_release() {
   [[ -x $built/bin/switch-to-configuration ]] || die 3 "build of release $id produced no system"
 }
 
-cmd_build() {
+# `build` and `restarts`: the received release ID built for host NAME, under the lock.
+build_received() {
   (($# == 2)) || usage
   local id=$1 name=$2
   valid_release_id "$id" || die 2 "invalid release id: $id"
@@ -394,7 +395,11 @@ cmd_build() {
   [[ -d $RELEASES/$id/flake ]] || die 1 "release $id was not received"
   touch "$RELEASES/$id"
   build_release "$id" "$name"
-  say "release $id built; nothing activated"
+}
+
+cmd_build() {
+  build_received "$@"
+  say "release $1 built; nothing activated"
 }
 
 # The containers (`container@NAME.service`) that activating release ID would stop or restart,
@@ -405,16 +410,8 @@ cmd_build() {
 # by ", " (switch-to-configuration-ng main.rs, as the Perl one before it: "would stop the
 # following units: ...", "would restart the following units: ..."); it changes nothing.
 cmd_restarts() {
-  (($# == 2)) || usage
-  local id=$1 name=$2 built report
-  valid_release_id "$id" || die 2 "invalid release id: $id"
-  valid_host_name "$name" || die 2 "invalid host name: $name"
-  RELEASE=$id
-  prepare_state
-  take_lock
-  [[ -d $RELEASES/$id/flake ]] || die 1 "release $id was not received"
-  touch "$RELEASES/$id"
-  build_release "$id" "$name"
+  build_received "$@"
+  local id=$1 built report
   built=$(resolve "$RELEASES/$id/result")
   report=$("$built/bin/switch-to-configuration" dry-activate 2>&1 >/dev/null) ||
     die 1 "dry activation of release $id failed"

@@ -11,16 +11,20 @@ import pytest
 from components.scripts import SCRIPTS_DIR
 
 HERE = Path(__file__).parent
+NIXOS_MODULES = HERE.parents[1] / "nixos" / "modules"
 
 
 def shell_files() -> list[Path]:
     stand_ins = [*(HERE / "fakebin").iterdir(), *(HERE / "fake-system").iterdir()]
-    return sorted(SCRIPTS_DIR.glob("*.sh")) + sorted(stand_ins)
+    shipped = [*SCRIPTS_DIR.glob("*.sh"), *NIXOS_MODULES.glob("*.sh")]
+    return sorted(shipped) + sorted(stand_ins)
 
 
 def test_there_are_scripts_to_check() -> None:
     names = {path.name for path in shell_files()}
-    assert {"deploy.sh", "host-activate.sh", "install.sh", "nixos-rebuild"} <= names
+    assert {"deploy.sh", "host-activate.sh", "install.sh", "nixos-rebuild", "k3s-pre-pull.sh"} <= (
+        names
+    )
 
 
 @pytest.mark.parametrize("path", shell_files(), ids=lambda path: path.name)
