@@ -396,8 +396,9 @@ def _rollout(old: Plan, new: Plan, changes: Sequence[ResourceChange]) -> str:
 
 def _does_work(kind: Kind, resource: Resource, paths: frozenset[str] = frozenset()) -> bool:
     """Whether the deploy does work for this change of `resource` (changed input `paths`). A
-    host's roll step does when its ROLL_KEY changes (an upgrade), and a server's
-    (ROLL_EVERY_RELEASE) also when its release does (it pushes it, one server at a time);
+    host's roll step does when its ROLL_KEY changes (an upgrade), and that of a server or of a
+    host with container nodes (ROLL_EVERY_RELEASE) also when its release does (it pushes it,
+    one host at a time);
     created, or updated for any other reason, it only records the key (see NixosHost._roll).
     An install's update only says it is installed already (nixos_host.ALREADY_INSTALLED); it
     runs again only when replaced with its machine."""

@@ -42,10 +42,16 @@ def roll(
     return run_operator_script("node-roll.sh", env, host.server.client_key.read_bytes())
 
 
-def set_node(host: FakeHost, ready: str) -> None:
+def set_nodes(host: FakeHost, *names: str, ready: str = "True") -> None:
+    """Registered nodes, each with its Ready condition's status (the stand-in k3s reads them)."""
     nodes = host.root / "k3s/nodes"
     nodes.mkdir(parents=True, exist_ok=True)
-    (nodes / HOST_NAME).write_text(ready)
+    for name in names:
+        (nodes / name).write_text(ready)
+
+
+def set_node(host: FakeHost, ready: str) -> None:
+    set_nodes(host, HOST_NAME, ready=ready)
 
 
 def kubectl_calls(host: FakeHost) -> list[str]:
@@ -56,8 +62,12 @@ def kubectl_calls(host: FakeHost) -> list[str]:
     ]
 
 
+def cordoned_nodes(host: FakeHost) -> list[str]:
+    return sorted(p.name for p in (host.root / "k3s/cordoned").glob("*"))
+
+
 def cordoned(host: FakeHost) -> bool:
-    return (host.root / "k3s/cordoned" / HOST_NAME).exists()
+    return HOST_NAME in cordoned_nodes(host)
 
 
 def test_same_key_is_no_upgrade_and_touches_nothing(host: FakeHost, tmp_path: Path) -> None:
@@ -188,17 +198,6 @@ EDGE_STOPS = (
     "would restart the following units: container@gone.service, systemd-journald.service\n"
     "would start the following units: container@edge.service, nscd.service\n"
 )
-
-
-def cordoned_nodes(host: FakeHost) -> list[str]:
-    return sorted(p.name for p in (host.root / "k3s/cordoned").glob("*"))
-
-
-def set_nodes(host: FakeHost, *names: str) -> None:
-    nodes = host.root / "k3s/nodes"
-    nodes.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (nodes / name).write_text("True")
 
 
 def test_a_release_that_stops_a_container_drains_only_its_node(
