@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from components.config.checks import semantic_problems, semantic_warnings
 from components.config.derived import needs_tailscale_key, uses_cloud_controller, uses_csi
 from components.config.errors import ConfigError, Problem, problems_from_validation
+from components.config.hcloud_polling import read_polling
 from components.config.schema import ClusterConfig
 
 # A check run after the config's own, given the problems found so far.
@@ -191,6 +192,9 @@ def load_config(extra_checks: Sequence[ExtraCheck] = ()) -> StackConfig:
     cluster = parse_cluster(raw, extra_checks=extra_checks)
     if cluster.provider == "hetzner":
         _check_hcloud_token()
+        _, polling_problems = read_polling(pulumi.runtime.get_config, cluster)
+        if polling_problems:
+            raise ConfigError(polling_problems)
     key = _tailscale_key(cluster)
     s3_credentials = _etcd_s3_credentials(cluster)
     for warning in semantic_warnings(cluster):

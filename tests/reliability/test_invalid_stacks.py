@@ -57,6 +57,9 @@ ALLOWED_VALUES = {
     "unknown-cni": ["'cilium'", "'flannel'"],
     "unknown-container-mode": ["'host-users'", "'user-namespace'"],
     "cilium-user-namespace-container": ["EPERM", "allowed with cilium: 'host-users'"],
+    "hcloud-poll-function-unknown": ["'constant'", "'exponential'"],
+    "hcloud-poll-interval-no-unit": ["'500ms'", "'5s'"],
+    "hcloud-constant-polling-too-fast": ["at least '23s'", "'exponential'"],
 }
 # Colima limits depend on where Lima keeps its instances: the corpus runs with a typical Mac's.
 LIMA_HOME = "/Users/operator/.colima/_lima"
