@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench import deploy_model, runner, shapes
+from components.config.hcloud_polling import (
+    POLL_FUNCTION,
+    POLL_INTERVAL,
+    HcloudPolling,
+    read_polling,
+)
+from components.stack import parse_cluster
 
 # hetzner-k3s README (vitobotta/hetzner-k3s): a 3-master HA cluster in 2-3 minutes, and "a
 # 500-node highly available cluster (3 masters, 497 worker nodes) in just under 11 minutes".
@@ -35,6 +44,10 @@ class Scenario:
     image_ready: bool = False
     # hetzner.nixosImage: false, every server installs NixOS with nixos-anywhere.
     stock_install: bool = False
+    # hcloud:pollInterval with hcloud:pollFunction constant (None: the provider's default
+    # polling). Constant polling needs a second per server (components/config/hcloud_polling.py),
+    # so it pays off only for small stacks.
+    constant_polling: str | None = None
 
     def config_file(self, work: Path) -> Path:
         if self.stack_file is not None:
@@ -42,11 +55,31 @@ class Scenario:
         cluster = shapes.cluster_config(self.nodes, self.servers, self.plain_cap)
         if self.stock_install:
             cluster["hetzner"] = {**cluster.get("hetzner", {}), "nixosImage": False}
-        return runner.write_stack(cluster, work / f"deploy-{self.key}.yaml")
+        extra = {}
+        if self.constant_polling is not None:
+            extra = {POLL_FUNCTION: "constant", POLL_INTERVAL: self.constant_polling}
+        return runner.write_stack(cluster, work / f"deploy-{self.key}.yaml", extra)
+
+
+def stack_polling(config_file: Path) -> HcloudPolling:
+    """The Hetzner action polling a stack file sets (the plan has checked it)."""
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8"))["config"]
+    polling, problems = read_polling(config.get, parse_cluster(config["nixos-k3s:cluster"]))
+    if problems:
+        raise ValueError(f"{config_file}: {'; '.join(map(str, problems))}")
+    return polling
 
 
 SCENARIOS = (
-    Scenario("hetzner-3+2", "hetzner 3+2", ANCHOR_HA3, None, nodes=5, servers=3),
+    Scenario(
+        "hetzner-3+2",
+        "hetzner 3+2, polling every 5 s",
+        ANCHOR_HA3,
+        None,
+        nodes=5,
+        servers=3,
+        constant_polling="5s",
+    ),
     Scenario("hetzner-3+50", "hetzner 3+50", ANCHOR_500, 8, nodes=53, servers=3, plain_cap=50),
     Scenario("hetzner-5+200", "hetzner 5+200", ANCHOR_500, 12, nodes=205, servers=5),
     Scenario("colima-1+1", "colima 1+1 (dev)", "-", None, stack_file="Pulumi.dev.yaml"),
@@ -62,9 +95,19 @@ SCENARIOS = (
     ),
     Scenario(
         "hetzner-3+3-image",
-        "hetzner 3+3, image exists",
+        "hetzner 3+3, image, polling every 6 s",
         ANCHOR_HA3,
         5,
+        nodes=6,
+        servers=3,
+        image_ready=True,
+        constant_polling="6s",
+    ),
+    Scenario(
+        "hetzner-3+3-image-default-polling",
+        "hetzner 3+3, image, default polling",
+        ANCHOR_HA3,
+        None,
         nodes=6,
         servers=3,
         image_ready=True,
@@ -108,14 +151,19 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
     plans: dict[tuple[int, int | None, int, str | None, bool], dict[str, Any]] = {}
     results = []
     for sc in SCENARIOS:
+        # The polling is provider config: it changes no resource of the plan.
         key = (sc.nodes, sc.servers, sc.plain_cap, sc.stack_file, sc.stock_install)
+        config_file = sc.config_file(work)
         if key not in plans:
             out = work / f"deploy-plan-{sc.key}"
-            runner.plan_once(sc.config_file(work), out)
+            runner.plan_once(config_file, out)
             plans[key] = runner.load_plan(out)
         plan = plans[key]
         parallel = table.cli_default if sc.default_parallel else table.parallel
-        modelled = deploy_model.model(plan, table, parallel, image_ready=sc.image_ready)
+        polling = stack_polling(config_file)
+        modelled = deploy_model.model(
+            plan, table, parallel, image_ready=sc.image_ready, polling=polling
+        )
         hosts = len(deploy_model.host_roles(plan))
         results.append(
             {
@@ -124,6 +172,11 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
                 "hosts": hosts,
                 "anchor": sc.anchor,
                 "targetNodesReadyMinutes": sc.target_minutes,
+                "hcloudPolling": {
+                    "function": polling.function,
+                    "intervalSeconds": polling.interval,
+                    "configured": polling.configured,
+                },
                 **modelled,
             }
         )
@@ -137,7 +190,12 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
                 "type": r.type,
                 "suffix": r.suffix,
                 "role": r.role,
-                "seconds": list(r.seconds),
+                # A rule timed by Hetzner actions: its seconds depend on the stack's polling.
+                **(
+                    {"seconds": list(r.seconds)}
+                    if r.actions is None
+                    else {"actions": [list(a) for a in r.actions], "poller": r.poller}
+                ),
                 "limitSeconds": None if r.limit is None else r.limit.seconds,
                 "limitEnvironment": None if r.limit is None else r.limit.environment,
                 "source": r.source,

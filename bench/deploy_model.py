@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from bench import graph
+from components.config.hcloud_polling import HcloudPolling
 from components.hosts import hostspec
 
 STEPS_FILE = Path(__file__).with_name("deploy_steps.yaml")
@@ -49,6 +50,39 @@ PULL_KEY = "pull::"
 
 class StepTableError(ValueError):
     """The step table is malformed, or a resource of the plan matches none of its rules."""
+
+
+# Which half of the Hetzner provider serves a resource, and so which backoff it polls with:
+# terraform-provider-hcloud serves most resources from its SDKv2 provider (hcloud/provider.go
+# ResourcesMap: server, network, subnet, route, load balancer) and some from its plugin-framework
+# provider (hcloud/plugin_provider.go Resources: a server's or load balancer's network attach).
+POLLERS = ("sdk", "framework")
+# hcloud-go ExponentialBackoff: truncated at one minute (hcloud/client.go, Cap: time.Minute).
+EXPONENTIAL_CAP = 60.0
+# The plugin-framework provider without poll_interval: ExponentialBackoffWithOpts(Base 500ms,
+# Multiplier 2, Cap 10s) (hcloud/plugin_provider.go Configure).
+FRAMEWORK_DEFAULT_CAP = 10.0
+
+
+def poll_wait(polling: HcloudPolling, poller: str, retries: int) -> float:
+    """Seconds hcloud-go waits before its poll number `retries` (from 0) of a running action."""
+    if polling.function == "constant":
+        return polling.interval
+    cap = EXPONENTIAL_CAP
+    if poller == "framework" and not polling.configured:
+        cap = FRAMEWORK_DEFAULT_CAP
+    return min(cap, polling.interval * 2.0**retries)
+
+
+def seen_at(action: float, polling: HcloudPolling, poller: str) -> float:
+    """When the provider sees an action of `action` seconds end: its first poll at or after it
+    (hcloud-go ActionClient.WaitForFunc waits the backoff, then polls, until the action ends)."""
+    at, retries = 0.0, 0
+    while True:
+        at += poll_wait(polling, poller, retries)
+        retries += 1
+        if at >= action:
+            return at
 
 
 @dataclass(frozen=True)
@@ -72,6 +106,19 @@ class Rule:
     limit: Limit | None = None
     # Only in plans whose hosts run this CNI (host JSON k3s.cni); None: any.
     cni: str | None = None
+    # Hetzner actions the resource waits for, one after another, each (low, high) seconds long;
+    # its time is when the provider sees each end (seen_at), so it depends on the stack's
+    # polling. None: `seconds` is the time.
+    actions: tuple[tuple[float, float], ...] | None = None
+    poller: str = "sdk"
+
+    def time(self, polling: HcloudPolling) -> tuple[float, float]:
+        """Low and high seconds with the stack's Hetzner polling."""
+        if self.actions is None:
+            return self.seconds
+        low = sum(seen_at(action[0], polling, self.poller) for action in self.actions)
+        high = sum(seen_at(action[1], polling, self.poller) for action in self.actions)
+        return low, high
 
     def matches(
         self,
@@ -128,10 +175,16 @@ def _rule(index: int, entry: Any) -> Rule:
         "prePull",
         "limit",
         "cni",
+        "actions",
+        "poller",
     }
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
-    seconds, role = _common(where, entry)
+    actions = _actions(where, entry)
+    seconds, role = _common(where, {"seconds": [0, 0], **entry} if actions else entry)
+    poller = entry.get("poller", "sdk")
+    if poller not in POLLERS:
+        raise StepTableError(f"{where}.poller: {poller!r} is not one of {', '.join(POLLERS)}")
     if not entry.get("type"):
         raise StepTableError(f"{where}.type: required (a resource type or type prefix)")
     suffix = str(entry.get("suffix", ""))
@@ -146,6 +199,8 @@ def _rule(index: int, entry: Any) -> Rule:
     if cni is not None and cni not in CNIS:
         raise StepTableError(f"{where}.cni: {cni!r} is not one of {', '.join(CNIS)}")
     return Rule(
+        actions=actions,
+        poller=poller,
         cni=cni,
         limit=_limit(where, entry.get("limit")),
         pre_pull=pre_pull,
@@ -159,6 +214,18 @@ def _rule(index: int, entry: Any) -> Rule:
         seconds=seconds,
         source=" ".join(str(entry["source"]).split()),
     )
+
+
+def _actions(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float], ...] | None:
+    """`actions: [[low, high], ...]` of a rule (in place of `seconds`), or None."""
+    if "actions" not in entry:
+        return None
+    if "seconds" in entry:
+        raise StepTableError(f"{where}: seconds or actions, not both")
+    actions = entry["actions"]
+    if not isinstance(actions, list) or not actions:
+        raise StepTableError(f"{where}.actions: want a list of [low, high], got {actions!r}")
+    return tuple(_seconds(f"{where}.actions[{i}]", a) for i, a in enumerate(actions))
 
 
 def _common(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float], str | None]:
@@ -383,7 +450,12 @@ def plan_cni(plan: Mapping[str, Any]) -> str | None:
     return next(iter(cnis), None)
 
 
-def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Timed]:
+def timed_resources(
+    plan: Mapping[str, Any], table: StepTable, polling: HcloudPolling | None = None
+) -> dict[str, Timed]:
+    """Every resource's time from its rule; `polling`: the stack's Hetzner action polling
+    (None: the provider's defaults)."""
+    polling = polling or HcloudPolling()
     roles = host_roles(plan)
     image = uses_nixos_image(plan)
     pre_pull = pre_pulls(plan)
@@ -401,7 +473,7 @@ def timed_resources(plan: Mapping[str, Any], table: StepTable) -> dict[str, Time
             res["urn"],
             res["name"],
             rule.step,
-            rule.seconds,
+            rule.time(polling),
             rule.queue,
             rule.queue_seconds,
             None if rule.limit is None else rule.limit.of(res),
@@ -574,11 +646,13 @@ def model(
     table: StepTable,
     parallel: int | None = None,
     image_ready: bool = False,
+    polling: HcloudPolling | None = None,
 ) -> dict[str, Any]:
     """Minutes to the kubeconfig and to all nodes Ready, low and high, with critical paths.
 
     image_ready: the Hetzner NixOS image exists already (a scale-up, a replacement, a deploy
-    after the first): its step takes no time.
+    after the first): its step takes no time. polling: the stack's Hetzner action polling
+    (None: the provider's defaults).
     """
     parallel = table.parallel if parallel is None else parallel
     deploy = graph.DeployGraph(plan)
@@ -590,7 +664,7 @@ def model(
         raise ValueError("plan has no -kubeconfig or -nodes-ready command")
     result: dict[str, Any] = {"parallel": parallel}
     for index, bound in enumerate(BOUNDS):
-        run = schedule_plan(plan, table, index, parallel, image_ready, deploy)
+        run = schedule_plan(plan, table, index, parallel, image_ready, deploy, polling)
         slots = run.slots
         # The pulls run on the nodes, not in the engine's workers.
         peak = _peak_concurrency({urn: slots[urn] for urn in run.timed})
@@ -628,13 +702,14 @@ def schedule_plan(
     parallel: int | None = None,
     image_ready: bool = False,
     deploy: graph.DeployGraph | None = None,
+    polling: HcloudPolling | None = None,
 ) -> PlanSchedule:
     """The plan scheduled with every step's low (index 0) or high (1) time: the resources as
     the engine runs them, each node's pull beside its push, and the nodes-Ready gate after its
     dependencies and every pull."""
     parallel = table.parallel if parallel is None else parallel
     deploy = deploy or graph.DeployGraph(plan)
-    timed = timed_resources(plan, table)
+    timed = timed_resources(plan, table, polling)
     pulls = timed_pulls(plan, table)
     deps = {urn: deploy.dependencies(urn) for urn in deploy.resources}
     for urn in deploy.urn_of("-nodes-ready"):

@@ -55,9 +55,9 @@ def run_child(args: list[str], result: Path, cwd: Path = PROJECT_DIR) -> Sample:
     return Sample(wall, data["phases"], data["maxrssKib"], data["resources"])
 
 
-def write_stack(cluster: dict[str, Any], path: Path) -> Path:
+def write_stack(cluster: dict[str, Any], path: Path, extra: dict[str, str] | None = None) -> Path:
     path.write_text(
-        yaml.safe_dump(shapes.stack_document(cluster), sort_keys=True), encoding="utf-8"
+        yaml.safe_dump(shapes.stack_document(cluster, extra), sort_keys=True), encoding="utf-8"
     )
     return path
 

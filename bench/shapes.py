@@ -151,9 +151,9 @@ def cluster_config(
     }
 
 
-def stack_document(cluster: dict[str, Any]) -> dict[str, Any]:
-    """A Pulumi.<stack>.yaml document holding `cluster`."""
-    return {"config": {"nixos-k3s:cluster": cluster}}
+def stack_document(cluster: dict[str, Any], extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Pulumi.<stack>.yaml document holding `cluster` (and `extra` config keys)."""
+    return {"config": {"nixos-k3s:cluster": cluster, **(extra or {})}}
 
 
 def relabelled(cluster: dict[str, Any]) -> tuple[dict[str, Any], str, int]:
