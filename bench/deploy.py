@@ -213,6 +213,16 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
             }
             for r in table.pulls
         ],
+        "fetches": [
+            {
+                "step": r.step,
+                "offsetSeconds": list(r.offset),
+                "offsetSource": r.offset_source,
+                "seconds": list(r.seconds),
+                "source": r.source,
+            }
+            for r in table.fetches
+        ],
         "scenarios": results,
     }
 
@@ -291,6 +301,7 @@ def render(document: dict[str, Any]) -> str:
                 if "afterStartOf" in p
                 else ""
             )
+            + (f" (after {p['afterEndOf']}'s fetch)" if "afterEndOf" in p else "")
             for p in sc["high"]["nodesReadyPath"]
         )
         lines.append(f"  {sc['label']}: {steps}")

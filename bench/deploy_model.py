@@ -44,8 +44,11 @@ BOUNDS = ("low", "high")
 CNIS: tuple[str, ...] = typing.get_args(hostspec.K3s.model_fields["cni"].annotation)
 # The command that first starts k3s on a host (and its containers): the anchor of its pulls.
 PUSH_SUFFIX = "-push"
-# Keys of the modelled pulls in a schedule; no URN starts like this.
+# Keys of the modelled pulls and fetches in a schedule; no URN starts like these.
 PULL_KEY = "pull::"
+FETCH_KEY = "fetch::"
+# The on-host build step: the anchor of its host's fetch of the CNI's images.
+BUILD_SUFFIX = "-build"
 
 
 class StepTableError(ValueError):
@@ -157,6 +160,9 @@ class StepTable:
     cli_default: int
     rules: tuple[Rule, ...]
     pulls: tuple[PullRule, ...] = ()
+    # Each pre-pulling host's download of the CNI's images before k3s runs (the first that
+    # matches; role is always None): anchored at its build step, the pulls wait for it.
+    fetches: tuple[PullRule, ...] = ()
 
 
 def _rule(index: int, entry: Any) -> Rule:
@@ -241,9 +247,9 @@ def _common(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float], 
     return seconds, role
 
 
-def _pull(index: int, entry: Any) -> PullRule:
-    """`pulls[i]`: {step, role?, offset: {seconds, source}, seconds, source}."""
-    where = f"pulls[{index}]"
+def _pull(index: int, entry: Any, section: str = "pulls") -> PullRule:
+    """`pulls[i]` or `fetches[i]`: {step, role?, offset: {seconds, source}, seconds, source}."""
+    where = f"{section}[{index}]"
     if not isinstance(entry, Mapping):
         raise StepTableError(f"{where}: a pull is a mapping")
     unknown = set(entry) - {"step", "role", "offset", "seconds", "source"}
@@ -350,11 +356,18 @@ def load_steps(path: Path = STEPS_FILE) -> StepTable:
     pulls = data.get("pulls") or []
     if not isinstance(pulls, list):
         raise StepTableError(f"pulls: want a list of pulls, got {pulls!r}")
+    fetches = data.get("fetches") or []
+    if not isinstance(fetches, list):
+        raise StepTableError(f"fetches: want a list of fetches, got {fetches!r}")
+    fetch_rules = tuple(_pull(i, entry, "fetches") for i, entry in enumerate(fetches))
+    if any(f.role is not None for f in fetch_rules):
+        raise StepTableError("fetches[].role: a host fetches for itself and its containers")
     return StepTable(
         parallel=parallel,
         cli_default=default,
         rules=rules,
         pulls=tuple(_pull(i, entry) for i, entry in enumerate(pulls)),
+        fetches=fetch_rules,
     )
 
 
@@ -420,6 +433,7 @@ class PullNode:
     node: str
     role: str
     push: str
+    host: str = ""
 
 
 def pull_nodes(plan: Mapping[str, Any]) -> list[PullNode]:
@@ -429,11 +443,11 @@ def pull_nodes(plan: Mapping[str, Any]) -> list[PullNode]:
     out = []
     for host, (push, doc) in _host_documents(plan).items():
         if doc.get("k3s", {}).get("prePullImages"):
-            out.append(PullNode(host, roles[host], push))
+            out.append(PullNode(host, roles[host], push, host))
         for container in doc.get("containers", []):
             k3s = container.get("k3s", {})
             if k3s.get("prePullImages"):
-                out.append(PullNode(k3s["nodeName"], "container", push))
+                out.append(PullNode(k3s["nodeName"], "container", push, host))
     return sorted(out, key=lambda n: n.node)
 
 
@@ -483,7 +497,8 @@ def timed_resources(
 
 @dataclass(frozen=True)
 class TimedPull:
-    """A node's pull: from `offset` seconds after its push (`anchor`) starts, `seconds` long."""
+    """A node's pull (or a host's fetch): from `offset` seconds after `anchor` (its push, its
+    build step) starts, but not before `after` (its host's fetch) has ended; `seconds` long."""
 
     key: str
     name: str
@@ -491,6 +506,7 @@ class TimedPull:
     anchor: str
     offset: tuple[float, float]
     seconds: tuple[float, float]
+    after: str | None = None
 
 
 def timed_pulls(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPull]:
@@ -504,7 +520,27 @@ def timed_pulls(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPul
                 " which pulls the CNI's images while its k3s starts: add one"
             )
         key = f"{PULL_KEY}{node.node}"
-        out[key] = TimedPull(key, node.node, rule.step, node.push, rule.offset, rule.seconds)
+        after = f"{FETCH_KEY}{node.host}" if table.fetches else None
+        out[key] = TimedPull(key, node.node, rule.step, node.push, rule.offset, rule.seconds, after)
+    return out
+
+
+def timed_fetches(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPull]:
+    """Every pre-pulling host's fetch of the CNI's images (for itself and its containers),
+    anchored at its build step, by key (FETCH_KEY + host name). None without `fetches`."""
+    if not table.fetches:
+        return {}
+    rule = table.fetches[0]
+    builds = {res["name"]: res["urn"] for res in plan["resources"]}
+    out: dict[str, TimedPull] = {}
+    for host in sorted({node.host for node in pull_nodes(plan)}):
+        build = builds.get(f"{host}{BUILD_SUFFIX}")
+        if build is None:
+            raise StepTableError(
+                f"host {host!r} pre-pulls but the plan has no {host}{BUILD_SUFFIX}"
+            )
+        key = f"{FETCH_KEY}{host}"
+        out[key] = TimedPull(key, host, rule.step, build, rule.offset, rule.seconds)
     return out
 
 
@@ -526,9 +562,9 @@ def schedule(
     A resource of zero duration takes no worker (nothing to wait for). A resource in a queue
     (`queues`: urn -> queue name, seconds) that starts while k others of its queue run takes
     k x seconds longer. An anchored activity (`anchored`: key -> anchor, offset) is no engine
-    operation: it starts `offset` seconds after its anchor starts, whatever its own `deps`,
-    lasts its duration and takes no worker; others may depend on it. Ties are broken by URN, so
-    the schedule is deterministic.
+    operation: it starts `offset` seconds after its anchor starts, or when its own `deps` have
+    ended if that is later, lasts its duration and takes no worker; others may depend on it.
+    Ties are broken by URN, so the schedule is deterministic.
     """
     queues = queues or {}
     anchored = anchored or {}
@@ -548,20 +584,31 @@ def schedule(
     # Anchored activities, started: (end, key); they hold no worker.
     timers: list[tuple[float, str]] = []
     slots: dict[str, Slot] = {}
+    # When each anchored activity's anchor started.
+    anchor_start: dict[str, float] = {}
     now = 0.0
+
+    def begin_anchored(key: str, at: float) -> None:
+        """Start `key` once its anchor has started and its deps have ended (`at`: now)."""
+        if key in slots or waiting[key] or key not in anchor_start:
+            return
+        begin = max(anchor_start[key] + anchored[key][1], at)
+        slots[key] = Slot(begin, begin + durations[key])
+        heapq.heappush(timers, (slots[key].end, key))
 
     def finish(urn: str, at: float) -> None:
         for dependent in dependents.get(urn, []):
             waiting[dependent].discard(urn)
-            if not waiting[dependent] and dependent not in anchored:
+            if dependent in anchored:
+                begin_anchored(dependent, at)
+            elif not waiting[dependent]:
                 heapq.heappush(ready, (at, dependent))
 
     def start(urn: str, end: float) -> None:
         slots[urn] = Slot(now, end)
         for key in sorted(followers.get(urn, [])):
-            begin = now + anchored[key][1]
-            slots[key] = Slot(begin, begin + durations[key])
-            heapq.heappush(timers, (slots[key].end, key))
+            anchor_start[key] = now
+            begin_anchored(key, now)
 
     while ready or running or timers:
         deferred: list[tuple[float, str]] = []
@@ -627,8 +674,15 @@ def _critical_path(
                 }
             )
         if urn in anchors:
-            # A pull began when its push had run `offset`: it waited for nothing else.
             anchor = anchors[urn]
+            waited = [d for d in deps[urn] if slots[d].end == slot.start]
+            if waited:
+                # It began when what it waits for (a pull: its host's fetch) ended, later than
+                # its anchor alone would have let it.
+                path[-1]["afterEndOf"] = steps[waited[0]].name
+                urn = waited[0]
+                continue
+            # It began when its anchor (a push, a build) had run `offset`.
             path[-1]["afterStartOf"] = steps[anchor].name
             path[-1]["offsetMinutes"] = round((slot.start - slots[anchor].start) / 60, 2)
             urn = anchor
@@ -673,6 +727,10 @@ def model(
             "overLimit": over_limit(slots, run.timed),
             "pulls": len(run.pulls),
             "lastPullEndMinutes": round(max((slots[k].end for k in run.pulls), default=0) / 60, 2),
+            "fetches": len(run.fetches),
+            "lastFetchEndMinutes": round(
+                max((slots[k].end for k in run.fetches), default=0) / 60, 2
+            ),
         }
         for key, urns in targets.items():
             last = max(urns, key=lambda u: (slots[u].end, u))
@@ -690,9 +748,10 @@ class PlanSchedule:
     slots: dict[str, Slot]
     timed: dict[str, Timed]
     steps: dict[str, Step]
-    # Pull key -> the push it starts in.
+    # Pull or fetch key -> the push or build it starts in.
     anchors: dict[str, str]
     pulls: dict[str, TimedPull]
+    fetches: dict[str, TimedPull]
 
 
 def schedule_plan(
@@ -711,27 +770,31 @@ def schedule_plan(
     deploy = deploy or graph.DeployGraph(plan)
     timed = timed_resources(plan, table, polling)
     pulls = timed_pulls(plan, table)
+    fetches = timed_fetches(plan, table)
     deps = {urn: deploy.dependencies(urn) for urn in deploy.resources}
     for urn in deploy.urn_of("-nodes-ready"):
         deps[urn] = deps[urn] | set(pulls)
-    deps.update({key: set() for key in pulls})
+    deps.update({key: set() if p.after is None else {p.after} for key, p in pulls.items()})
+    deps.update({key: set() for key in fetches})
+    pulls_and_fetches = {**pulls, **fetches}
     durations = {
         urn: 0.0 if image_ready and t.step == IMAGE_STEP else t.seconds[index]
         for urn, t in timed.items()
     }
-    durations.update({key: p.seconds[index] for key, p in pulls.items()})
+    durations.update({key: p.seconds[index] for key, p in pulls_and_fetches.items()})
     queues = {urn: (t.queue, t.queue_seconds[index]) for urn, t in timed.items() if t.queue}
-    anchored = {key: (p.anchor, p.offset[index]) for key, p in pulls.items()}
+    anchored = {key: (p.anchor, p.offset[index]) for key, p in pulls_and_fetches.items()}
     slots = schedule(deps, durations, parallel, queues, anchored)
     steps = {urn: Step(t.name, t.step) for urn, t in timed.items()}
-    steps.update({key: Step(p.name, p.step) for key, p in pulls.items()})
+    steps.update({key: Step(p.name, p.step) for key, p in pulls_and_fetches.items()})
     return PlanSchedule(
         deps=deps,
         slots=slots,
         timed=timed,
         steps=steps,
-        anchors={key: p.anchor for key, p in pulls.items()},
+        anchors={key: p.anchor for key, p in pulls_and_fetches.items()},
         pulls=pulls,
+        fetches=fetches,
     )
 
 

@@ -110,6 +110,18 @@ def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
 GOOD_PULL = "step: p, offset: {seconds: [1, 2], source: s}, seconds: [3, 4], source: s"
 
 
+def test_a_fetch_has_no_role(tmp_path: Path) -> None:
+    bad = tmp_path / "steps.yaml"
+    bad.write_text(
+        "engine: {parallel: 8, cliDefault: 8}\nsteps:\n"
+        "  - {step: x, type: 'tls:', seconds: [1, 2], source: s}\n"
+        f"fetches: [{{{GOOD_PULL}, role: agent}}]\n",
+        "utf-8",
+    )
+    with pytest.raises(deploy_model.StepTableError, match=r"fetches\[\]\.role"):
+        deploy_model.load_steps(bad)
+
+
 @pytest.mark.parametrize(
     ("pulls", "error"),
     [
@@ -383,9 +395,59 @@ def test_every_pre_pulling_node_pulls_beside_its_own_push(table: deploy_model.St
             host = pull.name.removesuffix("-c1")
             push = run.slots[pull.anchor]
             assert run.timed[pull.anchor].name == f"{host}-push"
-            assert run.slots[key].start == push.start + pull.offset[index]
+            # Not before its host's fetch (one per host, for its containers too) has ended.
+            assert pull.after == f"{deploy_model.FETCH_KEY}{host}"
+            fetch = run.slots[f"{deploy_model.FETCH_KEY}{host}"]
+            assert run.slots[key].start == max(push.start + pull.offset[index], fetch.end)
             assert run.slots[key].end == run.slots[key].start + pull.seconds[index]
             assert run.slots[gate].start >= run.slots[key].end
+
+
+def test_every_pre_pulling_host_fetches_from_its_build(table: deploy_model.StepTable) -> None:
+    doc = planned(shapes.cluster_config(6, 3, 1), stack="bench")
+    fetches = deploy_model.timed_fetches(doc, table)
+    hosts = ["bench-control-1", "bench-control-2", "bench-control-3"]
+    assert sorted(f.name for f in fetches.values()) == [
+        *hosts,
+        "bench-dense-1-1",
+        "bench-workers-1-1",
+    ]
+    (rule,) = table.fetches
+    for index in (0, 1):
+        run = deploy_model.schedule_plan(doc, table, index)
+        for key, fetch in fetches.items():
+            assert run.timed[fetch.anchor].name == f"{fetch.name}-build"
+            build = run.slots[fetch.anchor]
+            assert run.slots[key].start == build.start + rule.offset[index]
+            assert run.slots[key].end == run.slots[key].start + rule.seconds[index]
+
+
+def test_a_pull_waits_for_its_hosts_fetch() -> None:
+    """An anchored activity starts `offset` after its anchor, or when its deps end if later."""
+    deps = {"build": set(), "push": {"build"}, "fetch": set(), "pull": {"fetch"}}
+    durations = {"build": 10.0, "push": 20.0, "fetch": 100.0, "pull": 5.0}
+    anchored = {"fetch": ("build", 2.0), "pull": ("push", 3.0)}
+    slots = deploy_model.schedule(deps, durations, 4, anchored=anchored)
+    assert (slots["fetch"].start, slots["fetch"].end) == (2.0, 102.0)
+    assert (slots["pull"].start, slots["pull"].end) == (102.0, 107.0)
+    # A fast fetch: the push's start decides.
+    slots = deploy_model.schedule(deps, {**durations, "fetch": 1.0}, 4, anchored=anchored)
+    assert (slots["pull"].start, slots["pull"].end) == (13.0, 18.0)
+
+
+def test_a_slow_fetch_is_on_the_critical_path(table: deploy_model.StepTable) -> None:
+    doc = document("prod")
+    (rule,) = table.fetches
+    slow = replace(table, fetches=(replace(rule, seconds=(2000, 2000)),))
+    result = deploy_model.model(doc, slow)
+    for bound in deploy_model.BOUNDS:
+        path = result[bound]["nodesReadyPath"]
+        fetch, pull = path[-3], path[-2]
+        assert fetch["step"] == rule.step and pull["step"] == PULL
+        assert pull["afterEndOf"] == fetch["resource"]
+        assert fetch["afterStartOf"] == f"{fetch['resource']}-build"
+        assert result[bound]["fetches"] == 5
+        assert abs(pull["startMinutes"] - fetch["endMinutes"]) < 0.01
 
 
 def test_nodes_ready_waits_for_the_slowest_pull(table: deploy_model.StepTable) -> None:
@@ -393,7 +455,10 @@ def test_nodes_ready_waits_for_the_slowest_pull(table: deploy_model.StepTable) -
     slow = deploy_model.PullRule(
         step=PULL, role="agent", offset=(5, 5), offset_source="s", seconds=(900, 1000), source="s"
     )
-    result = deploy_model.model(doc, replace(table, pulls=(slow, *table.pulls)))
+    instant_fetch = tuple(replace(f, seconds=(0.0, 0.0)) for f in table.fetches)
+    result = deploy_model.model(
+        doc, replace(table, pulls=(slow, *table.pulls), fetches=instant_fetch)
+    )
     (gate,) = {r for r in table.rules if r.step == "nodes ready: after the pulls"}
     for index, bound in enumerate(deploy_model.BOUNDS):
         path = result[bound]["nodesReadyPath"]
@@ -419,6 +484,7 @@ def test_nodes_ready_waits_for_the_slowest_pull(table: deploy_model.StepTable) -
 def test_a_flannel_plan_pulls_nothing(table: deploy_model.StepTable) -> None:
     flannel = flannel_document()
     assert deploy_model.timed_pulls(flannel, table) == {}
+    assert deploy_model.timed_fetches(flannel, table) == {}
     result = deploy_model.model(flannel, table)
     (rule,) = {r for r in table.rules if r.step == "nodes ready: flannel, nothing to pull"}
     for index, bound in enumerate(deploy_model.BOUNDS):
