@@ -394,11 +394,17 @@ def _rollout(old: Plan, new: Plan, changes: Sequence[ResourceChange]) -> str:
     return rollout.mermaid(nodes(new), kinds, nodes(old))
 
 
-def _does_work(kind: Kind, resource: Resource, paths: frozenset[str] = frozenset()) -> bool:
-    """Whether the deploy does work for this change of `resource` (changed input `paths`). A
-    host's roll step does when its ROLL_KEY changes (an upgrade), and that of a server or of a
-    host with container nodes (ROLL_EVERY_RELEASE) also when its release does (it pushes it,
-    one host at a time);
+def _does_work(
+    kind: Kind,
+    resource: Resource,
+    paths: frozenset[str] = frozenset(),
+    before: Resource | None = None,
+) -> bool:
+    """Whether the deploy does work for this change of `resource` (changed input `paths`;
+    `before`, the resource as it was). A host's roll step does when its ROLL_KEY changes (an
+    upgrade), and that of a server or of a host with container nodes (ROLL_EVERY_RELEASE) also
+    when its release does (it pushes it, one host at a time), as does that of a host that had
+    container nodes (its run recorded them: it drains the removed ones' nodes and pushes);
     created, or updated for any other reason, it only records the key (see NixosHost._roll).
     An install's update only says it is installed already (nixos_host.ALREADY_INSTALLED); it
     runs again only when replaced with its machine."""
@@ -410,9 +416,12 @@ def _does_work(kind: Kind, resource: Resource, paths: frozenset[str] = frozenset
         if kind == "add":
             return False
         environment = resource.inputs.get("environment") or {}
-        every_release = environment.get("ROLL_EVERY_RELEASE") == "1"
+        had = (before.inputs.get("environment") or {}) if before is not None else {}
+        pushes_release = environment.get("ROLL_EVERY_RELEASE") == "1" or bool(
+            had.get("CONTAINER_NODES")
+        )
         return rollout.ROLL_KEY_PATH in paths or (
-            every_release and rollout.RELEASE_ID_PATH in paths
+            pushes_release and rollout.RELEASE_ID_PATH in paths
         )
     return True
 
@@ -459,7 +468,7 @@ def _compare_resource(
         return None
     replaced = any(change.forces_replacement for change in changes)
     kind: Kind = "replace" if replaced else "change"
-    runs = _does_work(kind, after, frozenset(change.path for change in changes))
+    runs = _does_work(kind, after, frozenset(change.path for change in changes), before)
     return ResourceChange(kind, after.type, after.name, after.urn, tuple(changes), runs)
 
 

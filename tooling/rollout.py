@@ -60,7 +60,8 @@ STAGES: tuple[Stage, ...] = (
 )
 # The input whose change makes a host's roll step drain and upgrade its node.
 ROLL_KEY_PATH = "environment.ROLL_KEY"
-# The input whose change makes a server's roll step push its new release (ROLL_EVERY_RELEASE).
+# The input whose change makes a server's roll step push its new release (ROLL_EVERY_RELEASE; also
+# a host whose roll step recorded container nodes: tooling/diff.py _does_work).
 RELEASE_ID_PATH = "environment.RELEASE_ID"
 # Beyond this many boxes, the picture is drawn one box per stage.
 MAX_NODES = 60

@@ -17,6 +17,7 @@ push     activate the built release with an on-host rollback timer, confirm over
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -107,6 +108,10 @@ class NixosHostArgs:
     stock_host_key: pulumi.Input[str] | None = None
     roll: RollArgs | None = None
     from_image: bool = False  # booted the Hetzner NixOS image: the install only waits for it
+
+
+# The first word of the line before the key on a roll step's stdout (node-roll.sh RECORD_PREFIX).
+ROLL_RECORD_PREFIX = "container-nodes:"
 
 
 @dataclass(frozen=True)
@@ -266,19 +271,21 @@ class NixosHost(pulumi.ComponentResource):
     ) -> command.local.Command:
         """Drain, push, wait for Ready, uncordon: only when ROLL_KEY changes (an upgrade).
 
-        Created with the host (its create only records the key). Any change of its environment
-        runs its update, node-roll.sh, which compares ROLL_KEY with the key it printed last time
-        (pulumi-command hands the previous stdout over as PULUMI_COMMAND_STDOUT): the same key
-        means no upgrade, and the push does the work as usual; a new key rolls this node. The
-        push waits for it (and then finds its release active), and the next batch's rolls wait
-        for this one, so an upgrade goes through the nodes in order and stops at the first one
-        that fails. The roll of a server or of a host with container nodes (every_release)
-        also pushes a new release without an upgrade: the servers' activations, which may
-        restart k3s, go one at a time so that etcd keeps its quorum, and the container nodes
-        whose containers the activation stops are drained first (an upgrade drains the host's
-        node and all its container nodes). A first deploy is unchanged: the create only records
-        the key, and the servers join together. Its environment is the push's plus the
-        draining server's: not secret.
+        Created with the host (its create only records the key, after the host's container
+        nodes). Any change of its environment runs its update, node-roll.sh, which compares
+        ROLL_KEY with the key it printed last time (pulumi-command hands the previous stdout over
+        as PULUMI_COMMAND_STDOUT): the same key means no upgrade, and the push does the work as
+        usual; a new key rolls this node. The push waits for it (and then finds its release
+        active), and the next batch's rolls wait for this one, so an upgrade goes through the
+        nodes in order and stops at the first one that fails. The roll of a server or of a host
+        with container nodes (every_release) also pushes a new release without an upgrade: the
+        servers' activations, which may restart k3s, go one at a time so that etcd keeps its
+        quorum, and the container nodes whose containers the activation stops are drained first
+        (an upgrade drains the host's node and all its container nodes). So does the roll of a
+        host whose previous run recorded container nodes: the node of a container the release
+        removes, its last one too, is drained (by its recorded name) before the push stops it.
+        A first deploy is unchanged: the create only records, and the servers join together.
+        Its environment is the push's plus the draining server's: not secret.
         """
         environment = {
             **push_env,
@@ -288,11 +295,17 @@ class NixosHost(pulumi.ComponentResource):
             "READY_TIMEOUT": str(roll.ready_timeout_seconds),
             "ROLL_EVERY_RELEASE": "1" if roll.every_release else "0",
         }
+        # The create records what node-roll.sh prints when done: the container nodes (read back
+        # by the next run, which drains a removed container's node by its recorded name), then
+        # the key. See node-roll.sh's header for the format.
+        create = f"echo {roll.key}"
         if roll.container_nodes:
-            environment["CONTAINER_NODES"] = " ".join(f"{c}={n}" for c, n in roll.container_nodes)
+            pairs = " ".join(f"{c}={n}" for c, n in roll.container_nodes)
+            environment["CONTAINER_NODES"] = pairs
+            create = f"echo {shlex.quote(f'{ROLL_RECORD_PREFIX} {pairs}')} && {create}"
         return command.local.Command(
             f"{name}-roll",
-            create=f"echo {roll.key}",
+            create=create,
             update=local_invocation("node-roll.sh"),
             environment=environment,
             stdin=deploy_key.private_openssh,

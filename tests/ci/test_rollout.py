@@ -263,6 +263,30 @@ def test_a_server_release_draws_the_servers_rolls_one_at_a_time(
     parsed(text)
 
 
+def test_removing_a_hosts_last_container_draws_its_roll_before_its_push(
+    tmp_path: Path,
+) -> None:
+    """The workers lose their only container: their new release has no container nodes and an
+    agent's ROLL_EVERY_RELEASE is 0, but their roll steps recorded one (node-roll.sh), so
+    they drain its node and push, one batch at a time: the diagram draws them."""
+    data = stack_data("prod")
+    data["nodePools"][1]["containers"] = [{"name": "edge"}]
+    had = write(tmp_path, "with-container", data)
+    data["nodePools"][1]["containers"] = []
+    edges = named_edges(diagram(had, write(tmp_path, "without-container", data)))
+
+    rolls = {(a, b) for a, b in edges if a.endswith("-roll") and b.endswith("-roll")}
+    # the servers' releases change too (no more container routes), and they push their own
+    assert rolls == {
+        ("prod-control-1-roll", "prod-control-2-roll"),
+        ("prod-control-2-roll", "prod-control-3-roll"),
+        ("prod-control-3-roll", "prod-workers-1-roll"),
+        ("prod-workers-1-roll", "prod-workers-2-roll"),
+    }
+    for host in ("prod-workers-1", "prod-workers-2"):
+        assert (f"{host}-roll", f"{host}-push") in edges
+
+
 def test_a_label_change_draws_no_roll(before: Path, tmp_path: Path) -> None:
     data = stack_data("prod")
     data["nodePools"][1]["labels"] = {"tier": "batch"}

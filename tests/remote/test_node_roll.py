@@ -22,8 +22,14 @@ NEW_KEY = "fedcba9876543210"
 
 
 def roll(
-    host: FakeHost, source: Path, previous: str | None = OLD_KEY, **overrides: str
+    host: FakeHost,
+    source: Path,
+    previous: str | None = OLD_KEY,
+    record: str | None = None,
+    **overrides: str,
 ) -> subprocess.CompletedProcess[str]:
+    """node-roll.sh; `previous` is the key the last run printed, `record` its container nodes
+    ("CONTAINER=NODE ...", the line before the key)."""
     env = deploy_env(host.server, source)
     env.update(
         {
@@ -37,7 +43,9 @@ def roll(
         }
     )
     if previous is not None:
-        env["PULUMI_COMMAND_STDOUT"] = f"{previous}\n"
+        # pulumi-command trims the final newline (local/commandOutputs.go, run)
+        lines = [previous] if record is None else [f"container-nodes: {record}", previous]
+        env["PULUMI_COMMAND_STDOUT"] = "\n".join(lines)
     env.update(overrides)
     return run_operator_script("node-roll.sh", env, host.server.client_key.read_bytes())
 
@@ -187,8 +195,12 @@ def test_roll_every_release_is_checked(host: FakeHost, tmp_path: Path) -> None:
     assert host.calls() == []
 
 
-EDGE, BATCH, GONE = f"{HOST_NAME}-edge", f"{HOST_NAME}-batch", f"{HOST_NAME}-gone"
+EDGE, BATCH = f"{HOST_NAME}-edge", f"{HOST_NAME}-batch"
 CONTAINERS = f"edge={EDGE} batch={BATCH}"
+# The node of a container the release removes, as the previous run recorded it: not
+# HOST_NAME-gone, so a drill that drains it proves the name is read, not re-derived.
+GONE = "retired-gone-node"
+HAD = f"{CONTAINERS} gone={GONE}"
 # What switch-to-configuration dry-activate writes when the edge container's system changed
 # (stopped and started again: stopIfChanged), a container no longer in the release stops, and a
 # changed unit that the switch leaves running (X-StopIfChanged=false) is named as not stopped.
@@ -198,6 +210,12 @@ EDGE_STOPS = (
     "would restart the following units: container@gone.service, systemd-journald.service\n"
     "would start the following units: container@edge.service, nscd.service\n"
 )
+GONE_STOPS = "would stop the following units: container@gone.service\n"
+
+
+def recorded(pairs: str = CONTAINERS, key: str = NEW_KEY) -> str:
+    """node-roll.sh's stdout for a host with container nodes: the record, then the key."""
+    return f"container-nodes: {pairs}\n{key}\n"
 
 
 def test_a_release_that_stops_a_container_drains_only_its_node(
@@ -207,13 +225,18 @@ def test_a_release_that_stops_a_container_drains_only_its_node(
     source = make_nixos_source(tmp_path, {"dry-activate": EDGE_STOPS})
 
     result = roll(
-        host, source, previous=NEW_KEY, ROLL_EVERY_RELEASE="1", CONTAINER_NODES=CONTAINERS
+        host,
+        source,
+        previous=NEW_KEY,
+        record=HAD,
+        ROLL_EVERY_RELEASE="1",
+        CONTAINER_NODES=CONTAINERS,
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{NEW_KEY}\n"
-    # batch does not stop; gone, removed by this release, is drained before its container
-    # stops and left cordoned for its own gate to delete
+    assert result.stdout == recorded()  # gone is no longer recorded
+    # batch does not stop; gone, removed by this release, is drained (by its recorded node
+    # name) before its container stops and left cordoned for its own gate to delete
     assert kubectl_calls(host) == [
         f"drain {EDGE} --ignore-daemonsets --delete-emptydir-data --timeout=30s",
         f"drain {GONE} --ignore-daemonsets --delete-emptydir-data --timeout=30s",
@@ -227,6 +250,120 @@ def test_a_release_that_stops_a_container_drains_only_its_node(
     uncordon = next(i for i, c in enumerate(calls) if "uncordon" in c)
     assert dry < drain < activation < uncordon
     assert (host.state / "current-release").exists()
+
+
+def test_a_host_losing_its_last_container_drains_its_node_before_the_push(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """The new release has no container nodes on this host: CONTAINER_NODES is gone and an
+    agent's ROLL_EVERY_RELEASE is 0, but the previous run recorded one, so the roll still asks
+    the host what stops, drains that node, pushes, and leaves it cordoned for its gate."""
+    set_nodes(host, HOST_NAME, GONE)
+    source = make_nixos_source(tmp_path, {"dry-activate": GONE_STOPS})
+
+    result = roll(host, source, previous=NEW_KEY, record=f"gone={GONE}", ROLL_EVERY_RELEASE="0")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{NEW_KEY}\n"  # nothing recorded: the next run is a no-op again
+    assert kubectl_calls(host) == [
+        f"drain {GONE} --ignore-daemonsets --delete-emptydir-data --timeout=30s"
+    ]
+    assert cordoned_nodes(host) == [GONE]
+    calls = host.calls()
+    drain = next(i for i, c in enumerate(calls) if "drain" in c)
+    activation = next(i for i, c in enumerate(calls) if c.endswith(" test"))
+    assert drain < activation
+    assert host.current_system() != host.initial_system
+
+    again = roll(
+        host,
+        source,
+        ROLL_EVERY_RELEASE="0",
+        PULUMI_COMMAND_STDOUT=result.stdout.removesuffix("\n"),
+    )
+    assert again.returncode == 0, again.stderr
+    assert "no upgrade to roll" in again.stderr
+    assert again.stdout == f"{NEW_KEY}\n"
+
+
+def test_what_one_run_records_the_next_reads(host: FakeHost, tmp_path: Path) -> None:
+    """A run's stdout, handed back by pulumi-command as the next run's PULUMI_COMMAND_STDOUT,
+    names the container nodes: the next release, which removes edge, drains edge's node."""
+    set_nodes(host, HOST_NAME, EDGE, BATCH)
+    first = roll(
+        host,
+        make_nixos_source(tmp_path / "first"),
+        previous=NEW_KEY,
+        ROLL_EVERY_RELEASE="1",
+        CONTAINER_NODES=f"edge={EDGE}  batch={BATCH}",  # blanks are normalised in the record
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == recorded()
+
+    source = make_nixos_source(
+        tmp_path / "second",
+        {"dry-activate": "would stop the following units: container@edge.service\n"},
+    )
+    second = roll(
+        host,
+        source,
+        ROLL_EVERY_RELEASE="1",
+        CONTAINER_NODES=f"batch={BATCH}",
+        PULUMI_COMMAND_STDOUT=first.stdout.removesuffix("\n"),
+    )
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == recorded(f"batch={BATCH}")
+    assert f"drain {EDGE} --ignore-daemonsets --delete-emptydir-data --timeout=30s" in (
+        kubectl_calls(host)
+    )
+    assert cordoned_nodes(host) == [EDGE]
+
+
+def test_a_removed_container_without_a_recorded_node_is_not_drained(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    """A previous stdout of the key alone (written before the record existed) names no node
+    for a container the release removes: it is not drained under a guessed name; a warning says
+    so, and the rest of the roll goes on."""
+    set_nodes(host, HOST_NAME, EDGE, BATCH, f"{HOST_NAME}-gone")
+    source = make_nixos_source(tmp_path, {"dry-activate": EDGE_STOPS})
+
+    result = roll(
+        host, source, previous=NEW_KEY, ROLL_EVERY_RELEASE="1", CONTAINER_NODES=CONTAINERS
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "warning: container gone stops, and neither CONTAINER_NODES nor the previous" in (
+        result.stderr
+    )
+    assert kubectl_calls(host) == [
+        f"drain {EDGE} --ignore-daemonsets --delete-emptydir-data --timeout=30s",
+        f"uncordon {EDGE}",
+    ]
+    assert cordoned_nodes(host) == []
+    assert result.stdout == recorded()
+
+
+def test_a_bad_record_in_the_previous_stdout_is_refused(host: FakeHost, tmp_path: Path) -> None:
+    for i, previous in enumerate(
+        (
+            f"container-nodes: edge=Not_A_Node\n{NEW_KEY}",  # not a node name
+            f"container-nodes:\n{NEW_KEY}",  # never written empty
+            f"container-nodes edge={EDGE}\n{NEW_KEY}",  # not the record's first word
+            f"container-nodes: edge={EDGE}\nsomething else\n{NEW_KEY}",  # more than two lines
+        )
+    ):
+        result = roll(
+            host,
+            make_nixos_source(tmp_path / str(i)),
+            ROLL_EVERY_RELEASE="1",
+            CONTAINER_NODES=CONTAINERS,
+            PULUMI_COMMAND_STDOUT=previous,
+        )
+        assert result.returncode == 2, (previous, result.stderr)
+        assert "previous run" in result.stderr, result.stderr
+        assert result.stdout == ""
+    assert host.calls() == []
 
 
 def test_a_release_that_stops_no_container_drains_nothing(host: FakeHost, tmp_path: Path) -> None:
@@ -253,7 +390,7 @@ def test_an_upgrade_drains_the_host_and_all_its_container_nodes(
     result = roll(host, make_nixos_source(tmp_path), CONTAINER_NODES=CONTAINERS)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{NEW_KEY}\n"
+    assert result.stdout == recorded()
     drains = [
         f"drain {node} --ignore-daemonsets --delete-emptydir-data --timeout=30s"
         for node in (HOST_NAME, EDGE, BATCH)
@@ -261,6 +398,23 @@ def test_an_upgrade_drains_the_host_and_all_its_container_nodes(
     assert kubectl_calls(host) == [*drains, *(f"uncordon {n}" for n in (HOST_NAME, EDGE, BATCH))]
     # an upgrade needs no dry activation: every container's k3s changes
     assert not any(c.endswith(" dry-activate") for c in host.calls())
+
+
+def test_an_upgrade_that_removes_a_container_drains_its_recorded_node_and_leaves_it_cordoned(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    set_nodes(host, HOST_NAME, EDGE, BATCH, GONE)
+
+    result = roll(host, make_nixos_source(tmp_path), record=HAD, CONTAINER_NODES=CONTAINERS)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == recorded()
+    drains = [
+        f"drain {node} --ignore-daemonsets --delete-emptydir-data --timeout=30s"
+        for node in (HOST_NAME, EDGE, BATCH, GONE)
+    ]
+    assert kubectl_calls(host) == [*drains, *(f"uncordon {n}" for n in (HOST_NAME, EDGE, BATCH))]
+    assert cordoned_nodes(host) == [GONE]
 
 
 def test_a_drain_that_fails_part_way_uncordons_the_nodes_already_drained(
