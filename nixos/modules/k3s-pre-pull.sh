@@ -73,14 +73,16 @@ while IFS= read -r image; do
 done <"$LIST"
 
 # The images' blobs, downloaded before k3s ran (k3s-cni-fetch.sh: ARCHIVE_DIR/sha256-<hex>.tar,
-# an OCI archive whose ref.name is the tag). `ctr images import --base-name REPO` names it
-# REPO:TAG (containerd cmd/ctr/commands/images/import.go; core/images/archive/reference.go
-# refTranslator joins base name and tag) and, through the transfer service, unpacks it for this
-# platform (core/transfer/image/imagestore.go WithNamedPrefix, WithUnpack). The pull below then
-# finds the layers in the content store: a blob the namespace has fails its content writer with
-# AlreadyExists (core/metadata/content.go contentStore.Writer), which the fetch handlers take as
-# done (core/remotes/handlers.go FetchHandler; core/transfer/local/pull.go fetchHandler), so only
-# the index and manifest come from the registry. The fetch holds DIR/.lock while it downloads:
+# an OCI archive whose ref.name is the tag). `ctr images import --base-name REPO` stores them in
+# the content store under the image REPO:TAG, which keeps them from the garbage collector
+# (containerd cmd/ctr/commands/images/import.go, through the transfer service;
+# core/transfer/image/imagestore.go WithNamedPrefix; core/images/archive/reference.go
+# refTranslator joins base name and tag). --no-unpack: the pull unpacks them with the CRI's own
+# snapshotter. The pull below then finds the layers in the content store: a blob the namespace
+# has fails its content writer with AlreadyExists (core/metadata/content.go
+# contentStore.Writer), which the fetch handlers take as done (core/remotes/handlers.go
+# FetchHandler; core/transfer/local/pull.go fetchHandler), so only the index and manifest (and a
+# config skopeo converted) come from the registry. The fetch holds DIR/.lock while it downloads:
 # wait (bounded) for a running one to end, and hold it shared while importing, so that no fetch
 # removes an archive being read. After an import the marker sha256-<hex>.imported tells the fetch
 # that this containerd has the image (not in a container: its bind of the directory is
@@ -89,7 +91,7 @@ import_archive() {
   local image=$1 archive=$2 repo start=$SECONDS error
   repo=${image%@sha256:*}
   [[ ${repo##*/} == *:* ]] && repo=${repo%:*}
-  if error=$(ctr images import --base-name "$repo" "$archive" 2>&1 >/dev/null); then
+  if error=$(ctr images import --base-name "$repo" --no-unpack "$archive" 2>&1 >/dev/null); then
     echo "k3s-pre-pull: imported $image in $((SECONDS - start))s"
     if [[ -w $ARCHIVE_DIR ]]; then
       : >"${archive%.tar}.imported" && chmod 0644 "${archive%.tar}.imported"

@@ -145,9 +145,10 @@ def stand_in_k3s(
 echo "$*" >>{log}
 if [[ $1 == ctr ]]; then
   [[ $2 == --address && $3 == /run/k3s/containerd/containerd.sock && $4 == -n && $5 == k8s.io &&
-    $6 == images && $7 == import && $8 == --base-name && $# == 10 ]] || exit 9
-  cat "${{10}}" >/dev/null || exit 1
-  if [[ ${{10##*/}} == "{import_failing}" ]]; then
+    $6 == images && $7 == import && $8 == --base-name && ${{10}} == --no-unpack && $# == 11 ]] ||
+    exit 9
+  cat "${{11}}" >/dev/null || exit 1
+  if [[ ${{11##*/}} == "{import_failing}" ]]; then
     echo 'ctr: failed to import: unexpected EOF' >&2
     exit 1
   fi
@@ -274,7 +275,7 @@ def calls(tmp_path: Path) -> list[str]:
 def imports(tmp_path: Path) -> list[tuple[str, str]]:
     """(base name, archive file name) of each `ctr images import`."""
     return [
-        (line.split()[8], Path(line.split()[9]).name)
+        (line.split()[8], Path(line.split()[10]).name)
         for line in calls(tmp_path)
         if line.startswith("ctr ")
     ]
