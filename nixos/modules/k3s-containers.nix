@@ -61,8 +61,9 @@ let
       path: access: if access == "ro" then "--bind-ro=${path}" else "--bind=${path}"
     ) (modeOf c).binds
     ++ lib.optional (modeOf c).bpffs "--bind=${bpffsDir name}:/sys/fs/bpf"
-    # The host's tmpfiles rule for the directory comes with its list (k3s.nix): a bind of a
-    # missing source would stop the container from starting.
+    # The host's tmpfiles rule for the directory comes with its list (k3s.nix): nspawn refuses
+    # to start with a bind whose source is missing (systemd src/nspawn/nspawn-mount.c
+    # mount_bind: "Failed to stat").
     ++ lib.optional (
       config.nixosK3s.k3s.enable
       && config.nixosK3s.k3s.fetchImages != [ ]
