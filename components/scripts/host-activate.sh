@@ -368,6 +368,22 @@ hold_k3s_again() {
   rm -f "$RELEASE_PENDING"
 }
 
+# Starts downloading the release's CNI images (nixos-k3s-cni-fetch, nixos/modules/cni-images.nix:
+# on every k3s host's PATH, so in the Hetzner image) while the release builds, before k3s runs
+# and pulls them: a transient unit, so it outlives this SSH session. Best effort: when the
+# running system lacks the tool (an older image), or systemd-run fails (a fetch already running
+# holds the unit name), the build goes on, and k3s-pre-pull pulls whatever is missing. The
+# command of a transient service is an absolute path (systemd-run(1)); --no-block only enqueues
+# the start; --collect unloads the unit even when it failed.
+start_early_fetch() {
+  local id=$1 name=$2 tool=$CURRENT_SYSTEM/sw/bin/nixos-k3s-cni-fetch
+  [[ -x $tool ]] || return 0
+  run_logged systemd-run --unit=k3s-cni-fetch-early --collect --no-block --quiet \
+    --description="nixos-k3s: download the CNI images of release $id" \
+    "$tool" --host-json "$RELEASES/$id/flake/hosts/$name.json" ||
+    say "warning: could not start the early download of the CNI images; k3s pulls them"
+}
+
 # Builds release ID (a no-op when an earlier build step left its result); prints nothing.
 build_release() {
   local id=$1 name=$2 dir=$RELEASES/$1 built
@@ -376,6 +392,7 @@ build_release() {
     say "release $id already built: $built"
     return 0
   fi
+  start_early_fetch "$id" "$name"
   say "building $(flake_ref "$id" "$name")"
   (cd "$dir" && run_logged nixos-rebuild build --no-reexec --flake "$(flake_ref "$id" "$name")") ||
     die 3 "build of release $id failed; nothing was activated"

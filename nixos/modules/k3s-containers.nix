@@ -49,12 +49,26 @@ let
   # without fs/bpf, and the container's Cilium pins its node's maps apart from the host agent's.
   bpffsDir = name: "/run/nixos-k3s/bpffs/${name}";
 
+  # The host's downloads of the CNI's images (k3s-cni-fetch.service: the host's list holds its
+  # containers' images), read-only at the same path, for the container's pre-pull to import.
+  # Not idmapped: in a user namespace the files show as owned by nobody, and they are
+  # world-readable (0644, the directory 0755).
+  cniImagesDir = (import ./cni-images.nix { inherit lib pkgs; }).dir;
+
   bindFlags =
     name: c:
     lib.mapAttrsToList (
       path: access: if access == "ro" then "--bind-ro=${path}" else "--bind=${path}"
     ) (modeOf c).binds
-    ++ lib.optional (modeOf c).bpffs "--bind=${bpffsDir name}:/sys/fs/bpf";
+    ++ lib.optional (modeOf c).bpffs "--bind=${bpffsDir name}:/sys/fs/bpf"
+    # The host's tmpfiles rule for the directory comes with its list (k3s.nix): nspawn refuses
+    # to start with a bind whose source is missing (systemd src/nspawn/nspawn-mount.c
+    # mount_bind: "Failed to stat").
+    ++ lib.optional (
+      config.nixosK3s.k3s.enable
+      && config.nixosK3s.k3s.fetchImages != [ ]
+      && (c.k3s.prePullImages or [ ]) != [ ]
+    ) "--bind-ro=${cniImagesDir}";
 
   # The API port (firewall-ports.json, where render takes every port number from).
   apiPort = (lib.importJSON ./firewall-ports.json).tcp.api.port;

@@ -33,6 +33,8 @@ let
 
   # One image reference a line, for k3s-pre-pull.sh.
   prePullList = pkgs.writeText "pre-pull-images.txt" (lib.concatLines cfg.prePullImages);
+  cniImages = import ./cni-images.nix { inherit lib pkgs; };
+  fetchList = pkgs.writeText "cni-fetch-images.txt" (lib.concatLines cfg.fetchImages);
 
   s3 = cfg.etcdSnapshots.s3;
   # k3s reads the S3 keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the EnvironmentFile),
@@ -296,6 +298,21 @@ in
       '';
     };
 
+    fetchImages = lib.mkOption {
+      type = lib.types.listOf (
+        lib.types.strMatching "[a-z0-9][a-z0-9._-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?"
+      );
+      default = [ ];
+      # Only a digest names an archive (k3s-cni-fetch.sh); sorted, each once.
+      apply = images: lib.unique (lib.sort lib.lessThan (lib.filter (lib.hasInfix "@sha256:") images));
+      description = ''
+        Images whose blobs k3s-cni-fetch.service downloads (skopeo, into OCI archives in
+        ${cniImages.dir}) from boot on, before k3s runs: the prePullImages of this host and of
+        its containers, whose pre-pulls then import them and fetch only the manifests. Only the
+        digest-pinned ones are kept. Empty inside a container (the host fetches for it).
+      '';
+    };
+
     holdUntil = lib.mkOption {
       type = lib.types.nullOr (lib.types.strMatching "/[^[:space:]]+");
       default = null;
@@ -343,22 +360,55 @@ in
       '';
     };
 
+    # On the host's PATH, so in the Hetzner image too (its base host document has k3s, held):
+    # the deploy starts it before it builds a release (host-activate.sh start_early_fetch). A
+    # container's pre-pull imports what its host downloaded.
+    environment.systemPackages = lib.mkIf (!config.boot.isContainer) [ cniImages.tool ];
+
     # Started with k3s (wanted by it, not ordered after it): a server's k3s.service is active
     # only once it has joined etcd, and the pull is meant to run during the join. The script
     # pulls the missing images concurrently and waits for all of them. Type=exec: no
     # start job waits for the pull; a failed pull only leaves the image to the kubelet.
     # RemainAfterExit: it stays active, so an activation that changes the list (a Cilium
-    # upgrade) restarts it and the new images are pulled while the release rolls out.
+    # upgrade) restarts it and the new images are pulled while the release rolls out. First it
+    # imports the archives k3s-cni-fetch.service left (in a container, through the host's
+    # read-only bind: k3s-containers.nix), waiting for a running download (flock, util-linux).
     systemd.services.k3s-pre-pull = {
       enable = cfg.prePullImages != [ ];
       description = "Pull the CNI's images while k3s starts";
       wantedBy = [ "k3s.service" ];
       partOf = [ "k3s.service" ];
       unitConfig.ConditionPathExists = lib.mkIf (cfg.holdUntil != null) cfg.holdUntil;
+      path = [ pkgs.util-linux ];
       serviceConfig = {
         Type = "exec";
         RemainAfterExit = true;
-        ExecStart = "${pkgs.bash}/bin/bash ${./k3s-pre-pull.sh} ${cfg.finalPackage}/bin/k3s ${prePullList}";
+        ExecStart = "${pkgs.bash}/bin/bash ${./k3s-pre-pull.sh} ${cfg.finalPackage}/bin/k3s ${prePullList} ${cniImages.dir}";
+      };
+    };
+
+    # From boot (not held back with k3s: an installed host boots final with k3s held until its
+    # turn, and the download fills that wait), and on an activation that changes the list.
+    # Type=exec, not oneshot: neither multi-user.target nor an activation's start job waits for
+    # the download; RemainAfterExit keeps it active, so a changed list restarts it.
+    systemd.services.k3s-cni-fetch = {
+      enable = cfg.fetchImages != [ ];
+      description = "Download the CNI's images before k3s runs";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      serviceConfig = {
+        Type = "exec";
+        RemainAfterExit = true;
+        ExecStart = "${lib.getExe cniImages.tool} ${fetchList}";
+      };
+    };
+    # Present before any container starts: its read-only bind of the directory needs it.
+    systemd.tmpfiles.settings."10-nixos-k3s-cni-images" = lib.mkIf (cfg.fetchImages != [ ]) {
+      ${cniImages.dir}.d = {
+        mode = "0755";
+        user = "root";
+        group = "root";
       };
     };
 

@@ -3,7 +3,7 @@
 let
   lib = {
     importJSON = path: builtins.fromJSON (builtins.readFile path);
-    inherit (builtins) concatStringsSep listToAttrs;
+    inherit (builtins) concatMap concatStringsSep listToAttrs;
     mkMerge = definitions: { _type = "merge"; contents = definitions; };
     optionalAttrs = cond: attrs: if cond then attrs else { };
   };

@@ -609,3 +609,69 @@ def test_rollback_timer_stops_a_stuck_activation_instead_of_waiting(
     assert operator.returncode == 1
     assert "--- last 30 lines of" in stderr.decode(), "the operator sees the host's log"
     assert "rolled back to" in stderr.decode()
+
+
+# --- the early download of the CNI images (host-activate.sh start_early_fetch) ------------------
+
+
+def install_fetch_tool(host: FakeHost) -> Path:
+    """The running system's nixos-k3s-cni-fetch: records its arguments, one run a line."""
+    record = host.root / "cni-fetch-runs"
+    tool = host.initial_system / "sw/bin/nixos-k3s-cni-fetch"
+    tool.parent.mkdir(parents=True)
+    tool.write_text(f'#!/usr/bin/env bash\necho "$*" >>{record}\n')
+    tool.chmod(0o755)
+    return record
+
+
+def wait_for_file(path: Path, seconds: float = 10) -> str:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_a_build_starts_the_early_download_of_the_cni_images(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    record = install_fetch_tool(host)
+    source = make_nixos_source(tmp_path)
+    result = build_only(host, source)
+    assert result.returncode == 0, result.stderr
+    release = release_of(host, source)
+    host_json = host.state / "releases" / release / "flake" / f"hosts/{HOST_NAME}.json"
+    (start,) = host.calls("systemd-run")
+    assert start.startswith("--unit=k3s-cni-fetch-early --collect --no-block ")
+    assert start.endswith(
+        f"{host.root}/run/current-system/sw/bin/nixos-k3s-cni-fetch --host-json {host_json}"
+    )
+    # Started before the build, run outside the SSH session as a transient unit.
+    order = [line.split("\t")[0] for line in host.calls()]
+    assert order.index("systemd-run") < order.index("nixos-rebuild")
+    assert wait_for_file(record) == f"--host-json {host_json}\n"
+
+    # The push reuses the build: nothing is built, nothing downloaded again.
+    assert deploy(host, source).returncode == 0
+    assert_deployed(host, source)
+    assert [c for c in host.calls("systemd-run") if "k3s-cni-fetch" in c] == [start]
+
+
+def test_a_build_goes_on_when_the_early_download_cannot_start(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    record = install_fetch_tool(host)
+    (host.root / "systemd-run-fails.k3s-cni-fetch-early").touch()
+    source = make_nixos_source(tmp_path)
+    result = deploy(host, source)
+    assert result.returncode == 0, result.stderr
+    assert_deployed(host, source)
+    assert "could not start the early download of the CNI images" in result.stderr
+    assert not record.exists()
+
+
+def test_without_the_tool_a_build_starts_no_download(host: FakeHost, tmp_path: Path) -> None:
+    source = make_nixos_source(tmp_path)
+    assert build_only(host, source).returncode == 0
+    assert not [c for c in host.calls("systemd-run") if "k3s-cni-fetch" in c]
+    assert "early download" not in (host.state / "deploy.log").read_text()

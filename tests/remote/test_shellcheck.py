@@ -22,9 +22,14 @@ def shell_files() -> list[Path]:
 
 def test_there_are_scripts_to_check() -> None:
     names = {path.name for path in shell_files()}
-    assert {"deploy.sh", "host-activate.sh", "install.sh", "nixos-rebuild", "k3s-pre-pull.sh"} <= (
-        names
-    )
+    assert {
+        "deploy.sh",
+        "host-activate.sh",
+        "install.sh",
+        "nixos-rebuild",
+        "k3s-pre-pull.sh",
+        "k3s-cni-fetch.sh",
+    } <= names
 
 
 @pytest.mark.parametrize("path", shell_files(), ids=lambda path: path.name)
