@@ -225,18 +225,22 @@ def test_labels_are_escaped_for_mermaid() -> None:
         assert vertex["text"] == 'a"b<c>&#d`-push<br>added'
 
 
+# The prod stack's roll chain: the servers, then the agents, one host a batch.
+ALL_ROLLS = {
+    ("prod-control-1-roll", "prod-control-2-roll"),
+    ("prod-control-2-roll", "prod-control-3-roll"),
+    ("prod-control-3-roll", "prod-workers-1-roll"),
+    ("prod-workers-1-roll", "prod-workers-2-roll"),
+}
+
+
 def test_a_k3s_upgrade_draws_the_roll_chain_servers_first(before: Path, tmp_path: Path) -> None:
     data = stack_data("prod")
     data["k3s"]["package"] = "k3s_1_33"
     edges = named_edges(diagram(before, write(tmp_path, "k3s-roll", data)))
 
     rolls = {(a, b) for a, b in edges if a.endswith("-roll") and b.endswith("-roll")}
-    assert rolls == {
-        ("prod-control-1-roll", "prod-control-2-roll"),
-        ("prod-control-2-roll", "prod-control-3-roll"),
-        ("prod-control-3-roll", "prod-workers-1-roll"),
-        ("prod-workers-1-roll", "prod-workers-2-roll"),
-    }
+    assert rolls == ALL_ROLLS
     for host in ("prod-control-1", "prod-workers-2"):
         assert (f"{host}-roll", f"{host}-push") in edges
 
@@ -277,12 +281,7 @@ def test_removing_a_hosts_last_container_draws_its_roll_before_its_push(
 
     rolls = {(a, b) for a, b in edges if a.endswith("-roll") and b.endswith("-roll")}
     # the servers' releases change too (no more container routes), and they push their own
-    assert rolls == {
-        ("prod-control-1-roll", "prod-control-2-roll"),
-        ("prod-control-2-roll", "prod-control-3-roll"),
-        ("prod-control-3-roll", "prod-workers-1-roll"),
-        ("prod-workers-1-roll", "prod-workers-2-roll"),
-    }
+    assert rolls == ALL_ROLLS
     for host in ("prod-workers-1", "prod-workers-2"):
         assert (f"{host}-roll", f"{host}-push") in edges
 

@@ -16,18 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.nixos.test_pre_pull import FIXTURES, ROOT, evaluate, needs_kit
+from tests.nixos.test_pre_pull import FIXTURES, HOST_SYSTEM, ROOT, evaluate, needs_kit
 
 SCRIPT = ROOT / "nixos" / "modules" / "k3s-cni-fetch.sh"
 DIR = "/var/lib/nixos-k3s/cni-images"
 
-REPORT = """
-let
-  special = import SPECIAL;
-  sys = import KIT/nixos/lib/eval-config.nix {
-    modules = [ ROOT/nixos/configuration.nix ];
-    specialArgs = special;
-  };
+REPORT = (
+    HOST_SYSTEM
+    + """
   fetchUnit = cfg:
     let u = cfg.systemd.services.k3s-cni-fetch or { enable = false; }; in
     if !(u.enable or true) then null else {
@@ -62,6 +58,7 @@ in {
     c.extraFlags) sys.config.containers;
 }
 """
+)
 
 
 @pytest.fixture(autouse=True)
@@ -309,26 +306,25 @@ def test_fetch_reads_the_host_document(tmp_path: Path) -> None:
     assert f"cannot read the images of host document {host_json}" in done.stderr
 
 
-def test_a_second_run_waits_for_the_first_and_downloads_nothing_twice(tmp_path: Path) -> None:
-    skopeo = stand_in_skopeo(tmp_path, slow="cilium@")
-    first = subprocess.Popen(
+def start_fetch(tmp_path: Path, skopeo: Path) -> subprocess.Popen[str]:
+    """A fetch of cilium and envoy, running in the background."""
+    return subprocess.Popen(
         fetch_argv(tmp_path, [CILIUM, ENVOY]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=fetch_env(tmp_path, skopeo),
     )
+
+
+def test_a_second_run_waits_for_the_first_and_downloads_nothing_twice(tmp_path: Path) -> None:
+    skopeo = stand_in_skopeo(tmp_path, slow="cilium@")
+    first = start_fetch(tmp_path, skopeo)
     deadline = time.monotonic() + 10
     while len(copies(tmp_path)) < 2:
         assert time.monotonic() < deadline, "the first run never started its copies"
         time.sleep(0.05)
-    second = subprocess.Popen(
-        fetch_argv(tmp_path, [CILIUM, ENVOY]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=fetch_env(tmp_path, skopeo),
-    )
+    second = start_fetch(tmp_path, skopeo)
     time.sleep(1)
     assert second.poll() is None, "the second run did not wait for the lock"
     # A reader (the pre-pull) cannot take the lock shared while the first run downloads.

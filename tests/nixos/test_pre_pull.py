@@ -31,16 +31,21 @@ needs_kit = pytest.mark.skipif(
     reason="needs nix-instantiate (Debian nix-bin) and ../shared/nixlite",
 )
 
-# The unit's settings and the list it reads (nixlite's writeText keeps the text it was given),
-# for the host and for each container's own system.
-REPORT = """
+# The start of a report's `let`: `sys`, the host document's system (see evaluate).
+HOST_SYSTEM = """
 let
   special = import SPECIAL;
   sys = import KIT/nixos/lib/eval-config.nix {
     modules = [ ROOT/nixos/configuration.nix ];
     specialArgs = special;
   };
-  unit = cfg:
+"""
+
+# The unit's settings and the list it reads (nixlite's writeText keeps the text it was given),
+# for the host and for each container's own system.
+REPORT = (
+    HOST_SYSTEM
+    + """  unit = cfg:
     let u = cfg.systemd.services.k3s-pre-pull or { enable = false; }; in
     if !u.enable then null else {
       inherit (u) wantedBy partOf;
@@ -57,6 +62,7 @@ in {
     sys.config.containers;
 }
 """
+)
 
 
 def evaluate(fixture: str, tmp_path: Path, report: str = REPORT) -> dict:
