@@ -202,28 +202,21 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
             }
             for r in table.rules
         ],
-        "pulls": [
-            {
-                "step": r.step,
-                "role": r.role,
-                "offsetSeconds": list(r.offset),
-                "offsetSource": r.offset_source,
-                "seconds": list(r.seconds),
-                "source": r.source,
-            }
-            for r in table.pulls
-        ],
-        "fetches": [
-            {
-                "step": r.step,
-                "offsetSeconds": list(r.offset),
-                "offsetSource": r.offset_source,
-                "seconds": list(r.seconds),
-                "source": r.source,
-            }
-            for r in table.fetches
-        ],
+        "pulls": [_anchored_rule(r) for r in table.pulls],
+        "fetches": [_anchored_rule(r) for r in table.fetches],
         "scenarios": results,
+    }
+
+
+def _anchored_rule(rule: deploy_model.PullRule) -> dict[str, Any]:
+    """A `pulls` or `fetches` entry of the step table, as bench.json reports it."""
+    return {
+        "step": rule.step,
+        "role": rule.role,
+        "offsetSeconds": list(rule.offset),
+        "offsetSource": rule.offset_source,
+        "seconds": list(rule.seconds),
+        "source": rule.source,
     }
 
 

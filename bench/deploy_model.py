@@ -7,10 +7,13 @@ children) and a worker is free; at most `parallel` resource operations run at on
 engine's --parallel: one worker per degree of parallelism, pkg/resource/deploy/step_executor.go).
 Ready resources take free workers in the order they became ready.
 
-Beside the resources, every node whose host JSON lists images to pull while its k3s starts
-(k3s.prePullImages, on a host or in one of its nspawn containers) gets a timed pull of its own
-(the table's `pulls`): it starts a set time after its host's push starts, takes no worker (it runs
-on the node, not in the engine), and the nodes-Ready gate starts only once every pull has ended.
+Beside the resources, every host whose host JSON lists images to pull while k3s starts
+(k3s.prePullImages, its own or one of its nspawn containers') gets a download of them (the
+table's `fetches`), a set time after its build step starts, and every such node a pull of its
+own (`pulls`): a set time after its host's push starts, but not before its host's download has
+ended. Neither takes a worker (they run on the node, not in the engine), and the nodes-Ready gate
+starts only once every pull has ended. Hetzner steps are timed by the stack's action polling
+(`seen_at`).
 
 The result: minutes to the kubeconfig and to the nodes-Ready gate, with the critical path that
 decided each, step by step, once with every step's low time and once with every high time; and
@@ -143,8 +146,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class PullRule:
-    """How long a node's pull of the CNI's images takes, and when it starts: `offset` seconds
-    after its host's push starts (low, high)."""
+    """How long a node's pull (or a host's download) of the CNI's images takes, and when it
+    starts: `offset` seconds after its anchor (its host's push, or build) starts (low, high)."""
 
     step: str
     role: str | None
@@ -259,7 +262,8 @@ def _pull(index: int, entry: Any, section: str = "pulls") -> PullRule:
     offset = entry.get("offset")
     if not isinstance(offset, Mapping) or set(offset) != {"seconds", "source"}:
         raise StepTableError(
-            f"{where}.offset: want a mapping with seconds (after its push starts) and source"
+            f"{where}.offset: want a mapping with seconds (after its push, or for a fetch its"
+            " build, starts) and source"
         )
     if not str(offset["source"]).strip():
         raise StepTableError(f"{where}.offset.source: say when the pull starts and why")
@@ -428,12 +432,13 @@ def _host_documents(plan: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, A
 
 @dataclass(frozen=True)
 class PullNode:
-    """A node that pulls the CNI's images while its k3s starts, and its host's push."""
+    """A node that pulls the CNI's images while its k3s starts, its host's push and its host
+    (the node itself, or the host of its nspawn container)."""
 
     node: str
     role: str
     push: str
-    host: str = ""
+    host: str
 
 
 def pull_nodes(plan: Mapping[str, Any]) -> list[PullNode]:
@@ -527,7 +532,7 @@ def timed_pulls(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPul
 
 def timed_fetches(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPull]:
     """Every pre-pulling host's fetch of the CNI's images (for itself and its containers),
-    anchored at its build step, by key (FETCH_KEY + host name). None without `fetches`."""
+    anchored at its build step, by key (FETCH_KEY + host name); empty without `fetches`."""
     if not table.fetches:
         return {}
     rule = table.fetches[0]

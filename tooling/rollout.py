@@ -50,7 +50,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("installs", "NixOS installs", _command("-install")),
     Stage(
         "rolls",
-        "Node rolls (drain, push, Ready, uncordon; a server's new release: push)",
+        "Node rolls (drain, push, Ready, uncordon; servers' and container hosts' releases)",
         _command("-roll"),
     ),
     Stage("pushes", "Pushes (nixos-rebuild)", _command("-push")),
