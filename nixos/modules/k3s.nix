@@ -31,6 +31,8 @@ let
         meta.mainProgram = "k3s";
       };
 
+  # An image reference: [registry[:port]/]path[:tag][@sha256:digest].
+  imageRef = lib.types.strMatching "[a-z0-9][a-z0-9._-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?";
   # One image reference a line, for k3s-pre-pull.sh.
   prePullList = pkgs.writeText "pre-pull-images.txt" (lib.concatLines cfg.prePullImages);
   cniImages = import ./cni-images.nix { inherit lib pkgs; };
@@ -286,9 +288,7 @@ in
     };
 
     prePullImages = lib.mkOption {
-      type = lib.types.listOf (
-        lib.types.strMatching "[a-z0-9][a-z0-9._-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?"
-      );
+      type = lib.types.listOf imageRef;
       description = ''
         Images pulled through k3s's containerd (CRI, so registries.yaml applies) while k3s starts:
         the CNI's pods on this node, which then start without a pull once the node registers.
@@ -299,9 +299,7 @@ in
     };
 
     fetchImages = lib.mkOption {
-      type = lib.types.listOf (
-        lib.types.strMatching "[a-z0-9][a-z0-9._-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?"
-      );
+      type = lib.types.listOf imageRef;
       default = [ ];
       # Only a digest names an archive (k3s-cni-fetch.sh); sorted, each once.
       apply = images: lib.unique (lib.sort lib.lessThan (lib.filter (lib.hasInfix "@sha256:") images));
