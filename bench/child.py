@@ -138,4 +138,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    # Every mode ends the way `python -m tooling plan` does (tooling.process.hard_exit).
+    from tooling.process import hard_exit
+
+    hard_exit(main(sys.argv[1:]))
