@@ -7,11 +7,12 @@ children) and a worker is free; at most `parallel` resource operations run at on
 engine's --parallel: one worker per degree of parallelism, pkg/resource/deploy/step_executor.go).
 Ready resources take free workers in the order they became ready.
 
-Beside the resources, every host whose host JSON lists images to pull while k3s starts
-(k3s.prePullImages, its own or one of its nspawn containers') gets a download of them (the
-table's `fetches`), a set time after its build step starts, and every such node a pull of its
-own (`pulls`): a set time after its host's push starts, but not before its host's download has
-ended. Neither takes a worker (they run on the node, not in the engine), and the nodes-Ready gate
+Beside the resources, every host whose host JSON lists images to download before k3s runs
+(k3s.fetchImages: the digest-pinned images of the host and its nspawn containers) gets a
+download of them (the table's `fetches`), a set time after its build step starts, and every node
+that pulls images while its k3s starts (k3s.prePullImages) a pull of its own (`pulls`): a set
+time after its host's push starts, but not before its host's download, if any, has ended.
+Neither takes a worker (they run on the node, not in the engine), and the nodes-Ready gate
 starts only once every pull has ended. Hetzner steps are timed by the stack's action polling
 (`seen_at`).
 
@@ -163,8 +164,8 @@ class StepTable:
     cli_default: int
     rules: tuple[Rule, ...]
     pulls: tuple[PullRule, ...] = ()
-    # Each pre-pulling host's download of the CNI's images before k3s runs (the first that
-    # matches; role is always None): anchored at its build step, the pulls wait for it.
+    # Each downloading host's (k3s.fetchImages) fetch of the CNI's images before k3s runs (the
+    # first that matches; role is always None): anchored at its build step, the pulls wait for it.
     fetches: tuple[PullRule, ...] = ()
 
 
@@ -517,6 +518,7 @@ class TimedPull:
 def timed_pulls(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPull]:
     """Every node's pull, by key (PULL_KEY + node name), from the first matching pull rule."""
     out: dict[str, TimedPull] = {}
+    fetching = fetch_hosts(plan)
     for node in pull_nodes(plan):
         rule = next((r for r in table.pulls if r.role in (None, node.role)), None)
         if rule is None:
@@ -525,24 +527,31 @@ def timed_pulls(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPul
                 " which pulls the CNI's images while its k3s starts: add one"
             )
         key = f"{PULL_KEY}{node.node}"
-        after = f"{FETCH_KEY}{node.host}" if table.fetches else None
+        after = f"{FETCH_KEY}{node.host}" if table.fetches and node.host in fetching else None
         out[key] = TimedPull(key, node.node, rule.step, node.push, rule.offset, rule.seconds, after)
     return out
 
 
+def fetch_hosts(plan: Mapping[str, Any]) -> set[str]:
+    """The hosts whose document lists images to download before k3s runs (k3s.fetchImages:
+    its own and its containers' digest-pinned images; nixos/modules/k3s.nix
+    k3s-cni-fetch.service, enabled only then)."""
+    return {h for h, (_, doc) in _host_documents(plan).items() if doc["k3s"].get("fetchImages")}
+
+
 def timed_fetches(plan: Mapping[str, Any], table: StepTable) -> dict[str, TimedPull]:
-    """Every pre-pulling host's fetch of the CNI's images (for itself and its containers),
+    """Every fetching host's download of the CNI's images (for itself and its containers),
     anchored at its build step, by key (FETCH_KEY + host name); empty without `fetches`."""
     if not table.fetches:
         return {}
     rule = table.fetches[0]
     builds = {res["name"]: res["urn"] for res in plan["resources"]}
     out: dict[str, TimedPull] = {}
-    for host in sorted({node.host for node in pull_nodes(plan)}):
+    for host in sorted(fetch_hosts(plan)):
         build = builds.get(f"{host}{BUILD_SUFFIX}")
         if build is None:
             raise StepTableError(
-                f"host {host!r} pre-pulls but the plan has no {host}{BUILD_SUFFIX}"
+                f"host {host!r} downloads images but the plan has no {host}{BUILD_SUFFIX}"
             )
         key = f"{FETCH_KEY}{host}"
         out[key] = TimedPull(key, host, rule.step, build, rule.offset, rule.seconds)

@@ -87,9 +87,6 @@ in
         nodeName = h.name;
         # Installed with the final system, k3s waits for the deploy's go (host-activate.sh).
         holdUntil = "/var/lib/nixos-k3s/k3s-released";
-        # The host downloads its own and its containers' images before k3s runs (the same
-        # union as `nixos-k3s-cni-fetch --host-json`).
-        fetchImages = h.k3s.prePullImages ++ lib.concatMap (c: c.k3s.prePullImages) h.containers;
       };
 
       nixosK3s.tailscale = h.tailscale;

@@ -307,9 +307,9 @@ def test_pre_pull_rules_apply_to_plans_that_pre_pull(
         env = res.get("inputs", {}).get("environment")
         if isinstance(env, dict) and "HOST_JSON" in env:
             host = json.loads(env["HOST_JSON"])
-            host["k3s"]["prePullImages"] = []
+            host["k3s"]["prePullImages"] = host["k3s"]["fetchImages"] = []
             env["HOST_JSON"] = json.dumps(host)
-    assert not deploy_model.pre_pulls(no_pull)
+    assert not deploy_model.pre_pulls(no_pull) and not deploy_model.fetch_hosts(no_pull)
     assert nodes_ready_step(no_pull) == "nodes ready: without pre-pull"
 
 
@@ -420,6 +420,27 @@ def test_every_pre_pulling_host_fetches_from_its_build(table: deploy_model.StepT
             build = run.slots[fetch.anchor]
             assert run.slots[key].start == build.start + rule.offset[index]
             assert run.slots[key].end == run.slots[key].start + rule.seconds[index]
+
+
+def test_a_host_with_nothing_to_download_has_no_fetch_and_its_pulls_do_not_wait(
+    table: deploy_model.StepTable,
+) -> None:
+    """Only digest-pinned images are downloaded (k3s.fetchImages); tag-only ones are pulled."""
+    doc = planned(shapes.cluster_config(6, 3, 1), stack="bench")
+    for res in doc["resources"]:
+        env = res.get("inputs", {}).get("environment")
+        if isinstance(env, dict) and env.get("HOST_NAME") == "bench-dense-1-1":
+            host = json.loads(env["HOST_JSON"])
+            host["k3s"]["fetchImages"] = []
+            env["HOST_JSON"] = json.dumps(host)
+    assert "bench-dense-1-1" not in deploy_model.fetch_hosts(doc)
+    assert "bench-control-1" in deploy_model.fetch_hosts(doc)
+    pulls = deploy_model.timed_pulls(doc, table)
+    waits = {p.name: p.after for p in pulls.values()}
+    dense = [name for name in waits if name.startswith("bench-dense-1-1")]
+    assert dense and all(waits[name] is None for name in dense)
+    assert waits["bench-control-1"] == f"{deploy_model.FETCH_KEY}bench-control-1"
+    assert f"{deploy_model.FETCH_KEY}bench-dense-1-1" not in deploy_model.timed_fetches(doc, table)
 
 
 def test_a_pull_waits_for_its_hosts_fetch() -> None:

@@ -266,6 +266,11 @@ class K3s(_Model):
         description="Images pulled while k3s starts (the CNI's pods on this node), so that "
         "they are there when the pods are scheduled; [] = none."
     )
+    fetch_images: list[ImageRef] = Field(
+        description="Images the host downloads into OCI archives before k3s runs "
+        "(k3s-cni-fetch): the digest-pinned prePullImages of the host and of its containers, "
+        "sorted, each once. The one list both the NixOS unit and the deploy's early start read."
+    )
 
     # The one owner of these rules: nixos/modules/k3s.nix trusts the document (and nixpkgs'
     # k3s module itself refuses clusterInit on an agent).

@@ -172,7 +172,16 @@ def _k3s(
         extra_flags=list(cfg.k3s.extra_flags),
         vpn_auth_file=VPN_AUTH_FILE if cfg.tailscale.enabled else None,
         pre_pull_images=images.of(host.role),
+        fetch_images=fetch_images(images, host),
     )
+
+
+def fetch_images(images: NodeImages, host: Host) -> list[str]:
+    """What the host downloads before k3s runs (k3s.fetchImages): its own images and its
+    containers' (nspawn agents read the host's archives), only the digest-pinned ones, since a
+    digest names the archive (nixos/modules/k3s-cni-fetch.sh); sorted, each once."""
+    wanted = images.of(host.role) + (images.of("agent") if host.containers else [])
+    return sorted({image for image in wanted if "@sha256:" in image})
 
 
 def _container_kubelet(cfg: ClusterConfig, node: str, kubelet: dict) -> dict:
@@ -464,6 +473,7 @@ def image_spec(cfg: ClusterConfig, arch: catalog.Arch, authorized_keys: list[str
             # k3s never runs in the image, so nothing would pull them; the push brings the
             # host's list (and the image key stays independent of the Cilium version).
             pre_pull_images=[],
+            fetch_images=[],
         ),
         # The image serves no API until its first push makes it a node: only SSH and the
         # ports every node opens.

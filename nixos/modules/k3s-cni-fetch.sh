@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # k3s-cni-fetch.sh LIST | --host-json FILE: download the CNI's images into OCI archives before k3s
 # runs, so that k3s-pre-pull.sh only imports them and fetches their manifests once k3s starts.
-# LIST has one reference a line; FILE is a host document, whose k3s.prePullImages and every
-# containers[].k3s.prePullImages are fetched (deduplicated, sorted). Installed as
+# LIST has one reference a line; FILE is a host document, whose k3s.fetchImages are fetched (the
+# list k3s-cni-fetch.service gets too: components/hosts/render.py fetch_images). Installed as
 # nixos-k3s-cni-fetch (nixos/modules/cni-images.nix: skopeo, jq, coreutils and util-linux on its
 # PATH, ARCHIVE_DIR and SKOPEO_POLICY set); run by k3s-cni-fetch.service (nixos/modules/k3s.nix)
 # and, earlier, by host-activate.sh before it builds a release.
@@ -29,8 +29,7 @@ usage() {
 case ${1:-} in
 --host-json)
   (($# == 2)) || usage
-  listed=$(jq -r '[(.k3s.prePullImages // [])[], ((.containers // [])[] |
-    (.k3s.prePullImages // [])[])] | unique[]' "$2") || {
+  listed=$(jq -r '(.k3s.fetchImages // [])[]' "$2") || {
     echo "$PROG: cannot read the images of host document $2; the pull fetches them" >&2
     exit 0
   }

@@ -301,13 +301,13 @@ in
     fetchImages = lib.mkOption {
       type = lib.types.listOf imageRef;
       default = [ ];
-      # Only a digest names an archive (k3s-cni-fetch.sh); sorted, each once.
-      apply = images: lib.unique (lib.sort lib.lessThan (lib.filter (lib.hasInfix "@sha256:") images));
       description = ''
         Images whose blobs k3s-cni-fetch.service downloads (skopeo, into OCI archives in
-        ${cniImages.dir}) from boot on, before k3s runs: the prePullImages of this host and of
-        its containers, whose pre-pulls then import them and fetch only the manifests. Only the
-        digest-pinned ones are kept. Empty inside a container (the host fetches for it).
+        ${cniImages.dir}) from boot on, before k3s runs: the host document's k3s.fetchImages
+        (the digest-pinned prePullImages of this host and of its containers, sorted, each once;
+        components/hosts/render.py fetch_images), whose pre-pulls then import them and fetch
+        only the manifests. `nixos-k3s-cni-fetch --host-json` reads the same list from the
+        release's host document. Empty inside a container (the host fetches for it).
       '';
     };
 

@@ -69,6 +69,7 @@ K3S: dict[str, Any] = {
     "vpn_auth_file": None,
     "external_cloud_provider": False,
     "pre_pull_images": [],
+    "fetch_images": [],
 }
 FIREWALL: dict[str, Any] = {
     "public_tcp_ports": [22],
@@ -164,6 +165,7 @@ def first_server() -> HostSpec:
             tls_sans=["203.0.113.10", "api.prod.example.com"],
             node_taints=["node-role.kubernetes.io/control-plane=true:NoSchedule"],
             pre_pull_images=CILIUM_SERVER_IMAGES,
+            fetch_images=sorted(CILIUM_SERVER_IMAGES),
             etcd_snapshots=EtcdSnapshots(
                 enable=True,
                 schedule_cron="0 */6 * * *",
@@ -197,6 +199,7 @@ def agent() -> HostSpec:
             node_labels={"node.kubernetes.io/pool": "workers"},
             kubelet_config={"systemReserved": {"cpu": "100m", "memory": "200Mi"}},
             pre_pull_images=CILIUM_AGENT_IMAGES,
+            fetch_images=sorted(CILIUM_AGENT_IMAGES),
         ),
     )
 
@@ -246,6 +249,8 @@ def container_host() -> HostSpec:
             node_ip="10.0.1.8",
             vpn_auth_file=f"{SECRETS}/vpn-auth",
             pre_pull_images=CILIUM_AGENT_IMAGES,
+            # Its own and its containers' (the same images): render.fetch_images.
+            fetch_images=sorted(CILIUM_AGENT_IMAGES),
         ),
         tailscale=Tailscale(enable=True, auth_key_file=None, wrap_k3s=True),
         containers=[container("k3s-agent-1", 1, True), container("k3s-agent-2", 2, False)],
@@ -258,7 +263,9 @@ def flannel_container_host() -> HostSpec:
     return base.model_copy(
         update={
             "name": "prod-host-2",
-            "k3s": base.k3s.model_copy(update={"cni": "flannel", "pre_pull_images": []}),
+            "k3s": base.k3s.model_copy(
+                update={"cni": "flannel", "pre_pull_images": [], "fetch_images": []}
+            ),
             "firewall": firewall(
                 private_tcp_ports=[6443, 10250],
                 private_udp_ports=[8472],

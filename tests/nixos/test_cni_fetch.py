@@ -75,7 +75,8 @@ def test_the_host_downloads_its_and_its_containers_images_from_boot(tmp_path: Pa
         image for c in fixture["containers"] for image in c["k3s"]["prePullImages"]
     ]
     host = report["host"]
-    assert host["images"] == sorted(set(listed))
+    # The document's list, as render.fetch_images forms it.
+    assert host["images"] == fixture["k3s"]["fetchImages"] == sorted(set(listed))
     fetch = host["fetch"]
     assert fetch["wantedBy"] == ["multi-user.target"]
     assert fetch["after"] == ["network-online.target"] == fetch["wants"]
@@ -111,7 +112,8 @@ def test_the_host_downloads_its_and_its_containers_images_from_boot(tmp_path: Pa
 def test_a_server_without_containers_downloads_its_own_images(tmp_path: Path) -> None:
     report = evaluate("hetzner-server.json", tmp_path, REPORT)
     fixture = json.loads((FIXTURES / "hetzner-server.json").read_text())
-    assert report["host"]["images"] == sorted(fixture["k3s"]["prePullImages"])
+    assert report["host"]["images"] == fixture["k3s"]["fetchImages"]
+    assert fixture["k3s"]["fetchImages"] == sorted(fixture["k3s"]["prePullImages"])
     assert report["host"]["fetch"] is not None and report["containers"] == {}
 
 
@@ -280,12 +282,10 @@ def test_one_failed_image_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 def test_fetch_reads_the_host_document(tmp_path: Path) -> None:
+    # k3s.fetchImages only: the containers' lists are in it already (render.fetch_images).
     document = {
-        "k3s": {"prePullImages": [ENVOY, CILIUM]},
-        "containers": [
-            {"k3s": {"prePullImages": [CILIUM, OPERATOR]}},
-            {"k3s": {"prePullImages": []}},
-        ],
+        "k3s": {"prePullImages": [ENVOY], "fetchImages": [CILIUM, ENVOY, OPERATOR]},
+        "containers": [{"k3s": {"prePullImages": [CILIUM, "quay.io/other/x@sha256:" + "1" * 64]}}],
     }
     host_json = tmp_path / "host.json"
     host_json.write_text(json.dumps(document))
