@@ -179,6 +179,8 @@ let
         gracefulNodeShutdown.enable = false;
         # No cloud controller initialises an nspawn node (its providerID says nspawn://).
         externalCloudProvider = false;
+        # The host downloads the container's images (its k3s.fetchImages) and binds them in.
+        fetchImages = [ ];
       };
       nixosK3s.tailscale = {
         enable = c.tailscale;

@@ -300,7 +300,6 @@ in
 
     fetchImages = lib.mkOption {
       type = lib.types.listOf imageRef;
-      default = [ ];
       description = ''
         Images whose blobs k3s-cni-fetch.service downloads (skopeo, into OCI archives in
         ${cniImages.dir}) from boot on, before k3s runs: the host document's k3s.fetchImages
