@@ -26,6 +26,7 @@ from components.hosts.machineview import MachineView
 from components.hosts.nixos_host import (
     DeployKey,
     HostKey,
+    MovedFrom,
     NixosHost,
     NixosHostArgs,
     NixosHosts,
@@ -136,6 +137,8 @@ class _HostData:
 
 
 class Cluster(pulumi.ComponentResource):
+    TYPE = "nixos-k3s:index:Cluster"
+
     kubeconfig: pulumi.Output[str]
     api_endpoint: pulumi.Output[str]
     host_addresses: pulumi.Output[dict[str, str]]
@@ -143,7 +146,7 @@ class Cluster(pulumi.ComponentResource):
     bootstrap_host: str
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("nixos-k3s:index:Cluster", name, None, opts)
+        super().__init__(Cluster.TYPE, name, None, opts)
         cfg = args.config
         hosts = inventory.hosts(cfg)
         child = pulumi.ResourceOptions(parent=self)
@@ -156,11 +159,16 @@ class Cluster(pulumi.ComponentResource):
         bootstrap_ip = machines[bootstrap.name].private_ipv4
         data = _HostData.of(cfg, hosts, machines, keys.deploy, bootstrap_ip, lb)
 
-        nixos_hosts = NixosHosts(f"{name}-hosts", self, child)
+        # The hosts and gates sat directly under the Cluster, a top-level resource (__main__.py),
+        # whose type alone is in their old URNs.
+        if opts is not None and opts.parent is not None:
+            raise ValueError("Cluster is a top-level resource: its moved resources' aliases say so")
+        moved = MovedFrom(Cluster.TYPE)
+        nixos_hosts = NixosHosts(f"{name}-hosts", moved, child)
         bring_up = K3sBringUp(
             f"{name}-k3s",
             self._bring_up_args(name, args, hosts, machines, keys, data, nixos_hosts, lb),
-            was=self,
+            was=moved,
             opts=child,
         )
         nixos_hosts.done()

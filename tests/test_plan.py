@@ -386,6 +386,22 @@ def test_moved_resources_keep_their_old_urns_as_aliases(prod_dir: Path) -> None:
     assert "aliases" not in server, "the machines did not move"
 
 
+def test_every_resource_under_a_stage_keeps_the_urn_it_had_without_the_stage(
+    prod_dir: Path,
+) -> None:
+    """Every gate of the k3s stage and every host of the hosts stage (and, inherited, their
+    children) is aliased to its URN with the stage component taken out of its type chain."""
+    plan = json.loads((prod_dir / "plan.json").read_text())
+    stages = ("$nixos-k3s:k3s:BringUp", "$nixos-k3s:nixos:Hosts")
+    moved = [r for r in plan["resources"] if any(f"{s}$" in r["urn"] for s in stages)]
+    assert len(moved) > 20
+    for res in moved:
+        old = res["urn"]
+        for stage in stages:
+            old = old.replace(stage, "")
+        assert res["aliases"] == [old], res["urn"]
+
+
 def test_recorded_inputs_read_as_message_to_dict_reads_them(prod_plan: Plan) -> None:
     """The monitor's own Struct reader gives what json_format.MessageToDict gives."""
     from google.protobuf import json_format, struct_pb2

@@ -145,6 +145,8 @@ def connection(
 
 
 class NixosHost(pulumi.ComponentResource):
+    TYPE = "nixos-k3s:index:NixosHost"
+
     install: command.local.Command
     secrets: command.remote.Command
     build: command.local.Command
@@ -153,7 +155,7 @@ class NixosHost(pulumi.ComponentResource):
     roll: command.local.Command | None = None
 
     def __init__(self, name: str, args: NixosHostArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("nixos-k3s:index:NixosHost", name, None, opts)
+        super().__init__(NixosHost.TYPE, name, None, opts)
         base_env = {
             "TARGET_HOST": args.ssh_host,
             "HOST_NAME": args.host_name,
@@ -342,9 +344,36 @@ def once_registered(resource: pulumi.Resource) -> pulumi.Output[pulumi.Resource]
     return pulumi.Output.from_input(stand_in())
 
 
-def moved_from(parent: pulumi.Resource) -> list[pulumi.Input[pulumi.Alias]]:
-    """The alias of a resource that used to be a direct child of `parent`."""
-    return [pulumi.Alias(parent=parent)]
+@dataclass(frozen=True)
+class MovedFrom:
+    """Where the stages' resources sat before the stages existed: directly under the Cluster,
+    a component at the top of the stack. Each keeps the URN it had there as an alias, so an
+    existing stack keeps the resource instead of replacing it.
+
+    The alias is that URN as a string, as the engine formed it: the Cluster's type (a child of
+    the stack's root resource has no parent type in its URN), `$`, the resource's type, `::`,
+    its name (pulumi/pulumi pkg/resource/deploy/step_generator.go, the alias of a resource with
+    a parent: resource.CreateURN with the parent's type chain). Not `Alias(parent=cluster)`,
+    which names the same URN: the SDK resolves such an alias through a chain of Outputs for every
+    resource (runtime/resource.py collapse_alias_to_urn, create_alias_spec), about 5% of the
+    program's time in a plan of 100 nodes; a string costs it next to nothing.
+    """
+
+    parent_type: str  # the Cluster's type, which the moved resources' old URNs carry
+
+    def aliases(self, type_: str, name: str) -> list[pulumi.Input[str | pulumi.Alias]]:
+        stack, project = pulumi.get_stack(), pulumi.get_project()
+        return [f"urn:pulumi:{stack}::{project}::{self.parent_type}${type_}::{name}"]
+
+    def transformation(
+        self, args: pulumi.ResourceTransformationArgs
+    ) -> pulumi.ResourceTransformationResult:
+        """For options shared by resources of different types and names (bringup.py): adds
+        each one's alias when it is constructed, before the SDK reads its aliases."""
+        moved = pulumi.ResourceOptions(aliases=self.aliases(args.type_, args.name))
+        return pulumi.ResourceTransformationResult(
+            args.props, pulumi.ResourceOptions.merge(args.opts, moved)
+        )
 
 
 class NixosHosts(pulumi.ComponentResource):
@@ -353,7 +382,7 @@ class NixosHosts(pulumi.ComponentResource):
     host's push waits for gates that in turn wait for earlier pushes. The NixosHosts sat
     directly under the Cluster before this stage existed: each carries an alias to it."""
 
-    def __init__(self, name: str, was: pulumi.Resource, opts: pulumi.ResourceOptions):
+    def __init__(self, name: str, was: MovedFrom, opts: pulumi.ResourceOptions):
         super().__init__("nixos-k3s:nixos:Hosts", name, None, opts)
         self._was = was
         self.hosts: dict[str, NixosHost] = {}
@@ -362,7 +391,9 @@ class NixosHosts(pulumi.ComponentResource):
         pushed = NixosHost(
             host.name,
             args,
-            opts=pulumi.ResourceOptions(parent=self, aliases=moved_from(self._was)),
+            opts=pulumi.ResourceOptions(
+                parent=self, aliases=self._was.aliases(NixosHost.TYPE, host.name)
+            ),
         )
         self.hosts[host.name] = pushed
         return pushed

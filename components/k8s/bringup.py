@@ -2,7 +2,7 @@
 the joins.
 
 A component, so `pulumi preview` shows machines -> hosts -> k3s -> Cilium. Its resources sat
-directly under the Cluster before; each carries an alias to that parent (moved_from), so an
+directly under the Cluster before; each carries its old URN as an alias (MovedFrom), so an
 existing stack keeps them (the engine matches the old URN) instead of replacing them.
 """
 
@@ -17,7 +17,7 @@ import pulumi_command as command
 from components.config import ClusterConfig
 from components.hosts.inventory import Host
 from components.hosts.machineview import MachineView
-from components.hosts.nixos_host import NixosHost, moved_from
+from components.hosts.nixos_host import MovedFrom, NixosHost
 from components.hosts.render import container_node_name
 from components.k8s import k3s
 
@@ -52,9 +52,7 @@ class K3sBringUp(pulumi.ComponentResource):
     gates: list[pulumi.Resource]
     pushes: list[pulumi.Resource]
 
-    def __init__(
-        self, name: str, args: BringUpArgs, was: pulumi.Resource, opts: pulumi.ResourceOptions
-    ):
+    def __init__(self, name: str, args: BringUpArgs, was: MovedFrom, opts: pulumi.ResourceOptions):
         super().__init__("nixos-k3s:k3s:BringUp", name, None, opts)
         self._name, self._args, self._was = args.prefix, args, was
         self.endpoint_url = args.endpoint_url
@@ -105,7 +103,9 @@ class K3sBringUp(pulumi.ComponentResource):
         )
 
     def _after(self, after: list[pulumi.Resource]) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=self, depends_on=after, aliases=moved_from(self._was))
+        return pulumi.ResourceOptions(
+            parent=self, depends_on=after, transformations=[self._was.transformation]
+        )
 
     def _container_gates(self, host: Host, after: list[pulumi.Resource]) -> None:
         """One node gate per nspawn agent the host carries (they join with the host)."""
