@@ -193,8 +193,8 @@ def run(work: Path, table: deploy_model.StepTable | None = None) -> dict[str, An
                 # A rule timed by Hetzner actions: its seconds depend on the stack's polling.
                 **(
                     {"seconds": list(r.seconds)}
-                    if r.actions is None
-                    else {"actions": [list(a) for a in r.actions], "poller": r.poller}
+                    if r.seconds is not None
+                    else {"actions": [list(a) for a in r.actions or ()], "poller": r.poller}
                 ),
                 "limitSeconds": None if r.limit is None else r.limit.seconds,
                 "limitEnvironment": None if r.limit is None else r.limit.environment,

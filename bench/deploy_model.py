@@ -98,7 +98,8 @@ class Rule:
     type: str
     suffix: str
     role: str | None
-    seconds: tuple[float, float]
+    # (low, high) seconds; None for a rule timed by Hetzner `actions` (exactly one of the two).
+    seconds: tuple[float, float] | None
     source: str
     # True/False: only in plans with/without the Hetzner NixOS image; None: either.
     nixos_image: bool | None = None
@@ -119,9 +120,14 @@ class Rule:
     actions: tuple[tuple[float, float], ...] | None = None
     poller: str = "sdk"
 
+    def __post_init__(self) -> None:
+        if (self.seconds is None) == (self.actions is None):
+            raise ValueError(f"step {self.step!r}: seconds or actions, exactly one")
+
     def time(self, polling: HcloudPolling) -> tuple[float, float]:
         """Low and high seconds with the stack's Hetzner polling."""
         if self.actions is None:
+            assert self.seconds is not None  # __post_init__: one of the two
             return self.seconds
         low = sum(seen_at(action[0], polling, self.poller) for action in self.actions)
         high = sum(seen_at(action[1], polling, self.poller) for action in self.actions)
@@ -191,7 +197,8 @@ def _rule(index: int, entry: Any) -> Rule:
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
     actions = _actions(where, entry)
-    seconds, role = _common(where, {"seconds": [0, 0], **entry} if actions else entry)
+    role = _common(where, entry)
+    seconds = None if actions else _seconds(f"{where}.seconds", entry.get("seconds"))
     poller = entry.get("poller", "sdk")
     if poller not in POLLERS:
         raise StepTableError(f"{where}.poller: {poller!r} is not one of {', '.join(POLLERS)}")
@@ -238,9 +245,8 @@ def _actions(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float],
     return tuple(_seconds(f"{where}.actions[{i}]", a) for i, a in enumerate(actions))
 
 
-def _common(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float], str | None]:
-    """The keys every rule has: seconds, step, source and an optional role."""
-    seconds = _seconds(f"{where}.seconds", entry.get("seconds"))
+def _common(where: str, entry: Mapping[str, Any]) -> str | None:
+    """The keys every rule has: step, source and an optional role (returned)."""
     role = entry.get("role")
     if role is not None and role not in ROLES:
         raise StepTableError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
@@ -248,7 +254,7 @@ def _common(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float], 
         raise StepTableError(f"{where}.source: say where the time comes from or why it is a guess")
     if not str(entry.get("step", "")).strip():
         raise StepTableError(f"{where}.step: required (a short name for the step)")
-    return seconds, role
+    return role
 
 
 def _pull(index: int, entry: Any, section: str = "pulls") -> PullRule:
@@ -259,7 +265,8 @@ def _pull(index: int, entry: Any, section: str = "pulls") -> PullRule:
     unknown = set(entry) - {"step", "role", "offset", "seconds", "source"}
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
-    seconds, role = _common(where, entry)
+    role = _common(where, entry)
+    seconds = _seconds(f"{where}.seconds", entry.get("seconds"))
     offset = entry.get("offset")
     if not isinstance(offset, Mapping) or set(offset) != {"seconds", "source"}:
         raise StepTableError(

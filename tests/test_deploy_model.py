@@ -98,6 +98,7 @@ def test_a_resource_without_a_rule_is_named(table: deploy_model.StepTable) -> No
         ("{step: x, type: 'hcloud:', actions: [], source: s}", r"steps\[0\]\.actions: want"),
         ("{step: x, type: 'hcloud:', actions: [[3, 1]], source: s}", r"actions\[0\]"),
         ("{step: x, type: 'hcloud:', actions: [[1, 2]], poller: go, source: s}", "poller"),
+        ("{step: x, type: 'hcloud:', source: s}", r"steps\[0\]\.seconds: want"),
     ],
 )
 def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
@@ -105,6 +106,14 @@ def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
     bad.write_text(f"engine: {{parallel: 8, cliDefault: 8}}\nsteps:\n  - {rule}\n", "utf-8")
     with pytest.raises(deploy_model.StepTableError, match=error):
         deploy_model.load_steps(bad)
+
+
+def test_an_action_timed_rule_has_no_seconds(table: deploy_model.StepTable) -> None:
+    timed = [r for r in table.rules if r.actions is not None]
+    assert timed and all(r.seconds is None for r in timed)
+    assert all(r.seconds is not None for r in table.rules if r.actions is None)
+    with pytest.raises(ValueError, match="exactly one"):
+        replace(timed[0], seconds=(1.0, 2.0))
 
 
 GOOD_PULL = "step: p, offset: {seconds: [1, 2], source: s}, seconds: [3, 4], source: s"
@@ -253,6 +262,7 @@ def test_servers_joining_together_wait_in_the_learner_queue(table: deploy_model.
     doc = json.loads(json.dumps(plan.plan_document(run_plan(five, stack="prod"))))
     result = deploy_model.model(doc, instant_pulls(table))
     rule = next(r for r in table.rules if r.queue)
+    assert rule.seconds is not None
     for index, bound in enumerate(deploy_model.BOUNDS):
         pushes = [s for s in result[bound]["nodesReadyPath"] if s["step"] == rule.step]
         (last,) = pushes
@@ -481,6 +491,7 @@ def test_nodes_ready_waits_for_the_slowest_pull(table: deploy_model.StepTable) -
         doc, replace(table, pulls=(slow, *table.pulls), fetches=instant_fetch)
     )
     (gate,) = {r for r in table.rules if r.step == "nodes ready: after the pulls"}
+    assert gate.seconds is not None
     for index, bound in enumerate(deploy_model.BOUNDS):
         path = result[bound]["nodesReadyPath"]
         pull, push = path[-2], path[-3]
@@ -508,6 +519,7 @@ def test_a_flannel_plan_pulls_nothing(table: deploy_model.StepTable) -> None:
     assert deploy_model.timed_fetches(flannel, table) == {}
     result = deploy_model.model(flannel, table)
     (rule,) = {r for r in table.rules if r.step == "nodes ready: flannel, nothing to pull"}
+    assert rule.seconds is not None
     for index, bound in enumerate(deploy_model.BOUNDS):
         path = result[bound]["nodesReadyPath"]
         assert result[bound]["pulls"] == 0
