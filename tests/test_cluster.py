@@ -103,14 +103,17 @@ def test_install_runs_once_per_server(prod_plan: Plan) -> None:
     assert len(install.inputs["triggers"]) == 1
 
 
-def test_servers_join_together_once_the_api_answers(prod_plan: Plan) -> None:
+def test_servers_join_together_once_the_bootstrap_server_runs(prod_plan: Plan) -> None:
+    """The bootstrap push confirms k3s.service, active only once k3s's API server is ready
+    (Type=notify, READY=1 after APIServerReady): the joins need no API gate's SSH round trip."""
     deps = prod_plan.deps
     assert "prod-control-1-push" in deps("prod-api-ready")
     for server, other in (
         ("prod-control-2", "prod-control-3"),
         ("prod-control-3", "prod-control-2"),
     ):
-        assert "prod-api-ready" in deps(f"{server}-push")
+        assert "prod-control-1-push" in deps(f"{server}-push")
+        assert not prod_plan.reaches(f"{server}-push", "prod-api-ready")
         assert not prod_plan.reaches(f"{server}-push", f"{other}-push")
     # An upgrade still drains and rolls one server at a time.
     assert prod_plan.reaches("prod-control-3-roll", "prod-control-2-roll")
@@ -127,9 +130,10 @@ def test_every_push_carries_the_stack_s_rollback_and_join_timeouts(plan_of) -> N
         assert (env["ROLLBACK_TIMEOUT"], env["JOIN_TIMEOUT"]) == ("240", "900"), host
 
 
-def test_agents_wait_only_for_the_api(prod_plan: Plan) -> None:
+def test_agents_wait_only_for_the_bootstrap_server(prod_plan: Plan) -> None:
     for agent in ("prod-workers-1", "prod-workers-2"):
-        assert "prod-api-ready" in prod_plan.deps(f"{agent}-push")
+        assert "prod-control-1-push" in prod_plan.deps(f"{agent}-push")
+        assert not prod_plan.reaches(f"{agent}-push", "prod-api-ready")
         assert not prod_plan.reaches(f"{agent}-push", "prod-control-2-push")
         assert not prod_plan.reaches(
             f"{agent}-push", "prod-workers-1-push" if agent.endswith("2") else "prod-workers-2-push"
@@ -251,11 +255,16 @@ def test_tunnel_port_follows_the_tunnel_protocol(plan_of) -> None:
     assert host["firewall"]["privateUdpPorts"] == [6081]
 
 
-def test_install_puts_the_final_system_on_the_disk_with_k3s_held(prod_plan: Plan) -> None:
-    # Build once: the install gets the pushed host data; k3s waits for the ordered pushes.
+def test_install_puts_the_final_system_on_the_disk_with_k3s_held(plan_of) -> None:
+    # Build once: the stock image's install (nixos-anywhere) gets the pushed host data; k3s
+    # waits for the ordered pushes. (The NixOS image carries k3s held back the same way and
+    # installs nothing: tests/test_hetzner_image.py.)
+    data = stack_data("prod")
+    data["hetzner"] = {**data["hetzner"], "nixosImage": False}
+    stock: Plan = plan_of(data, stack="prod")
     for host in HOSTS:
-        installed = prod_plan[f"{host}-install"].inputs["environment"]["HOST_JSON"]
-        pushed = prod_plan[f"{host}-push"].inputs["environment"]["HOST_JSON"]
+        installed = stock[f"{host}-install"].inputs["environment"]["HOST_JSON"]
+        pushed = stock[f"{host}-push"].inputs["environment"]["HOST_JSON"]
         assert installed == pushed
         assert json.loads(installed)["k3s"]["enable"] is True
     # The hold: k3s.service needs the file host-activate.sh writes when it releases k3s.

@@ -80,6 +80,12 @@ def test_servers_boot_the_image_and_ignore_a_new_one(prod_plan: Plan) -> None:
         assert user_data.startswith("#cloud-config\nssh_deletekeys: true\nssh_keys:\n")
         env = prod_plan[f"{name}-install"].inputs["environment"]
         assert env["FROM_IMAGE"] == "1"
+        # The install only swaps the host key: it waits for the boot, not for the private
+        # network's attach (the host document carries its MAC); the build waits for both.
+        assert "HOST_JSON" not in env
+        assert not prod_plan.reaches(f"{name}-install", f"{name}-private")
+        assert prod_plan.reaches(f"{name}-build", f"{name}-private")
+        assert prod_plan.reaches(f"{name}-build", f"{name}-install")
         # A throwaway first-boot key, never the host's own (the metadata service hands the user
         # data to any process on the server); the install replaces it over a pinned connection.
         assert f"  ed25519_public: {env['STOCK_HOST_PUBLIC_KEY']}\n" in user_data
@@ -96,6 +102,9 @@ def test_stock_image_path_stays(plan_of: Any) -> None:
         # The stock image gets a throwaway host key (not the NixOS one), which the install pins.
         install = stock[f"{server.name}-install"].inputs["environment"]
         assert "FROM_IMAGE" not in install
+        # nixos-anywhere installs the final system, from the host document.
+        assert json.loads(install["HOST_JSON"])["name"] == server.name
+        assert stock.reaches(f"{server.name}-install", f"{server.name}-private")
         stock_key = install["STOCK_HOST_PUBLIC_KEY"]
         assert stock_key != install["HOST_PUBLIC_KEY"]
         assert f"  ed25519_public: {stock_key}\n" in server.secret_paths["userData"]

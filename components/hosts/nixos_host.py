@@ -4,7 +4,9 @@ install  nixos-anywhere (kexec + disko) from the operator's machine; runs again 
          machine is replaced. It installs the host's final system, with k3s held back until
          the push releases it (nixosK3s.k3s.holdUntil). Carries the deploy key and the
          pre-generated SSH host key only, so every later connection pins it instead of trusting
-         on first use.
+         on first use. A server booted from the Hetzner NixOS image is not installed: its
+         install swaps the first-boot host key for the pinned one and needs no host document,
+         so it runs while the private network is attached.
 secrets  the host's 0600 secret files (k3s token, tailscale key), written on the host from
          stdin over the pinned connection.
 build    upload nixos/ + the host JSON and build the system on the host, activating nothing.
@@ -175,15 +177,21 @@ class NixosHost(pulumi.ComponentResource):
             environment={
                 **base_env,
                 "TARGET_USER": args.install_user,
-                # The final system, built once here; k3s is held back until the push releases
-                # it, in the order the gates set (nixos/modules/k3s.nix, holdUntil).
-                "HOST_JSON": args.host_json,
                 **(
                     {}
                     if args.stock_host_key is None
                     else {"STOCK_HOST_PUBLIC_KEY": args.stock_host_key}
                 ),
-                **({"FROM_IMAGE": "1"} if args.from_image else {}),
+                # The image booted already: the install only swaps its host key and builds
+                # nothing, so it does not wait for the host document (on Hetzner, for the
+                # private network's attach and its MAC); the build does.
+                **(
+                    {"FROM_IMAGE": "1"}
+                    if args.from_image
+                    # The final system, built once here; k3s is held back until the push
+                    # releases it, in the order the gates set (nixos/modules/k3s.nix, holdUntil).
+                    else {"HOST_JSON": args.host_json}
+                ),
             },
             stdin=pulumi.Output.secret(install_stdin),
             update=ALREADY_INSTALLED,

@@ -40,11 +40,15 @@ class BringUpArgs:
 class K3sBringUp(pulumi.ComponentResource):
     """The order in which k3s comes up, and the gates that hold it.
 
-    The bootstrap server's push, the API-ready gate, then every other host's push at once (the
-    servers' etcd joins queue in k3s, see cluster.py), one node gate per node; the kubeconfig
-    once the API answers. `finish` adds the nodes-Ready gate after the CNI and add-ons, and the
-    teardown marker. Rolling upgrades go the bootstrap server, the other servers one at a time,
-    then the agents in batches of deploy.maxUnavailable (see NixosHost._roll).
+    The bootstrap server's push, then every other host's push at once (the servers' etcd joins
+    queue in k3s, see cluster.py), one node gate per node; the API-ready gate after the
+    bootstrap push, and the kubeconfig once the API answers. The pushes wait for the bootstrap
+    push, not for the API-ready gate: that push confirms k3s.service, and a k3s server is
+    Type=notify and sends READY=1 only once its API server is ready and its etcd runs
+    (k3s pkg/cli/server/server.go), so the gate's SSH round trip is off their path. `finish`
+    adds the nodes-Ready gate after the CNI and add-ons, and the teardown marker. Rolling
+    upgrades go the bootstrap server, the other servers one at a time, then the agents in
+    batches of deploy.maxUnavailable (see NixosHost._roll).
     """
 
     api_ready: command.remote.Command
@@ -75,7 +79,7 @@ class K3sBringUp(pulumi.ComponentResource):
         )
         self.gates = [bootstrap_gate]
         self._container_gates(bootstrap, [bootstrap_gate])
-        # The other servers join at once, once the API answers, as hetzner-k3s joins its
+        # The other servers join at once, once the bootstrap server runs, as hetzner-k3s joins its
         # additional masters (set_up_additional_masters: one fiber each). etcd admits one
         # learner at a time: a join that finds another learner is refused (ErrTooManyLearners)
         # and retried, by k3s itself in its newest pkg/etcd/etcd.go, else by systemd 5 s after
@@ -84,7 +88,7 @@ class K3sBringUp(pulumi.ComponentResource):
         # waits for its k3s.service, under the rollback deadline as before. Their rolls (an
         # upgrade drains a running server) still go one at a time.
         for server in (h for h in args.hosts if h.role == "server" and not h.is_bootstrap):
-            pushed = args.add_host(server, [self.api_ready], last_rolls)
+            pushed = args.add_host(server, [first.push], last_rolls)
             self.pushes.append(pushed.push)
             last_rolls = [_rolled(pushed)]
             self._join_gates(server, pushed, bootstrap_gate)
@@ -92,7 +96,7 @@ class K3sBringUp(pulumi.ComponentResource):
         batch_size = cfg.deploy.max_unavailable
         for start in range(0, len(agents), batch_size):
             batch = agents[start : start + batch_size]
-            pushed_batch = [args.add_host(agent, [self.api_ready], last_rolls) for agent in batch]
+            pushed_batch = [args.add_host(agent, [first.push], last_rolls) for agent in batch]
             for agent, pushed in zip(batch, pushed_batch, strict=True):
                 self.pushes.append(pushed.push)
                 self._join_gates(agent, pushed, bootstrap_gate)

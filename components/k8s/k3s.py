@@ -1,10 +1,12 @@
 """k3s bring-up gates, scale-down, kubeconfig and Cilium.
 
-Order (the dependency graph says exactly this):
-  bootstrap push -> api-ready gate -> server 2 push -> server 2 joined -> server 3 push -> ...
-  api-ready gate -> every agent push (in parallel) -> agent joined
-  api-ready gate -> kubeconfig -> Cilium release -> nodes-Ready gate (after every push)
-etcd admits one learner at a time, so servers join one by one; agents need only the API.
+Order (the dependency graph says exactly this; components/k8s/bringup.py):
+  bootstrap push -> every other server's push and every agent's push (in parallel) -> joined
+  bootstrap push -> api-ready gate -> kubeconfig -> Cilium release
+  -> nodes-Ready gate (after every push)
+etcd admits one learner at a time: the servers' joins queue in k3s itself, not in the graph
+(their rolls go one at a time). The bootstrap push confirms k3s.service, which a k3s server
+reports active only once its API server is ready, so the other pushes need no API gate.
 """
 
 from __future__ import annotations

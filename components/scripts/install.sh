@@ -6,7 +6,9 @@
 # Env:
 #   TARGET_HOST (required), TARGET_PORT (22), TARGET_USER (root; a sudo user on Colima)
 #   HOST_NAME        nixosConfigurations name (required)
-#   HOST_JSON        host data, JSON text (required); becomes hosts/$HOST_NAME.json
+#   HOST_JSON        host data, JSON text (required unless FROM_IMAGE=1); becomes
+#                    hosts/$HOST_NAME.json. The image path builds nothing here, so it does not
+#                    wait for the facts the document carries (the private network's MAC)
 #   NIXOS_SOURCE_DIR the static nixos/ tree (nixos)
 #   HOST_PUBLIC_KEY  public half of the pre-generated host key (required); every connection
 #                    after the install pins it
@@ -58,7 +60,10 @@ source "$SCRIPT_DIR/operator-lib.sh"
 readonly DEFAULT_NIXOS_ANYWHERE_REF=1.13.0
 
 setup() {
-  require_env TARGET_HOST HOST_NAME HOST_JSON HOST_PUBLIC_KEY STOCK_HOST_PUBLIC_KEY
+  require_env TARGET_HOST HOST_NAME HOST_PUBLIC_KEY STOCK_HOST_PUBLIC_KEY
+  FROM_IMAGE=${FROM_IMAGE:-0}
+  [[ $FROM_IMAGE == 0 || $FROM_IMAGE == 1 ]] || bad_input "FROM_IMAGE must be 0 or 1: $FROM_IMAGE"
+  [[ $FROM_IMAGE == 1 ]] || require_env HOST_JSON
   TARGET_PORT=${TARGET_PORT:-22}
   TARGET_USER=${TARGET_USER:-root}
   NIXOS_SOURCE_DIR=${NIXOS_SOURCE_DIR:-nixos}
@@ -69,8 +74,6 @@ setup() {
   SSH_CONNECT_TIMEOUT=${SSH_CONNECT_TIMEOUT:-10}
   SSH_CONNECT_ATTEMPTS=${SSH_CONNECT_ATTEMPTS:-60}
   SSH_RETRY_DELAY=${SSH_RETRY_DELAY:-5}
-  FROM_IMAGE=${FROM_IMAGE:-0}
-  [[ $FROM_IMAGE == 0 || $FROM_IMAGE == 1 ]] || bad_input "FROM_IMAGE must be 0 or 1: $FROM_IMAGE"
   local name
   for name in TARGET_PORT POST_KEXEC_SSH_PORT SSH_CONNECT_TIMEOUT SSH_CONNECT_ATTEMPTS; do
     require_number "$name"

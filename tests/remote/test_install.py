@@ -229,6 +229,17 @@ def test_nixos_anywhere_ref_must_be_a_plain_tag(host: FakeHost, tmp_path: Path, 
     assert host.calls("nix") == []
 
 
+def test_the_stock_install_needs_the_host_document(host: FakeHost, tmp_path: Path) -> None:
+    """nixos-anywhere installs the final system from it; only the image path goes without."""
+    host_key = new_host_key(tmp_path)
+    env = install_env(host, make_nixos_source(tmp_path), host_key)
+    del env["HOST_JSON"]
+    result = run_operator_script("install.sh", env, install_bundle(host, host_key))
+    assert result.returncode == 2
+    assert "environment variable HOST_JSON is required" in result.stderr
+    assert host.calls("nixos-anywhere") == []
+
+
 def test_host_key_must_match_the_pinned_public_key(host: FakeHost, tmp_path: Path) -> None:
     host_key = new_host_key(tmp_path)
     (tmp_path / "other").mkdir()
@@ -518,6 +529,9 @@ def test_the_nixos_image_gets_its_host_key_over_the_pinned_first_boot_key(
     that key, puts the host's key in its place, restarts sshd and then pins the new key."""
     host_key = new_host_key(tmp_path)
     env = install_env(host, make_nixos_source(tmp_path), host_key, FROM_IMAGE="1")
+    # The image path builds nothing here, so it gets no host document (the program gives none:
+    # the install need not wait for the private network's attach).
+    del env["HOST_JSON"]
     (host.root / "etc/ssh").mkdir(parents=True, exist_ok=True)
     result = run_operator_script("install.sh", env, install_bundle(host, host_key))
     assert result.returncode == 0, result.stderr
