@@ -295,6 +295,12 @@ def render(document: dict[str, Any]) -> str:
                 else ""
             )
             + (f" (after {p['afterEndOf']}'s fetch)" if "afterEndOf" in p else "")
+            + (
+                f" (its work from {p['workBeganMinutes']:.1f}, when the actions it waits for"
+                " ended on Hetzner's side)"
+                if "workBeganMinutes" in p
+                else ""
+            )
             for p in sc["high"]["nodesReadyPath"]
         )
         lines.append(f"  {sc['label']}: {steps}")

@@ -119,6 +119,11 @@ class Rule:
     # polling. None: `seconds` is the time.
     actions: tuple[tuple[float, float], ...] | None = None
     poller: str = "sdk"
+    # The step's work (a server's boot) begins when the Hetzner actions of the resource it waits
+    # for end on Hetzner's side, not when the provider sees them end: its time counts from
+    # then, but once the engine starts it, it still takes at least these (low, high) seconds
+    # (its own SSH round trips). None: its time counts from its start.
+    overlap_min: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if (self.seconds is None) == (self.actions is None):
@@ -132,6 +137,14 @@ class Rule:
         low = sum(seen_at(action[0], polling, self.poller) for action in self.actions)
         high = sum(seen_at(action[1], polling, self.poller) for action in self.actions)
         return low, high
+
+    def action_seconds(self) -> tuple[float, float] | None:
+        """How long its actions run on Hetzner's side, low and high: one after another (a
+        server's create, then its start, a next action that Hetzner runs as soon as the create
+        ends), whenever the provider sees them. None: not timed by actions."""
+        if self.actions is None:
+            return None
+        return sum(a[0] for a in self.actions), sum(a[1] for a in self.actions)
 
     def matches(
         self,
@@ -193,6 +206,7 @@ def _rule(index: int, entry: Any) -> Rule:
         "cni",
         "actions",
         "poller",
+        "overlapsActions",
     }
     if unknown:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -216,6 +230,7 @@ def _rule(index: int, entry: Any) -> Rule:
     if cni is not None and cni not in CNIS:
         raise StepTableError(f"{where}.cni: {cni!r} is not one of {', '.join(CNIS)}")
     return Rule(
+        overlap_min=_overlap(where, entry.get("overlapsActions")),
         actions=actions,
         poller=poller,
         cni=cni,
@@ -231,6 +246,17 @@ def _rule(index: int, entry: Any) -> Rule:
         seconds=seconds,
         source=" ".join(str(entry["source"]).split()),
     )
+
+
+def _overlap(where: str, entry: Any) -> tuple[float, float] | None:
+    """`overlapsActions: {min: [low, high], source}` of a rule, or None."""
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping) or set(entry) != {"min", "source"}:
+        raise StepTableError(f"{where}.overlapsActions: want a mapping with min and source")
+    if not str(entry["source"]).strip():
+        raise StepTableError(f"{where}.overlapsActions.source: must not be empty")
+    return _seconds(f"{where}.overlapsActions.min", entry["min"])
 
 
 def _actions(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float], ...] | None:
@@ -417,6 +443,10 @@ class Timed:
     queue: str | None = None
     queue_seconds: tuple[float, float] = (0.0, 0.0)
     limit: float | None = None
+    # Seconds its Hetzner actions run on Hetzner's side (Rule.action_seconds), low and high.
+    action_seconds: tuple[float, float] | None = None
+    # Rule.overlap_min: its work began when its dependency's actions ended.
+    overlap_min: tuple[float, float] | None = None
 
 
 def uses_nixos_image(plan: Mapping[str, Any]) -> bool:
@@ -504,6 +534,8 @@ def timed_resources(
             rule.queue,
             rule.queue_seconds,
             None if rule.limit is None else rule.limit.of(res),
+            rule.action_seconds(),
+            rule.overlap_min,
         )
     return out
 
@@ -577,6 +609,7 @@ def schedule(
     parallel: int,
     queues: Mapping[str, tuple[str, float]] | None = None,
     anchored: Mapping[str, tuple[str, float]] | None = None,
+    overlaps: Mapping[str, tuple[str, float, float]] | None = None,
 ) -> dict[str, Slot]:
     """Start and end of every resource with at most `parallel` running at once.
 
@@ -585,9 +618,13 @@ def schedule(
     k x seconds longer. An anchored activity (`anchored`: key -> anchor, offset) is no engine
     operation: it starts `offset` seconds after its anchor starts, or when its own `deps` have
     ended if that is later, lasts its duration and takes no worker; others may depend on it.
-    Ties are broken by URN, so the schedule is deterministic.
+    A resource that overlaps (`overlaps`: urn -> (dependency, seconds, minimum)) began its work
+    `seconds` after that dependency started (its actions' end on Hetzner's side, before the
+    provider saw them): it ends its duration after that, but at least `minimum` after its own
+    start. Ties are broken by URN, so the schedule is deterministic.
     """
     queues = queues or {}
+    overlaps = overlaps or {}
     anchored = anchored or {}
     waiting = {urn: set(d) for urn, d in deps.items()}
     dependents: dict[str, list[str]] = {}
@@ -641,6 +678,9 @@ def schedule(
                 finish(urn, now)
             elif len(running) < parallel:
                 length = durations[urn]
+                if urn in overlaps:
+                    dep, seconds, minimum = overlaps[urn]
+                    length = max(minimum, slots[dep].start + seconds + length - now)
                 if urn in queues:
                     name, extra = queues[urn]
                     ahead = sum(1 for _, other in running if queues.get(other, ("",))[0] == name)
@@ -677,10 +717,13 @@ def _critical_path(
     slots: Mapping[str, Slot],
     steps: Mapping[str, Step],
     anchors: Mapping[str, str] | None = None,
+    began: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Back from `target`: at each step the dependency that finished last (what it waited for);
-    from a pull (`anchors`: key -> the push it starts in) on to that push."""
+    from a pull (`anchors`: key -> the push it starts in) on to that push. `began`: when the
+    work of a step that overlaps its dependency's Hetzner actions began."""
     anchors = anchors or {}
+    began = began or {}
     path = []
     urn: str | None = target
     while urn is not None:
@@ -694,6 +737,8 @@ def _critical_path(
                     "endMinutes": round(slot.end / 60, 2),
                 }
             )
+        if urn in began and began[urn] < slot.start:
+            path[-1]["workBeganMinutes"] = round(began[urn] / 60, 2)
         if urn in anchors:
             anchor = anchors[urn]
             waited = [d for d in deps[urn] if slots[d].end == slot.start]
@@ -756,7 +801,9 @@ def model(
         for key, urns in targets.items():
             last = max(urns, key=lambda u: (slots[u].end, u))
             entry[f"{key}Minutes"] = round(slots[last].end / 60, 2)
-            entry[f"{key}Path"] = _critical_path(last, run.deps, slots, run.steps, run.anchors)
+            entry[f"{key}Path"] = _critical_path(
+                last, run.deps, slots, run.steps, run.anchors, run.began
+            )
         result[bound] = entry
     return result
 
@@ -773,6 +820,8 @@ class PlanSchedule:
     anchors: dict[str, str]
     pulls: dict[str, TimedPull]
     fetches: dict[str, TimedPull]
+    # When the work of each step that overlaps its dependency's Hetzner actions began.
+    began: dict[str, float]
 
 
 def schedule_plan(
@@ -805,7 +854,13 @@ def schedule_plan(
     durations.update({key: p.seconds[index] for key, p in pulls_and_fetches.items()})
     queues = {urn: (t.queue, t.queue_seconds[index]) for urn, t in timed.items() if t.queue}
     anchored = {key: (p.anchor, p.offset[index]) for key, p in pulls_and_fetches.items()}
-    slots = schedule(deps, durations, parallel, queues, anchored)
+    overlaps = {
+        urn: (dep, seconds[index], t.overlap_min[index])
+        for urn, t in timed.items()
+        if t.overlap_min is not None
+        for dep, seconds in [_overlapped(deploy, timed, urn)]
+    }
+    slots = schedule(deps, durations, parallel, queues, anchored, overlaps)
     steps = {urn: Step(t.name, t.step) for urn, t in timed.items()}
     steps.update({key: Step(p.name, p.step) for key, p in pulls_and_fetches.items()})
     return PlanSchedule(
@@ -816,7 +871,29 @@ def schedule_plan(
         anchors={key: p.anchor for key, p in pulls_and_fetches.items()},
         pulls=pulls,
         fetches=fetches,
+        began={urn: slots[dep].start + seconds for urn, (dep, seconds, _) in overlaps.items()},
     )
+
+
+def _overlapped(
+    deploy: graph.DeployGraph, timed: Mapping[str, Timed], urn: str
+) -> tuple[str, tuple[float, float]]:
+    """The one resource timed by Hetzner actions that `urn` (a rule with overlapsActions) depends
+    on directly, and how long its actions run on Hetzner's side."""
+    found = [
+        (dep, seconds)
+        for dep in sorted(deploy.resources[urn].get("dependsOn", []))
+        if dep in timed
+        for seconds in [timed[dep].action_seconds]
+        if seconds is not None
+    ]
+    if len(found) != 1:
+        raise StepTableError(
+            f"{timed[urn].name} ({timed[urn].step}) overlaps the Hetzner actions of what it"
+            f" waits for, so it must wait for exactly one resource timed by actions;"
+            f" it waits for {len(found)}"
+        )
+    return found[0]
 
 
 def over_limit(slots: Mapping[str, Slot], timed: Mapping[str, Timed]) -> list[dict[str, Any]]:

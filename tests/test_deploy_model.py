@@ -100,6 +100,20 @@ def test_a_resource_without_a_rule_is_named(table: deploy_model.StepTable) -> No
         ("{step: x, type: 'hcloud:', actions: [[3, 1]], source: s}", r"actions\[0\]"),
         ("{step: x, type: 'hcloud:', actions: [[1, 2]], poller: go, source: s}", "poller"),
         ("{step: x, type: 'hcloud:', source: s}", r"steps\[0\]\.seconds: want"),
+        (
+            "{step: x, type: 'tls:', seconds: [1, 2], source: s, overlapsActions: [1, 2]}",
+            r"steps\[0\]\.overlapsActions: want",
+        ),
+        (
+            "{step: x, type: 'tls:', seconds: [1, 2], source: s,"
+            " overlapsActions: {min: [2, 1], source: s}}",
+            r"steps\[0\]\.overlapsActions\.min",
+        ),
+        (
+            "{step: x, type: 'tls:', seconds: [1, 2], source: s,"
+            " overlapsActions: {min: [1, 2], source: ' '}}",
+            r"steps\[0\]\.overlapsActions\.source",
+        ),
     ],
 )
 def test_a_bad_table_is_refused(tmp_path: Path, rule: str, error: str) -> None:
@@ -598,3 +612,49 @@ def test_scenario_stacks_carry_their_polling(tmp_path: Path) -> None:
         sc for sc in deploy.SCENARIOS if sc.stack_file is None and not sc.constant_polling
     )
     assert deploy.stack_polling(default.config_file(tmp_path)) == DEFAULT
+
+
+def test_an_overlapping_step_counts_from_its_dependency_s_actions() -> None:
+    """A boot that began when the server's actions ended (before the provider saw them) ends
+    its duration after that, but takes at least its minimum once started."""
+    deps = {"server": set(), "boot": {"server"}, "later": set(), "late": {"later"}}
+    durations = {"server": 84.0, "boot": 60.0, "later": 200.0, "late": 60.0}
+    # The server's actions ran 77 of its 84 s: the boot began 7 s before it could start.
+    overlaps = {"boot": ("server", 77.0, 15.0), "late": ("later", 10.0, 15.0)}
+    slots = deploy_model.schedule(deps, durations, 4, overlaps=overlaps)
+    assert (slots["boot"].start, slots["boot"].end) == (84.0, 137.0)
+    # Long since booted: only the minimum (its own SSH round trips).
+    assert (slots["late"].start, slots["late"].end) == (200.0, 215.0)
+
+
+def test_the_image_boot_overlaps_the_create_s_polling(table: deploy_model.StepTable) -> None:
+    """With the provider's default polling a create whose actions end by 77 s is seen at 131 s
+    (#966); the server booted meanwhile, and the critical path says when its boot began."""
+    (rule,) = [r for r in table.rules if r.overlap_min is not None]
+    assert rule.step == "install: boot the image" and rule.overlap_min is not None
+    minimum = rule.overlap_min[1]
+    doc = document("prod")
+    run = deploy_model.schedule_plan(doc, table, 1, image_ready=True)
+    installs = [u for u, t in run.timed.items() if t.step == rule.step]
+    assert installs and set(run.began) == set(installs)
+    for urn in installs:
+        server = next(d for d in run.deps[urn] if run.timed[d].step == "server create")
+        assert run.began[urn] == run.slots[server].start + 77.0
+        assert run.slots[server].end - run.slots[server].start == 131.0
+        length = run.slots[urn].end - run.slots[urn].start
+        assert length == max(minimum, 60.0 - (131.0 - 77.0))
+        path = deploy_model._critical_path(
+            urn, run.deps, run.slots, run.steps, run.anchors, run.began
+        )
+        assert path[-1]["workBeganMinutes"] == round(run.began[urn] / 60, 2)
+        assert path[-1]["workBeganMinutes"] < path[-1]["startMinutes"]
+
+
+def test_an_overlapping_step_needs_one_action_timed_dependency(
+    table: deploy_model.StepTable,
+) -> None:
+    doc = document("prod")
+    install = next(r for r in doc["resources"] if r["name"] == "prod-control-1-install")
+    install["dependsOn"] = [d for d in install["dependsOn"] if "hcloud:" not in d]
+    with pytest.raises(deploy_model.StepTableError, match=r"prod-control-1-install .* waits for 0"):
+        deploy_model.schedule_plan(doc, table, 1)
