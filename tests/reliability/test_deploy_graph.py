@@ -1,7 +1,8 @@
 """Deploy-graph properties the benchmark reports, checked on small stacks in-process.
 
 Only hosts whose rendered inputs changed are redeployed; the servers after the first and the
-agents join in parallel once the API answers, so adding hosts never lengthens the critical path.
+agents join in parallel once the bootstrap server runs, so adding hosts never lengthens the
+critical path.
 """
 
 from __future__ import annotations
@@ -154,11 +155,13 @@ def test_builds_are_off_the_gated_chain(stack: str) -> None:
 
 
 def test_only_pushes_wait_for_the_joins(prod: dict[str, Any]) -> None:
-    """Servers after the first activate together once the API answers (etcd's one-learner rule
-    is k3s's to retry, as for hetzner-k3s's parallel masters); their builds ran long before."""
+    """Servers after the first activate together once the bootstrap push confirmed its k3s,
+    whose API is then up (Type=notify; etcd's one-learner rule is k3s's to retry, as for
+    hetzner-k3s's parallel masters); their builds ran long before."""
     for server in ("prod-control-2", "prod-control-3"):
         waits_for = command_ancestors(prod, f"{server}-push")
-        assert "prod-api-ready" in waits_for
+        assert "prod-control-1-push" in waits_for
+        assert "prod-api-ready" not in waits_for
         assert not {n for n in waits_for if n.endswith("-joined")}, waits_for
         others = {"prod-control-2-push", "prod-control-3-push"} - {f"{server}-push"}
         assert not others & waits_for, waits_for
@@ -168,14 +171,24 @@ def test_only_pushes_wait_for_the_joins(prod: dict[str, Any]) -> None:
 
 
 def test_the_install_puts_the_final_system_on_the_disk(prod: dict[str, Any]) -> None:
-    """Build once: the install gets the same host data as the push, so the first push only
-    activates (k3s is held back by nixosK3s.k3s.holdUntil until then)."""
+    """Build once: the stock image's install gets the same host data as the push, so the first
+    push only activates (k3s is held back by nixosK3s.k3s.holdUntil until then). On the NixOS
+    image (prod's default) the install builds nothing and gets none."""
+    stock = stack_data("prod")
+    stock["hetzner"] = {**stock["hetzner"], "nixosImage": False}
+    for doc, from_image in ((prod, True), (document(stock), False)):
+        by_name = {r["name"]: r for r in doc["resources"] if r["type"].startswith("command:")}
+        for host in graph.push_triggers(doc):
+            install = by_name[f"{host}-install"]["inputs"]["environment"]
+            push = by_name[f"{host}-push"]["inputs"]
+            if from_image:
+                assert "HOST_JSON" not in install and install["FROM_IMAGE"] == "1"
+            else:
+                assert install["HOST_JSON"] == push["environment"]["HOST_JSON"]
     by_name = {r["name"]: r for r in prod["resources"] if r["type"].startswith("command:")}
     for host in graph.push_triggers(prod):
-        install = by_name[f"{host}-install"]["inputs"]["environment"]
         build = by_name[f"{host}-build"]["inputs"]
         push = by_name[f"{host}-push"]["inputs"]
-        assert install["HOST_JSON"] == push["environment"]["HOST_JSON"]
         assert build["environment"]["HOST_JSON"] == push["environment"]["HOST_JSON"]
         assert build["triggers"] == push["triggers"]
         assert build["create"] == "bash components/scripts/deploy.sh build"
