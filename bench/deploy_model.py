@@ -248,15 +248,27 @@ def _rule(index: int, entry: Any) -> Rule:
     )
 
 
+def _sourced(
+    where: str, entry: Any, keys: tuple[set[str], ...], want: str, no_source: str
+) -> Mapping[str, Any]:
+    """A nested mapping of a rule with exactly one of the key sets `keys` and a non-empty
+    source: `want` says what it should be, `no_source` what its source should say."""
+    if not isinstance(entry, Mapping) or set(entry) not in keys:
+        raise StepTableError(f"{where}: want {want}")
+    if not str(entry["source"]).strip():
+        raise StepTableError(f"{where}.source: {no_source}")
+    return entry
+
+
 def _overlap(where: str, entry: Any) -> tuple[float, float] | None:
     """`overlapsActions: {min: [low, high], source}` of a rule, or None."""
     if entry is None:
         return None
-    if not isinstance(entry, Mapping) or set(entry) != {"min", "source"}:
-        raise StepTableError(f"{where}.overlapsActions: want a mapping with min and source")
-    if not str(entry["source"]).strip():
-        raise StepTableError(f"{where}.overlapsActions.source: must not be empty")
-    return _seconds(f"{where}.overlapsActions.min", entry["min"])
+    where = f"{where}.overlapsActions"
+    entry = _sourced(
+        where, entry, ({"min", "source"},), "a mapping with min and source", "must not be empty"
+    )
+    return _seconds(f"{where}.min", entry["min"])
 
 
 def _actions(where: str, entry: Mapping[str, Any]) -> tuple[tuple[float, float], ...] | None:
@@ -293,14 +305,13 @@ def _pull(index: int, entry: Any, section: str = "pulls") -> PullRule:
         raise StepTableError(f"{where}: unknown key(s) {sorted(unknown)}")
     role = _common(where, entry)
     seconds = _seconds(f"{where}.seconds", entry.get("seconds"))
-    offset = entry.get("offset")
-    if not isinstance(offset, Mapping) or set(offset) != {"seconds", "source"}:
-        raise StepTableError(
-            f"{where}.offset: want a mapping with seconds (after its push, or for a fetch its"
-            " build, starts) and source"
-        )
-    if not str(offset["source"]).strip():
-        raise StepTableError(f"{where}.offset.source: say when the pull starts and why")
+    offset = _sourced(
+        f"{where}.offset",
+        entry.get("offset"),
+        ({"seconds", "source"},),
+        "a mapping with seconds (after its push, or for a fetch its build, starts) and source",
+        "say when the pull starts and why",
+    )
     return PullRule(
         step=str(entry["step"]),
         role=role,
@@ -360,15 +371,13 @@ def _limit(where: str, entry: Any) -> Limit | None:
     """`limit: {seconds | environment, source}` of a rule, or no limit."""
     if entry is None:
         return None
-    if not isinstance(entry, Mapping) or set(entry) not in (
-        {"seconds", "source"},
-        {"environment", "source"},
-    ):
-        raise StepTableError(
-            f"{where}.limit: want a mapping with source and either seconds or environment"
-        )
-    if not str(entry["source"]).strip():
-        raise StepTableError(f"{where}.limit.source: say which script fails the step and when")
+    entry = _sourced(
+        f"{where}.limit",
+        entry,
+        ({"seconds", "source"}, {"environment", "source"}),
+        "a mapping with source and either seconds or environment",
+        "say which script fails the step and when",
+    )
     if "environment" in entry:
         name = entry["environment"]
         if not isinstance(name, str) or not name.strip():
@@ -854,12 +863,11 @@ def schedule_plan(
     durations.update({key: p.seconds[index] for key, p in pulls_and_fetches.items()})
     queues = {urn: (t.queue, t.queue_seconds[index]) for urn, t in timed.items() if t.queue}
     anchored = {key: (p.anchor, p.offset[index]) for key, p in pulls_and_fetches.items()}
-    overlaps = {
-        urn: (dep, seconds[index], t.overlap_min[index])
-        for urn, t in timed.items()
-        if t.overlap_min is not None
-        for dep, seconds in [_overlapped(deploy, timed, urn)]
-    }
+    overlaps: dict[str, tuple[str, float, float]] = {}
+    for urn, t in timed.items():
+        if t.overlap_min is not None:
+            dep, seconds = _overlapped(deploy, timed, urn)
+            overlaps[urn] = (dep, seconds[index], t.overlap_min[index])
     slots = schedule(deps, durations, parallel, queues, anchored, overlaps)
     steps = {urn: Step(t.name, t.step) for urn, t in timed.items()}
     steps.update({key: Step(p.name, p.step) for key, p in pulls_and_fetches.items()})
@@ -880,13 +888,11 @@ def _overlapped(
 ) -> tuple[str, tuple[float, float]]:
     """The one resource timed by Hetzner actions that `urn` (a rule with overlapsActions) depends
     on directly, and how long its actions run on Hetzner's side."""
-    found = [
-        (dep, seconds)
-        for dep in sorted(deploy.resources[urn].get("dependsOn", []))
-        if dep in timed
-        for seconds in [timed[dep].action_seconds]
-        if seconds is not None
-    ]
+    found: list[tuple[str, tuple[float, float]]] = []
+    for dep in sorted(deploy.resources[urn].get("dependsOn", [])):
+        seconds = timed[dep].action_seconds if dep in timed else None
+        if seconds is not None:
+            found.append((dep, seconds))
     if len(found) != 1:
         raise StepTableError(
             f"{timed[urn].name} ({timed[urn].step}) overlaps the Hetzner actions of what it"
